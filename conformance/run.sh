@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Conformance suites for Warren (or any AMQP 0-9-1 broker).
+#
+# Usage: conformance/run.sh [HOST PORT]
+#
+#   With HOST and PORT: run the suites against that broker (guest/guest, vhost /),
+#   e.g. `conformance/run.sh 127.0.0.1 5673` for a local RabbitMQ.
+#   Without arguments: `cargo build --release`, start target/release/warren on a
+#   free loopback port with a temporary data dir, run the suites, stop it.
+#
+# Suites: (a) py-amqp's t/integration/test_rmq.py (non-TLS cases) from the pinned
+# amqp sdist, minus conformance/skip/py-amqp.txt; (b) the pika scenarios in
+# conformance/python/scenarios/, minus conformance/skip/pika.txt.
+# The last line printed is "N passed, M failed[, K skipped]"; exit status is
+# non-zero when M > 0.
+#
+# Environment: CONFORMANCE_TIMEOUT (per-test timeout, s, default 30),
+# CONFORMANCE_PYTHON (interpreter used to create the venv, default python3),
+# PYTEST_ARGS (extra arguments for both pytest runs, e.g. "-x" or "-k qos").
+set -uo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(dirname "$HERE")"
+VENV="$HERE/.venv"
+CACHE="$HERE/.cache"
+RESULTS="$CACHE/results"
+REQS="$HERE/python/requirements.txt"
+INI="$HERE/python/pytest.ini"
+TIMEOUT="${CONFORMANCE_TIMEOUT:-30}"
+PY="${CONFORMANCE_PYTHON:-python3}"
+export PYTHONDONTWRITEBYTECODE=1
+
+fail_early() {
+    echo "conformance: $*" >&2
+    echo "0 passed, 1 failed"
+    exit 1
+}
+
+if [ $# -eq 2 ]; then
+    HOST="$1"
+    PORT="$2"
+elif [ $# -eq 0 ]; then
+    HOST=""
+    PORT=""
+else
+    echo "usage: $0 [HOST PORT]" >&2
+    exit 2
+fi
+
+# --- Python environment -------------------------------------------------------
+mkdir -p "$CACHE" "$RESULTS"
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV" || fail_early "cannot create venv at $VENV (on Debian: apt-get install python3-venv)"
+fi
+REQS_HASH="$(sha256sum "$REQS" | cut -d' ' -f1)"
+if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$REQS_HASH" ]; then
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQS" \
+        || fail_early "pip install -r $REQS failed"
+    echo "$REQS_HASH" > "$VENV/.requirements.sha256"
+fi
+
+# --- py-amqp integration tests from the pinned sdist --------------------------
+AMQP_VERSION="$(sed -n 's/^amqp==\([^ #]*\).*/\1/p' "$REQS")"
+[ -n "$AMQP_VERSION" ] || fail_early "no amqp==VERSION pin in $REQS"
+AMQP_SRC="$CACHE/amqp-$AMQP_VERSION"
+if [ ! -f "$AMQP_SRC/t/integration/test_rmq.py" ]; then
+    SDIST="$CACHE/amqp-$AMQP_VERSION.tar.gz"
+    if [ ! -f "$SDIST" ]; then
+        "$VENV/bin/pip" download -q --disable-pip-version-check --no-binary :all: \
+            --no-deps "amqp==$AMQP_VERSION" -d "$CACHE" \
+            || fail_early "cannot download the amqp $AMQP_VERSION sdist"
+    fi
+    tar -xzf "$SDIST" -C "$CACHE" "amqp-$AMQP_VERSION/t/__init__.py" \
+        "amqp-$AMQP_VERSION/t/integration" \
+        || fail_early "cannot extract t/integration from $SDIST"
+fi
+
+# --- Broker --------------------------------------------------------------------
+BROKER_PID=""
+DATA_DIR=""
+cleanup() {
+    if [ -n "$BROKER_PID" ] && kill -0 "$BROKER_PID" 2>/dev/null; then
+        kill "$BROKER_PID" 2>/dev/null
+        for _ in $(seq 1 50); do
+            kill -0 "$BROKER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$BROKER_PID" 2>/dev/null
+        wait "$BROKER_PID" 2>/dev/null
+    fi
+    [ -n "$DATA_DIR" ] && rm -rf "$DATA_DIR"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_open() {
+    "$VENV/bin/python" - "$1" "$2" <<'EOF'
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1).close()
+except OSError:
+    sys.exit(1)
+EOF
+}
+
+if [ -z "$HOST" ]; then
+    (cd "$ROOT" && cargo build --release) || fail_early "cargo build --release failed"
+    WARREN="${CARGO_TARGET_DIR:-$ROOT/target}/release/warren"
+    [ -x "$WARREN" ] || fail_early "$WARREN not found after cargo build"
+    HOST=127.0.0.1
+    PORT="$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
+    DATA_DIR="$(mktemp -d)"
+    "$WARREN" --bind "$HOST:$PORT" --data-dir "$DATA_DIR" > "$RESULTS/warren.log" 2>&1 &
+    BROKER_PID=$!
+    echo "conformance: started warren (pid $BROKER_PID) on $HOST:$PORT, log $RESULTS/warren.log"
+    deadline=$((SECONDS + 30))
+    until port_open "$HOST" "$PORT"; do
+        if ! kill -0 "$BROKER_PID" 2>/dev/null; then
+            tail -n 20 "$RESULTS/warren.log" >&2
+            fail_early "warren exited before accepting connections"
+        fi
+        [ $SECONDS -lt $deadline ] || fail_early "warren did not accept connections on $HOST:$PORT within 30 s"
+        sleep 0.2
+    done
+else
+    port_open "$HOST" "$PORT" || fail_early "nothing accepts connections on $HOST:$PORT"
+fi
+
+# --- Suites ---------------------------------------------------------------------
+# shellcheck disable=SC2206
+EXTRA=(${PYTEST_ARGS:-})
+COMMON=(-c "$INI" -p skiplist -q -rfE --timeout "$TIMEOUT" "${EXTRA[@]}")
+export PYTHONPATH="$HERE/python${PYTHONPATH:+:$PYTHONPATH}"
+rm -f "$RESULTS/py-amqp.xml" "$RESULTS/pika.xml"
+
+echo "== py-amqp $AMQP_VERSION t/integration/test_rmq.py against $HOST:$PORT"
+(cd "$AMQP_SRC" && RABBITMQ_HOST="$HOST" RABBITMQ_5672_TCP="$PORT" \
+    CONFORMANCE_SKIP_FILE="$HERE/skip/py-amqp.txt" \
+    "$VENV/bin/python" -m pytest "${COMMON[@]}" --rootdir "$AMQP_SRC" \
+    --junitxml "$RESULTS/py-amqp.xml" -k "not tls" t/integration/test_rmq.py)
+RC_AMQP=$?
+
+echo "== pika scenarios against $HOST:$PORT"
+(cd "$HERE/python/scenarios" && AMQP_HOST="$HOST" AMQP_PORT="$PORT" \
+    CONFORMANCE_SKIP_FILE="$HERE/skip/pika.txt" \
+    "$VENV/bin/python" -m pytest "${COMMON[@]}" --rootdir "$HERE/python/scenarios" \
+    --junitxml "$RESULTS/pika.xml" .)
+RC_PIKA=$?
+
+# --- Summary ---------------------------------------------------------------------
+"$VENV/bin/python" - "$RESULTS/py-amqp.xml" "$RC_AMQP" "$RESULTS/pika.xml" "$RC_PIKA" <<'EOF'
+import sys
+import xml.etree.ElementTree as ET
+
+passed = failed = skipped = 0
+args = sys.argv[1:]
+for xml_path, rc in zip(args[0::2], args[1::2]):
+    rc = int(rc)
+    try:
+        root = ET.parse(xml_path).getroot()
+    except (OSError, ET.ParseError) as e:
+        print("conformance: no usable results in %s (pytest exit %d): %s" % (xml_path, rc, e),
+              file=sys.stderr)
+        failed += 1
+        continue
+    p = f = s = 0
+    for case in root.iter("testcase"):
+        kinds = {child.tag for child in case}
+        if kinds & {"failure", "error"}:
+            f += 1
+        elif "skipped" in kinds:
+            s += 1
+        else:
+            p += 1
+    if rc not in (0, 1) and f == 0:
+        # interrupted, internal error, usage error or no tests collected
+        print("conformance: pytest exited %d for %s" % (rc, xml_path), file=sys.stderr)
+        f += 1
+    passed, failed, skipped = passed + p, failed + f, skipped + s
+line = "%d passed, %d failed" % (passed, failed)
+if skipped:
+    line += ", %d skipped" % skipped
+print(line)
+sys.exit(1 if failed else 0)
+EOF

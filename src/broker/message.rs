@@ -1,0 +1,43 @@
+//! A published message as the broker holds it: shared by every queue it was routed to.
+//!
+//! The body and the encoded properties are `Bytes`, so routing to N queues copies a pointer,
+//! not the payload. Talks to nothing.
+
+use std::sync::Arc;
+
+use amq_protocol::protocol::BasicProperties;
+use amq_protocol::types::ShortString;
+use bytes::Bytes;
+
+/// An immutable published message.
+#[derive(Debug)]
+pub struct Message {
+    /// The exchange it was published to.
+    pub exchange: ShortString,
+    /// The routing key it was published with.
+    pub routing_key: ShortString,
+    /// Decoded properties.
+    pub properties: BasicProperties,
+    /// The properties as they go on the wire.
+    pub raw_properties: Bytes,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Message {
+    /// Body size in bytes.
+    pub fn size(&self) -> usize {
+        self.body.len()
+    }
+}
+
+/// A message's place in one queue.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// Position in the queue; requeued messages go back to their position.
+    pub seq: u64,
+    /// The shared message.
+    pub msg: Arc<Message>,
+    /// Whether it was delivered before.
+    pub redelivered: bool,
+}

@@ -1,0 +1,385 @@
+//! Messaging methods: basic.qos/consume/cancel/publish/get/ack/nack/reject/recover, and the
+//! two publishing modes, publisher confirms and transactions.
+//!
+//! Publishing routes in the publishing connection's task (no broker-wide lock): the vhost
+//! resolves the exchange and collects the target queues, and each queue takes its own lock to
+//! enqueue. Confirms are coalesced per batch of input into one `basic.ack multiple=true`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use amq_protocol::protocol::{AMQPClass, BasicProperties, basic as b, confirm, tx};
+use amq_protocol::types::AMQPValue;
+use bytes::Bytes;
+
+use super::{Channel, ConsumerInfo, Ctx, Mode, Settle, TxPublish, Unacked, requeue_grouped};
+use crate::broker::message::Message;
+use crate::broker::names;
+use crate::broker::queue::{Consumer, Credit, NO_ACK_WINDOW};
+use crate::error::{AmqpError, Result};
+use crate::protocol::{self, content::Content};
+
+impl Channel {
+    pub(super) fn basic_qos(&mut self, ctx: &mut Ctx<'_>, m: b::Qos) -> Result<()> {
+        let n = u32::from(m.prefetch_count);
+        if m.global {
+            self.global.limit.store(n, Ordering::Release);
+        } else {
+            // compat: RabbitMQ reinterprets global=false as "per consumer, for consumers
+            // created from now on", and a later global=false clears a channel-wide limit.
+            self.prefetch = n;
+            self.global.limit.store(0, Ordering::Release);
+        }
+        ctx.send(self.id, AMQPClass::Basic(b::AMQPMethod::QosOk(b::QosOk {})));
+        // A raised limit may let consumers on this channel receive more now.
+        for c in self.consumers.values() {
+            ctx.kick(&c.queue);
+        }
+        Ok(())
+    }
+
+    pub(super) fn basic_consume(&mut self, ctx: &mut Ctx<'_>, m: b::Consume) -> Result<()> {
+        let name = self.queue_name(m.queue.as_str())?;
+        let queue = ctx.vhost.queue(&name, ctx.conn_id)?;
+        let tag: Arc<str> = if m.consumer_tag.as_str().is_empty() {
+            names::generate("amq.ctag-").into()
+        } else {
+            m.consumer_tag.as_str().into()
+        };
+        if self.consumers.contains_key(&tag) {
+            return Err(AmqpError::not_allowed(format!(
+                "attempt to reuse consumer tag '{tag}'"
+            )));
+        }
+        let credit = Arc::new(Credit {
+            limit: if m.no_ack { NO_ACK_WINDOW } else { self.prefetch },
+            in_flight: AtomicU32::new(0),
+            channel: (!m.no_ack).then(|| self.global.clone()),
+        });
+        // consume-ok is written before the consumer is attached, so it precedes every
+        // delivery (those reach this connection through its inbox, later); it is taken back
+        // if attaching fails.
+        let mark = ctx.out.len();
+        if !m.nowait {
+            ctx.send(
+                self.id,
+                AMQPClass::Basic(b::AMQPMethod::ConsumeOk(b::ConsumeOk {
+                    consumer_tag: tag.as_ref().into(),
+                })),
+            );
+        }
+        let consumer = Consumer {
+            tag: tag.clone(),
+            channel: self.id,
+            conn_id: ctx.conn_id,
+            no_ack: m.no_ack,
+            exclusive: m.exclusive,
+            credit: credit.clone(),
+            sink: ctx.sink.clone(),
+        };
+        self.consumers.insert(
+            tag.clone(),
+            ConsumerInfo {
+                queue: queue.clone(),
+                credit,
+            },
+        );
+        if let Err(e) = queue.add_consumer(consumer) {
+            self.consumers.remove(&tag);
+            ctx.out.truncate(mark);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    pub(super) fn basic_cancel(&mut self, ctx: &mut Ctx<'_>, m: b::Cancel) -> Result<()> {
+        if let Some(c) = self.consumers.remove(m.consumer_tag.as_str())
+            && c.queue.remove_consumer(ctx.conn_id, self.id, m.consumer_tag.as_str())
+        {
+            ctx.vhost.remove_queue(&c.queue);
+        }
+        if !m.nowait {
+            ctx.send(
+                self.id,
+                AMQPClass::Basic(b::AMQPMethod::CancelOk(b::CancelOk {
+                    consumer_tag: m.consumer_tag,
+                })),
+            );
+        }
+        Ok(())
+    }
+
+    pub(super) fn basic_publish(&mut self, m: b::Publish) -> Result<()> {
+        if m.immediate {
+            return Err(AmqpError::not_implemented("immediate=true"));
+        }
+        self.assembly.start(m);
+        Ok(())
+    }
+
+    /// A publish is complete: validate, then route now or hold it for the transaction.
+    pub(super) fn publish_content(&mut self, ctx: &mut Ctx<'_>, c: Content) -> Result<()> {
+        let fail = |e: AmqpError| e.with_method(60, 40);
+        validate_properties(&c.properties, ctx.user).map_err(fail)?;
+        let exchange = ctx.vhost.existing_exchange(c.publish.exchange.as_str()).map_err(fail)?;
+        if exchange.internal {
+            return Err(fail(AmqpError::access_refused(format!(
+                "cannot publish to internal exchange '{}' in vhost '{}'",
+                exchange.name, ctx.vhost.name
+            ))));
+        }
+        if let Mode::Tx { publishes, .. } = &mut self.mode {
+            publishes.push(TxPublish {
+                publish: c.publish,
+                properties: c.properties,
+                raw_properties: c.raw_properties,
+                body: c.body,
+            });
+            return Ok(());
+        }
+        self.route(ctx, c.publish, c.properties, c.raw_properties, c.body, &exchange);
+        if let Mode::Confirm { last_seq, ack_upto } = &mut self.mode {
+            *last_seq += 1;
+            *ack_upto = Some(*last_seq);
+        }
+        Ok(())
+    }
+
+    fn route(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        publish: b::Publish,
+        properties: BasicProperties,
+        raw_properties: Bytes,
+        body: Bytes,
+        exchange: &Arc<crate::broker::exchange::Exchange>,
+    ) {
+        let msg = Arc::new(Message {
+            exchange: publish.exchange,
+            routing_key: publish.routing_key,
+            properties,
+            raw_properties,
+            body,
+        });
+        let mut targets = std::mem::take(&mut self.route_buf);
+        ctx.vhost.route(exchange, &msg, &mut targets);
+        if targets.is_empty() {
+            if publish.mandatory {
+                ctx.send(
+                    self.id,
+                    AMQPClass::Basic(b::AMQPMethod::Return(b::Return {
+                        reply_code: 312,
+                        reply_text: "NO_ROUTE".into(),
+                        exchange: msg.exchange.clone(),
+                        routing_key: msg.routing_key.clone(),
+                    })),
+                );
+                protocol::write_content(ctx.out, self.id, &msg.raw_properties, &msg.body, ctx.frame_max);
+            }
+        } else {
+            for q in targets.drain(..) {
+                q.publish(msg.clone());
+            }
+        }
+        self.route_buf = targets;
+    }
+
+    pub(super) fn basic_get(&mut self, ctx: &mut Ctx<'_>, m: b::Get) -> Result<()> {
+        let name = self.queue_name(m.queue.as_str())?;
+        let queue = ctx.vhost.queue(&name, ctx.conn_id)?;
+        let Some((entry, remaining)) = queue.get() else {
+            ctx.send(self.id, AMQPClass::Basic(b::AMQPMethod::GetEmpty(b::GetEmpty {})));
+            return Ok(());
+        };
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let msg = &entry.msg;
+        protocol::write_get_ok(
+            ctx.out,
+            self.id,
+            tag,
+            entry.redelivered,
+            msg.exchange.as_str(),
+            msg.routing_key.as_str(),
+            remaining,
+        );
+        protocol::write_content(ctx.out, self.id, &msg.raw_properties, &msg.body, ctx.frame_max);
+        if !m.no_ack {
+            self.unacked.push_back(Unacked {
+                tag,
+                queue,
+                entry,
+                credit: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// basic.ack / nack / reject: tag 0 with multiple means everything outstanding; an
+    /// unknown tag is a 406 (RabbitMQ's `collect_acks`).
+    pub(super) fn settle(&mut self, ctx: &mut Ctx<'_>, tag: u64, multiple: bool, how: Settle) -> Result<()> {
+        let taken: Vec<Unacked> = if multiple && tag == 0 {
+            self.unacked.drain(..).collect()
+        } else {
+            // Tags are handed out in increasing order, so `unacked` is sorted by tag.
+            let at = self.unacked.partition_point(|u| u.tag < tag);
+            if self.unacked.get(at).is_none_or(|u| u.tag != tag) {
+                return Err(AmqpError::precondition_failed(format!("unknown delivery tag {tag}")));
+            }
+            if multiple {
+                self.unacked.drain(..=at).collect()
+            } else {
+                self.unacked.remove(at).into_iter().collect()
+            }
+        };
+        if let Mode::Tx { settles, .. } = &mut self.mode {
+            settles.extend(taken.into_iter().map(|u| (u, how)));
+            return Ok(());
+        }
+        self.apply_settles(ctx, taken, how);
+        Ok(())
+    }
+
+    fn apply_settles(&mut self, ctx: &mut Ctx<'_>, taken: Vec<Unacked>, how: Settle) {
+        if how == Settle::Requeue {
+            requeue_grouped(ctx, taken);
+            return;
+        }
+        for u in &taken {
+            if let Some(c) = &u.credit {
+                c.release(1);
+                ctx.kick(&u.queue);
+            }
+        }
+        if self.global.limit.load(Ordering::Acquire) != 0 {
+            // Channel-wide credit came back: any of this channel's consumers may go on.
+            for c in self.consumers.values() {
+                ctx.kick(&c.queue);
+            }
+        }
+    }
+
+    pub(super) fn basic_recover(&mut self, ctx: &mut Ctx<'_>, requeue: bool, reply: bool) -> Result<()> {
+        if !requeue {
+            return Err(AmqpError::not_implemented("requeue=false"));
+        }
+        let all: Vec<Unacked> = self.unacked.drain(..).collect();
+        requeue_grouped(ctx, all);
+        if reply {
+            ctx.send(self.id, AMQPClass::Basic(b::AMQPMethod::RecoverOk(b::RecoverOk {})));
+        }
+        Ok(())
+    }
+
+    pub(super) fn confirm_select(&mut self, ctx: &mut Ctx<'_>, m: confirm::Select) -> Result<()> {
+        match self.mode {
+            Mode::Tx { .. } => {
+                return Err(AmqpError::precondition_failed("cannot switch from tx to confirm mode"));
+            }
+            Mode::Plain => {
+                self.mode = Mode::Confirm {
+                    last_seq: 0,
+                    ack_upto: None,
+                }
+            }
+            Mode::Confirm { .. } => {}
+        }
+        if !m.nowait {
+            ctx.send(self.id, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})));
+        }
+        Ok(())
+    }
+
+    pub(super) fn tx_select(&mut self, ctx: &mut Ctx<'_>) -> Result<()> {
+        match self.mode {
+            Mode::Confirm { .. } => {
+                return Err(AmqpError::precondition_failed("cannot switch from confirm to tx mode"));
+            }
+            Mode::Plain => {
+                self.mode = Mode::Tx {
+                    publishes: Vec::new(),
+                    settles: Vec::new(),
+                }
+            }
+            Mode::Tx { .. } => {}
+        }
+        ctx.send(self.id, AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})));
+        Ok(())
+    }
+
+    pub(super) fn tx_commit(&mut self, ctx: &mut Ctx<'_>) -> Result<()> {
+        let Mode::Tx { publishes, settles } = &mut self.mode else {
+            return Err(AmqpError::precondition_failed("channel is not transactional"));
+        };
+        let publishes = std::mem::take(publishes);
+        let settles = std::mem::take(settles);
+        for p in publishes {
+            // The exchange may have gone since the publish: RabbitMQ reports that as a 404
+            // in reply to tx.commit.
+            let exchange = ctx
+                .vhost
+                .existing_exchange(p.publish.exchange.as_str())
+                .map_err(|e| e.with_method(90, 20))?;
+            self.route(ctx, p.publish, p.properties, p.raw_properties, p.body, &exchange);
+        }
+        for (u, how) in settles {
+            self.apply_settles(ctx, vec![u], how);
+        }
+        ctx.send(self.id, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
+        Ok(())
+    }
+
+    pub(super) fn tx_rollback(&mut self, ctx: &mut Ctx<'_>) -> Result<()> {
+        let Mode::Tx { publishes, settles } = &mut self.mode else {
+            return Err(AmqpError::precondition_failed("channel is not transactional"));
+        };
+        publishes.clear();
+        // Rolled-back settlements leave the deliveries outstanding again, in tag order.
+        let back: Vec<Unacked> = settles.drain(..).map(|(u, _)| u).collect();
+        for u in back {
+            let at = self.unacked.partition_point(|x| x.tag < u.tag);
+            self.unacked.insert(at, u);
+        }
+        ctx.send(self.id, AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})));
+        Ok(())
+    }
+}
+
+/// RabbitMQ's checks on a published message's properties.
+fn validate_properties(p: &BasicProperties, user: &str) -> Result<()> {
+    if let Some(mode) = *p.delivery_mode()
+        && !(1..=2).contains(&mode)
+    {
+        return Err(AmqpError::precondition_failed(format!(
+            "invalid message: {{delivery_mode_unknown,{mode}}}"
+        )));
+    }
+    if let Some(exp) = p.expiration() {
+        let s = exp.as_str();
+        if s.parse::<u64>().is_err() {
+            return Err(AmqpError::precondition_failed(format!(
+                "invalid expiration '{s}': no_integer"
+            )));
+        }
+    }
+    if let Some(uid) = p.user_id()
+        && uid.as_str() != user
+    {
+        return Err(AmqpError::precondition_failed(format!(
+            "user_id property set to '{uid}' but authenticated user was '{user}'"
+        )));
+    }
+    if let Some(h) = p.headers() {
+        for key in ["CC", "BCC"] {
+            if let Some(v) = h.inner().get(key)
+                && !matches!(v, AMQPValue::FieldArray(_))
+            {
+                return Err(AmqpError::precondition_failed(format!(
+                    "invalid message: {{unacceptable_type_in_header,\"{key}\",{}}}",
+                    crate::broker::args::type_name(v)
+                )));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,334 @@
+//! One AMQP channel's state machine: consumers, unacked deliveries and their tags, prefetch,
+//! publisher-confirm and transaction modes, content assembly. Not a task: the connection task
+//! owns its channels and drives them method by method.
+//!
+//! Handlers are named after the AMQP method (`queue_declare`, `basic_ack`) and return
+//! `Result<(), AmqpError>`; the connection decides, from the error's code, whether that closes
+//! this channel or the whole connection. Talks to the broker (vhost, queues) and writes its
+//! replies into the connection's output buffer through `Ctx`.
+
+mod basic;
+mod declare;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use amq_protocol::protocol::{AMQPClass, BasicProperties, basic as b, confirm, exchange, queue, tx};
+use bytes::{Bytes, BytesMut};
+
+use crate::broker::message::Entry;
+use crate::broker::queue::{ChannelCredit, Credit, DeliverySink, Queue};
+use crate::broker::vhost::VHost;
+use crate::error::{AmqpError, Result};
+use crate::protocol::{self, content::Assembly};
+
+/// What a channel handler needs from its connection.
+pub struct Ctx<'a> {
+    /// The connection's id (exclusive queues, consumers).
+    pub conn_id: u64,
+    /// The vhost the connection opened.
+    pub vhost: &'a Arc<VHost>,
+    /// The authenticated user (validated `user_id`).
+    pub user: &'a str,
+    /// Frames to send, flushed by the connection after each batch of input.
+    pub out: &'a mut BytesMut,
+    /// This connection's delivery inbox, handed to queues with each consumer.
+    pub sink: &'a DeliverySink,
+    /// Negotiated frame_max, for splitting bodies.
+    pub frame_max: u32,
+    /// Configured largest body.
+    pub max_message_size: u64,
+    /// Queues to re-run dispatch on once this batch is done (credit was given back).
+    pub kicks: &'a mut Vec<Arc<Queue>>,
+}
+
+impl Ctx<'_> {
+    fn send(&mut self, channel: u16, method: AMQPClass) {
+        protocol::write_method(self.out, channel, &method);
+    }
+
+    fn kick(&mut self, q: &Arc<Queue>) {
+        if !self.kicks.iter().any(|k| Arc::ptr_eq(k, q)) {
+            self.kicks.push(q.clone());
+        }
+    }
+}
+
+/// A delivery the client has not settled yet.
+#[derive(Debug)]
+struct Unacked {
+    tag: u64,
+    queue: Arc<Queue>,
+    entry: Entry,
+    credit: Option<Arc<Credit>>,
+}
+
+#[derive(Debug)]
+struct ConsumerInfo {
+    queue: Arc<Queue>,
+    credit: Arc<Credit>,
+}
+
+/// A publish held back until `tx.commit`.
+#[derive(Debug)]
+struct TxPublish {
+    publish: b::Publish,
+    properties: BasicProperties,
+    raw_properties: Bytes,
+    body: Bytes,
+}
+
+/// Publisher confirms / transactions: at most one of them, for the channel's lifetime.
+#[derive(Debug, Default)]
+enum Mode {
+    #[default]
+    Plain,
+    Confirm {
+        /// Sequence number of the last publish.
+        last_seq: u64,
+        /// Highest sequence number confirmed but not yet written (written as one
+        /// multiple=true ack at the end of the batch).
+        ack_upto: Option<u64>,
+    },
+    Tx {
+        publishes: Vec<TxPublish>,
+        settles: Vec<(Unacked, Settle)>,
+    },
+}
+
+/// How a delivery was settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    Ack,
+    Requeue,
+    Discard,
+}
+
+/// One open channel.
+#[derive(Debug)]
+pub struct Channel {
+    id: u16,
+    closing: bool,
+    assembly: Assembly,
+    next_tag: u64,
+    unacked: VecDeque<Unacked>,
+    consumers: HashMap<Arc<str>, ConsumerInfo>,
+    prefetch: u32,
+    global: Arc<ChannelCredit>,
+    mode: Mode,
+    last_queue: Option<String>,
+    route_buf: Vec<Arc<Queue>>,
+}
+
+impl Channel {
+    /// A freshly opened channel.
+    pub fn new(id: u16) -> Self {
+        Self {
+            id,
+            closing: false,
+            assembly: Assembly::default(),
+            next_tag: 1,
+            unacked: VecDeque::new(),
+            consumers: HashMap::new(),
+            prefetch: 0,
+            global: Arc::default(),
+            mode: Mode::Plain,
+            last_queue: None,
+            route_buf: Vec::new(),
+        }
+    }
+
+    /// Whether the server has sent `channel.close` and waits for `close-ok`.
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    /// Whether a publish is waiting for its content (a method frame now is a 505).
+    pub fn in_content(&self) -> bool {
+        self.assembly.in_progress()
+    }
+
+    /// Dispatches one method of classes basic, exchange, queue, tx and confirm.
+    ///
+    /// # Errors
+    /// Whatever the method's handler raises.
+    pub fn handle_method(&mut self, ctx: &mut Ctx<'_>, method: AMQPClass) -> Result<()> {
+        match method {
+            AMQPClass::Basic(m) => match m {
+                b::AMQPMethod::Qos(m) => self.basic_qos(ctx, m),
+                b::AMQPMethod::Consume(m) => self.basic_consume(ctx, m),
+                b::AMQPMethod::Cancel(m) => self.basic_cancel(ctx, m),
+                b::AMQPMethod::Publish(m) => self.basic_publish(m),
+                b::AMQPMethod::Get(m) => self.basic_get(ctx, m),
+                b::AMQPMethod::Ack(m) => self.settle(ctx, m.delivery_tag, m.multiple, Settle::Ack),
+                b::AMQPMethod::Reject(m) => {
+                    let how = if m.requeue { Settle::Requeue } else { Settle::Discard };
+                    self.settle(ctx, m.delivery_tag, false, how)
+                }
+                b::AMQPMethod::Nack(m) => {
+                    let how = if m.requeue { Settle::Requeue } else { Settle::Discard };
+                    self.settle(ctx, m.delivery_tag, m.multiple, how)
+                }
+                b::AMQPMethod::Recover(m) => self.basic_recover(ctx, m.requeue, true),
+                b::AMQPMethod::RecoverAsync(m) => self.basic_recover(ctx, m.requeue, false),
+                other => Err(unexpected(&format!("{other:?}"))),
+            },
+            AMQPClass::Exchange(m) => match m {
+                exchange::AMQPMethod::Declare(m) => self.exchange_declare(ctx, m),
+                exchange::AMQPMethod::Delete(m) => self.exchange_delete(ctx, m),
+                exchange::AMQPMethod::Bind(m) => self.exchange_bind(ctx, m),
+                exchange::AMQPMethod::Unbind(m) => self.exchange_unbind(ctx, m),
+                other => Err(unexpected(&format!("{other:?}"))),
+            },
+            AMQPClass::Queue(m) => match m {
+                queue::AMQPMethod::Declare(m) => self.queue_declare(ctx, m),
+                queue::AMQPMethod::Bind(m) => self.queue_bind(ctx, m),
+                queue::AMQPMethod::Unbind(m) => self.queue_unbind(ctx, m),
+                queue::AMQPMethod::Purge(m) => self.queue_purge(ctx, m),
+                queue::AMQPMethod::Delete(m) => self.queue_delete(ctx, m),
+                other => Err(unexpected(&format!("{other:?}"))),
+            },
+            AMQPClass::Tx(m) => match m {
+                tx::AMQPMethod::Select(_) => self.tx_select(ctx),
+                tx::AMQPMethod::Commit(_) => self.tx_commit(ctx),
+                tx::AMQPMethod::Rollback(_) => self.tx_rollback(ctx),
+                other => Err(unexpected(&format!("{other:?}"))),
+            },
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(m)) => self.confirm_select(ctx, m),
+            other => Err(unexpected(&format!("{other:?}"))),
+        }
+    }
+
+    /// Feeds a content header.
+    ///
+    /// # Errors
+    /// 505 out of order, 406 oversized, or the publish's own errors.
+    pub fn handle_header(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        properties: BasicProperties,
+        raw_properties: Bytes,
+        body_size: u64,
+    ) -> Result<()> {
+        match self
+            .assembly
+            .header(properties, raw_properties, body_size, ctx.max_message_size)?
+        {
+            Some(content) => self.publish_content(ctx, content),
+            None => Ok(()),
+        }
+    }
+
+    /// Feeds a body frame.
+    ///
+    /// # Errors
+    /// 505 out of order, 501 overrun, or the publish's own errors.
+    pub fn handle_body(&mut self, ctx: &mut Ctx<'_>, payload: Bytes) -> Result<()> {
+        match self.assembly.body(payload)? {
+            Some(content) => self.publish_content(ctx, content),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes a delivery pushed by a queue, or hands it back when the consumer is gone.
+    pub fn handle_delivery(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        consumer_tag: &Arc<str>,
+        queue: Arc<Queue>,
+        entry: Entry,
+        no_ack: bool,
+    ) {
+        let credit = match self.consumers.get(consumer_tag) {
+            Some(c) if !self.closing => c.credit.clone(),
+            _ => {
+                // Cancelled while the delivery was in flight: it was never sent, so it goes
+                // back unchanged (not marked redelivered), whatever the ack mode.
+                queue.requeue_unsent(entry);
+                ctx.kick(&queue);
+                return;
+            }
+        };
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let m = &entry.msg;
+        protocol::write_deliver(
+            ctx.out,
+            self.id,
+            consumer_tag,
+            tag,
+            entry.redelivered,
+            m.exchange.as_str(),
+            m.routing_key.as_str(),
+        );
+        protocol::write_content(ctx.out, self.id, &m.raw_properties, &m.body, ctx.frame_max);
+        if no_ack {
+            credit.release(1);
+            ctx.kick(&queue);
+        } else {
+            self.unacked.push_back(Unacked {
+                tag,
+                queue,
+                entry,
+                credit: Some(credit),
+            });
+        }
+    }
+
+    /// A queue cancelled one of this channel's consumers (it was deleted). Returns whether
+    /// the consumer existed, so the connection knows whether to notify the client.
+    pub fn consumer_cancelled(&mut self, tag: &str) -> bool {
+        self.consumers.remove(tag).is_some()
+    }
+
+    /// Writes the pending publisher-confirm ack, coalesced for the whole batch.
+    pub fn flush_confirms(&mut self, out: &mut BytesMut) {
+        if let Mode::Confirm { ack_upto, .. } = &mut self.mode
+            && let Some(seq) = ack_upto.take()
+        {
+            protocol::write_confirm(out, self.id, seq, true, true);
+        }
+    }
+
+    /// Releases everything the channel holds: unacked deliveries go back to their queues
+    /// (redelivered), consumers are cancelled (auto-delete queues may go), and the channel
+    /// then only waits for `close-ok`.
+    pub fn shut(&mut self, ctx: &mut Ctx<'_>) {
+        self.closing = true;
+        self.assembly.reset();
+        if let Mode::Tx { settles, .. } = &mut self.mode {
+            let back: Vec<Unacked> = settles.drain(..).map(|(u, _)| u).collect();
+            self.unacked.extend(back);
+        }
+        self.mode = Mode::Plain;
+        let mut unacked: Vec<Unacked> = self.unacked.drain(..).collect();
+        unacked.sort_by_key(|u| u.tag);
+        requeue_grouped(ctx, unacked);
+        for (tag, c) in std::mem::take(&mut self.consumers) {
+            if c.queue.remove_consumer(ctx.conn_id, self.id, &tag) {
+                ctx.vhost.remove_queue(&c.queue);
+            }
+        }
+    }
+}
+
+/// Requeues settled-with-requeue deliveries, one call per queue, in tag order.
+fn requeue_grouped(ctx: &mut Ctx<'_>, mut items: Vec<Unacked>) {
+    for u in &items {
+        if let Some(c) = &u.credit {
+            c.release(1);
+        }
+    }
+    while let Some(first) = items.first() {
+        let q = first.queue.clone();
+        let (mine, rest): (Vec<Unacked>, Vec<Unacked>) =
+            items.into_iter().partition(|u| Arc::ptr_eq(&u.queue, &q));
+        q.requeue(mine.into_iter().map(|u| u.entry));
+        ctx.kick(&q);
+        items = rest;
+    }
+}
+
+fn unexpected(what: &str) -> AmqpError {
+    AmqpError::command_invalid(format!("method not valid from a client here: {what}"))
+}

@@ -1,0 +1,193 @@
+//! `rabbit.toml`: the broker's settings, their defaults, and the checks that make a bad file
+//! fail at startup with one line naming the key.
+//!
+//! A leaf module: it parses, it does not start anything.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Startup errors: a bad file, a bad value, a flag that does not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has an unknown key or a wrongly typed value.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// Which file.
+        path: PathBuf,
+        /// toml's message, which names the key.
+        message: String,
+    },
+    /// A value is out of its allowed range.
+    #[error("config key '{key}': {problem}")]
+    Invalid {
+        /// The offending key.
+        key: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+/// Everything `rabbit.toml` can set. Unknown keys are errors, so a typo cannot go unnoticed.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Addresses to accept AMQP connections on.
+    pub listeners: Vec<SocketAddr>,
+    /// Where durable state lives.
+    pub data_dir: PathBuf,
+    /// The user created at first boot.
+    pub default_user: String,
+    /// Its password.
+    pub default_pass: String,
+    /// The virtual host created at first boot.
+    pub default_vhost: String,
+    /// Largest frame the server accepts and proposes, in bytes (4096 ..= 1 MiB).
+    pub frame_max: u32,
+    /// Most channels per connection (1 ..= 65535).
+    pub channel_max: u16,
+    /// Heartbeat interval proposed to clients, in seconds (0 disables).
+    pub heartbeat: u16,
+    /// Largest message body accepted, in bytes (at most 512 MiB).
+    pub max_message_size: u64,
+    /// Seconds a client has to finish the handshake.
+    pub handshake_timeout: u64,
+    /// tracing filter, e.g. `info` or `warren=debug`.
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listeners: vec![SocketAddr::from(([127, 0, 0, 1], 5672))],
+            data_dir: PathBuf::from("data"),
+            default_user: "guest".into(),
+            default_pass: "guest".into(),
+            default_vhost: "/".into(),
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat: 60,
+            max_message_size: 128 * 1024 * 1024,
+            handshake_timeout: 10,
+            log: "info".into(),
+        }
+    }
+}
+
+/// The smallest frame_max AMQP allows (spec: frame-min-size 4096).
+pub const FRAME_MIN_SIZE: u32 = 4096;
+
+impl Config {
+    /// Reads and checks a config file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file and the key that is wrong.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and checks config text.
+    ///
+    /// # Errors
+    /// [`ConfigError::Parse`] or [`ConfigError::Invalid`].
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.message().to_string()
+                + &e.span()
+                    .map(|s| {
+                        let line = text[..s.start].matches('\n').count() + 1;
+                        format!(" (line {line})")
+                    })
+                    .unwrap_or_default(),
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Range checks that serde cannot express.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |key, problem: String| Err(ConfigError::Invalid { key, problem });
+        if self.listeners.is_empty() {
+            return invalid("listeners", "at least one address is needed".into());
+        }
+        if !(FRAME_MIN_SIZE..=1024 * 1024).contains(&self.frame_max) {
+            return invalid(
+                "frame_max",
+                format!("{} is outside 4096 ..= 1048576", self.frame_max),
+            );
+        }
+        if self.channel_max == 0 {
+            return invalid("channel_max", "must be at least 1".into());
+        }
+        if self.max_message_size == 0 || self.max_message_size > 512 * 1024 * 1024 {
+            return invalid(
+                "max_message_size",
+                format!("{} is outside 1 ..= 536870912", self.max_message_size),
+            );
+        }
+        if self.handshake_timeout == 0 {
+            return invalid("handshake_timeout", "must be at least 1 second".into());
+        }
+        if self.default_user.is_empty() {
+            return invalid("default_user", "must not be empty".into());
+        }
+        if self.default_vhost.is_empty() {
+            return invalid("default_vhost", "must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.listeners[0].port(), 5672);
+        assert_eq!(c.frame_max, 131_072);
+        assert_eq!(c.default_user, "guest");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse("frame_maxx = 3").unwrap_err().to_string();
+        assert!(e.contains("frame_maxx"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_value_is_named() {
+        let e = Config::parse("frame_max = 10").unwrap_err().to_string();
+        assert!(e.contains("frame_max"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_rabbit_toml_parses() {
+        let text = include_str!("../rabbit.toml");
+        Config::parse(text).unwrap();
+    }
+}

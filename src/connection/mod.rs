@@ -1,0 +1,508 @@
+//! One client connection: the only code that touches a `TcpStream`.
+//!
+//! A connection is one tokio task that owns the read half, the handshake, and its channels
+//! (plain structs, driven method by method), plus one writer task that owns the write half.
+//! The task `select!`s over socket input, its delivery inbox (fed by queues), the heartbeat
+//! tick and the shutdown signal; after each batch it writes coalesced confirms, re-runs
+//! dispatch on queues that got credit back, and hands everything it wrote to the writer in
+//! one buffer, so socket writes are batched. It turns `AmqpError`s into `channel.close` or
+//! `connection.close` according to their scope, and on exit requeues what its channels held
+//! and deletes its exclusive queues.
+
+mod handshake;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use amq_protocol::protocol::{AMQPClass, access, channel as ch, connection as c};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::broker::Broker;
+use crate::broker::queue::{Queue, QueueEvent};
+use crate::broker::vhost::VHost;
+use crate::channel::{Channel, Ctx};
+use crate::error::{AmqpError, Scope};
+use crate::protocol::{self, DecodeError, Frame};
+use handshake::{Opened, Refused};
+
+/// How long to wait for `close-ok` after sending `connection.close`.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Deliveries taken from the inbox per wake-up before input gets a turn again.
+const INBOX_BATCH: usize = 512;
+
+/// Serves one accepted socket until it closes.
+pub async fn run(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>, shutdown: watch::Receiver<bool>) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut rbuf = BytesMut::with_capacity(16 * 1024);
+    let limit = Duration::from_secs(broker.config.handshake_timeout);
+    let opened = match tokio::time::timeout(limit, handshake::run(&mut rd, &mut wr, &mut rbuf, &broker)).await {
+        Err(_) => {
+            tracing::info!(%peer, "handshake timed out");
+            return;
+        }
+        Ok(Err(Refused::Silent(why))) => {
+            tracing::info!(%peer, "closing connection during handshake: {why}");
+            return;
+        }
+        Ok(Err(Refused::Close(e))) => {
+            tracing::warn!(%peer, code = e.code, "closing connection during handshake: {}", e.text);
+            let mut out = BytesMut::new();
+            write_connection_close(&mut out, &e);
+            let _ = wr.write_all(&out).await;
+            // Give the client a moment to read the close before the socket goes.
+            let mut sink = [0u8; 512];
+            let _ = tokio::time::timeout(Duration::from_secs(1), rd.read(&mut sink)).await;
+            return;
+        }
+        Ok(Ok(o)) => o,
+    };
+    let id = broker.next_connection_id();
+    tracing::info!(%peer, user = %opened.user, vhost = %opened.vhost.name, "connection opened");
+    let (writer_tx, writer_rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_loop(wr, writer_rx));
+    let (sink, inbox) = mpsc::unbounded_channel();
+    let mut conn = Connection {
+        id,
+        peer,
+        broker,
+        vhost: opened.vhost.clone(),
+        opened,
+        channels: HashMap::new(),
+        out: BytesMut::with_capacity(16 * 1024),
+        sink,
+        kicks: Vec::new(),
+        writer_tx,
+        closing: None,
+    };
+    let mut inbox = inbox;
+    conn.serve(rd, rbuf, &mut inbox, shutdown).await;
+    conn.cleanup(inbox);
+    drop(conn);
+    let _ = writer.await;
+}
+
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+    let mut batch = Vec::with_capacity(64);
+    while rx.recv_many(&mut batch, 64).await > 0 {
+        for chunk in batch.drain(..) {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+fn write_connection_close(out: &mut BytesMut, e: &AmqpError) {
+    protocol::write_method(
+        out,
+        0,
+        &AMQPClass::Connection(c::AMQPMethod::Close(c::Close {
+            reply_code: e.code,
+            reply_text: e.text.as_str().into(),
+            class_id: e.class_id,
+            method_id: e.method_id,
+        })),
+    );
+}
+
+struct Connection {
+    id: u64,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    vhost: Arc<VHost>,
+    opened: Opened,
+    channels: HashMap<u16, Channel>,
+    out: BytesMut,
+    sink: crate::broker::queue::DeliverySink,
+    kicks: Vec<Arc<Queue>>,
+    writer_tx: mpsc::UnboundedSender<Bytes>,
+    /// Set once `connection.close` was sent: the deadline for the client's close-ok.
+    closing: Option<Instant>,
+}
+
+/// Why the main loop stopped.
+enum Stop {
+    Done,
+}
+
+macro_rules! ctx {
+    ($self:ident) => {
+        Ctx {
+            conn_id: $self.id,
+            vhost: &$self.vhost,
+            user: &$self.opened.user,
+            out: &mut $self.out,
+            sink: &$self.sink,
+            frame_max: $self.opened.frame_max,
+            max_message_size: $self.broker.config.max_message_size,
+            kicks: &mut $self.kicks,
+        }
+    };
+}
+
+impl Connection {
+    async fn serve(
+        &mut self,
+        mut rd: tokio::net::tcp::OwnedReadHalf,
+        mut rbuf: BytesMut,
+        inbox: &mut mpsc::UnboundedReceiver<QueueEvent>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let hb = self.opened.heartbeat;
+        let period = if hb == 0 {
+            Duration::from_secs(3600)
+        } else {
+            Duration::from_millis(u64::from(hb) * 500)
+        };
+        let mut tick = tokio::time::interval_at(Instant::now() + period, period);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_read = Instant::now();
+        // Frames the client pipelined behind connection.open.
+        if self.drain_frames(&mut rbuf).is_err() {
+            self.flush();
+            return;
+        }
+        self.flush();
+        let mut events = Vec::with_capacity(INBOX_BATCH);
+        loop {
+            let deadline = self.closing.unwrap_or_else(|| Instant::now() + Duration::from_secs(86400));
+            tokio::select! {
+                // Shutdown: tell the client why, then wait for close-ok like any close.
+                _ = shutdown.changed(), if self.closing.is_none() => {
+                    self.close_connection(AmqpError::connection_forced(
+                        "broker forced connection closure with reason 'shutdown'",
+                    ));
+                }
+                // Deliveries and cancellations from queues.
+                n = inbox.recv_many(&mut events, INBOX_BATCH) => {
+                    if n == 0 { break; }
+                    for ev in events.drain(..) {
+                        self.handle_event(ev);
+                    }
+                }
+                // Client input: decode every whole frame that arrived.
+                r = rd.read_buf(&mut rbuf) => {
+                    match r {
+                        Ok(0) | Err(_) => {
+                            tracing::debug!(peer = %self.peer, "socket closed by peer");
+                            break;
+                        }
+                        Ok(_) => {
+                            last_read = Instant::now();
+                            if self.drain_frames(&mut rbuf).is_err() {
+                                self.flush();
+                                break;
+                            }
+                        }
+                    }
+                }
+                // Heartbeats: send every interval/2; a peer silent for two intervals is gone.
+                _ = tick.tick(), if hb != 0 => {
+                    if last_read.elapsed() > Duration::from_secs(u64::from(hb) * 2) {
+                        tracing::warn!(peer = %self.peer, "missed heartbeats from client, timeout: {hb}s");
+                        break;
+                    }
+                    protocol::write_heartbeat(&mut self.out);
+                }
+                _ = tokio::time::sleep_until(deadline), if self.closing.is_some() => {
+                    tracing::debug!(peer = %self.peer, "no close-ok in time");
+                    break;
+                }
+            }
+            self.flush();
+        }
+        self.flush();
+    }
+
+    /// Ends a batch: coalesced confirms, dispatch on queues that got credit back, and one
+    /// write to the socket.
+    fn flush(&mut self) {
+        for chan in self.channels.values_mut() {
+            chan.flush_confirms(&mut self.out);
+        }
+        for q in self.kicks.drain(..) {
+            q.dispatch();
+        }
+        if !self.out.is_empty() {
+            let _ = self.writer_tx.send(self.out.split().freeze());
+        }
+    }
+
+    fn drain_frames(&mut self, rbuf: &mut BytesMut) -> Result<(), Stop> {
+        loop {
+            match protocol::decode(rbuf, self.opened.frame_max) {
+                Ok(Some(frame)) => self.handle_frame(frame)?,
+                Ok(None) => return Ok(()),
+                Err(DecodeError::Amqp(e)) => {
+                    if self.closing.is_none() {
+                        self.close_connection(e);
+                    }
+                    // Nothing after a framing error can be trusted.
+                    return Err(Stop::Done);
+                }
+                Err(DecodeError::Drop(why)) => {
+                    tracing::warn!(peer = %self.peer, "closing connection: {why}");
+                    return Err(Stop::Done);
+                }
+            }
+        }
+    }
+
+    fn handle_event(&mut self, ev: QueueEvent) {
+        match ev {
+            QueueEvent::Deliver {
+                channel,
+                consumer_tag,
+                queue,
+                entry,
+                no_ack,
+            } => match self.channels.get_mut(&channel) {
+                Some(chan) if self.closing.is_none() => {
+                    chan.handle_delivery(&mut ctx!(self), &consumer_tag, queue, entry, no_ack);
+                }
+                _ => {
+                    queue.requeue_unsent(entry);
+                    self.kicks.push(queue);
+                }
+            },
+            QueueEvent::Cancelled { channel, consumer_tag } => {
+                if let Some(chan) = self.channels.get_mut(&channel)
+                    && chan.consumer_cancelled(&consumer_tag)
+                    && self.opened.cancel_notify
+                    && !chan.is_closing()
+                {
+                    protocol::write_method(
+                        &mut self.out,
+                        channel,
+                        &AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Cancel(
+                            amq_protocol::protocol::basic::Cancel {
+                                consumer_tag: consumer_tag.as_ref().into(),
+                                nowait: true,
+                            },
+                        )),
+                    );
+                }
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, frame: Frame) -> Result<(), Stop> {
+        if self.closing.is_some() {
+            // spec: after connection.close, everything but close / close-ok is discarded.
+            if let Frame::Method { channel: 0, method } = &frame {
+                match **method {
+                    AMQPClass::Connection(c::AMQPMethod::CloseOk(_)) => return Err(Stop::Done),
+                    AMQPClass::Connection(c::AMQPMethod::Close(_)) => {
+                        self.send0(c::AMQPMethod::CloseOk(c::CloseOk {}));
+                        return Err(Stop::Done);
+                    }
+                    _ => {}
+                }
+            }
+            return Ok(());
+        }
+        let (channel, result) = match frame {
+            Frame::Heartbeat { channel: 0 } => return Ok(()),
+            Frame::Heartbeat { channel } => (
+                channel,
+                Err(AmqpError::unexpected_frame(format!("heartbeat frame on channel {channel}"))),
+            ),
+            Frame::Method { channel: 0, method } => return self.connection_method(*method),
+            Frame::Method { channel, method } => (channel, self.channel_method(channel, *method)),
+            Frame::Header {
+                channel,
+                properties,
+                raw_properties,
+                body_size,
+                class_id,
+            } => {
+                let r = match self.channels.get_mut(&channel) {
+                    None => Err(AmqpError::channel_error(format!("expected 'channel.open' on channel {channel}"))),
+                    Some(chan) if chan.is_closing() => Ok(()),
+                    Some(_) if class_id != 60 => Err(AmqpError::frame_error(format!("content header for unknown class {class_id}"))),
+                    Some(chan) => chan.handle_header(&mut ctx!(self), properties, raw_properties, body_size),
+                };
+                (channel, r)
+            }
+            Frame::Body { channel, payload } => {
+                let r = match self.channels.get_mut(&channel) {
+                    None if channel == 0 => Err(AmqpError::unexpected_frame("body frame on channel 0")),
+                    None => Err(AmqpError::channel_error(format!("expected 'channel.open' on channel {channel}"))),
+                    Some(chan) if chan.is_closing() => Ok(()),
+                    Some(chan) => chan.handle_body(&mut ctx!(self), payload),
+                };
+                (channel, r)
+            }
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => self.fail(channel, e),
+        }
+    }
+
+    fn send0(&mut self, m: c::AMQPMethod) {
+        protocol::write_method(&mut self.out, 0, &AMQPClass::Connection(m));
+    }
+
+    fn connection_method(&mut self, method: AMQPClass) -> Result<(), Stop> {
+        match method {
+            AMQPClass::Connection(c::AMQPMethod::Close(m)) => {
+                tracing::debug!(peer = %self.peer, "client closed the connection: {} {}", m.reply_code, m.reply_text);
+                self.send0(c::AMQPMethod::CloseOk(c::CloseOk {}));
+                Err(Stop::Done)
+            }
+            AMQPClass::Connection(c::AMQPMethod::CloseOk(_)) => Ok(()),
+            AMQPClass::Connection(c::AMQPMethod::UpdateSecret(_)) => {
+                self.send0(c::AMQPMethod::UpdateSecretOk(c::UpdateSecretOk {}));
+                Ok(())
+            }
+            other => {
+                let e = AmqpError::command_invalid(format!("unexpected method on channel 0: {other:?}"))
+                    .with_method(other.get_amqp_class_id(), other.get_amqp_method_id());
+                self.fail(0, e)
+            }
+        }
+    }
+
+    fn channel_method(&mut self, id: u16, method: AMQPClass) -> Result<(), AmqpError> {
+        let ids = (method.get_amqp_class_id(), method.get_amqp_method_id());
+        let with = |e: AmqpError| e.with_method(ids.0, ids.1);
+        if let AMQPClass::Channel(m) = &method {
+            match m {
+                ch::AMQPMethod::Open(_) => {
+                    if self.channels.contains_key(&id) {
+                        return Err(with(AmqpError::channel_error("second 'channel.open' seen")));
+                    }
+                    let max = self.opened.channel_max;
+                    if self.channels.len() >= usize::from(max) {
+                        return Err(with(AmqpError::not_allowed(format!(
+                            "number of channels opened ({}) has reached the negotiated channel_max ({max})",
+                            self.channels.len()
+                        ))));
+                    }
+                    self.channels.insert(id, Channel::new(id));
+                    protocol::write_method(&mut self.out, id, &AMQPClass::Channel(ch::AMQPMethod::OpenOk(ch::OpenOk {})));
+                    return Ok(());
+                }
+                ch::AMQPMethod::Close(_) => {
+                    if let Some(mut chan) = self.channels.remove(&id) {
+                        chan.shut(&mut ctx!(self));
+                    }
+                    protocol::write_method(&mut self.out, id, &AMQPClass::Channel(ch::AMQPMethod::CloseOk(ch::CloseOk {})));
+                    return Ok(());
+                }
+                ch::AMQPMethod::CloseOk(_) => {
+                    if self.channels.get(&id).is_some_and(Channel::is_closing) {
+                        self.channels.remove(&id);
+                    }
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        let Some(chan) = self.channels.get_mut(&id) else {
+            return Err(with(AmqpError::channel_error(format!("expected 'channel.open' on channel {id}"))));
+        };
+        if chan.is_closing() {
+            // spec: after channel.close, discard everything but close / close-ok.
+            return Ok(());
+        }
+        if chan.in_content() {
+            return Err(with(AmqpError::unexpected_frame(
+                "expected content header for class 60, got non content header frame instead",
+            )));
+        }
+        let mut ctx = ctx!(self);
+        match method {
+            AMQPClass::Channel(ch::AMQPMethod::Flow(f)) => {
+                if !f.active {
+                    return Err(with(AmqpError::not_implemented("active=false")));
+                }
+                protocol::write_method(ctx.out, id, &AMQPClass::Channel(ch::AMQPMethod::FlowOk(ch::FlowOk { active: true })));
+                Ok(())
+            }
+            AMQPClass::Channel(_) => Err(with(AmqpError::command_invalid("unexpected channel method"))),
+            AMQPClass::Access(access::AMQPMethod::Request(_)) => {
+                protocol::write_method(ctx.out, id, &AMQPClass::Access(access::AMQPMethod::RequestOk(access::RequestOk {})));
+                Ok(())
+            }
+            AMQPClass::Connection(_) => Err(with(AmqpError::command_invalid("connection method on a channel"))),
+            m => chan.handle_method(&mut ctx, m).map_err(with),
+        }
+    }
+
+    /// Turns an error into `channel.close` or `connection.close`, by its scope.
+    fn fail(&mut self, channel: u16, e: AmqpError) -> Result<(), Stop> {
+        match e.scope(channel) {
+            Scope::Channel if self.channels.contains_key(&channel) => {
+                tracing::info!(peer = %self.peer, channel, code = e.code, "closing channel: {}", e.text);
+                if let Some(mut chan) = self.channels.remove(&channel) {
+                    chan.shut(&mut ctx!(self));
+                    self.channels.insert(channel, chan);
+                }
+                protocol::write_method(
+                    &mut self.out,
+                    channel,
+                    &AMQPClass::Channel(ch::AMQPMethod::Close(ch::Close {
+                        reply_code: e.code,
+                        reply_text: e.text.as_str().into(),
+                        class_id: e.class_id,
+                        method_id: e.method_id,
+                    })),
+                );
+                Ok(())
+            }
+            _ => {
+                self.close_connection(e);
+                Ok(())
+            }
+        }
+    }
+
+    fn close_connection(&mut self, e: AmqpError) {
+        tracing::warn!(peer = %self.peer, code = e.code, "closing connection: {}", e.text);
+        self.release_channels();
+        write_connection_close(&mut self.out, &e);
+        self.closing = Some(Instant::now() + CLOSE_TIMEOUT);
+    }
+
+    fn release_channels(&mut self) {
+        let mut channels = std::mem::take(&mut self.channels);
+        for chan in channels.values_mut() {
+            if !chan.is_closing() {
+                chan.shut(&mut ctx!(self));
+            }
+        }
+    }
+
+    /// Final cleanup: channels give back what they hold, deliveries still in the inbox go
+    /// back to their queues unchanged, exclusive queues go.
+    fn cleanup(&mut self, mut inbox: mpsc::UnboundedReceiver<QueueEvent>) {
+        self.release_channels();
+        // Every consumer is detached now, so nothing new arrives; what is there was never
+        // written to the client.
+        inbox.close();
+        while let Ok(ev) = inbox.try_recv() {
+            if let QueueEvent::Deliver { queue, entry, .. } = ev {
+                queue.requeue_unsent(entry);
+                self.kicks.push(queue);
+            }
+        }
+        for q in self.vhost.exclusive_queues(self.id) {
+            self.vhost.remove_queue(&q);
+        }
+        for q in self.kicks.drain(..) {
+            q.dispatch();
+        }
+        tracing::info!(peer = %self.peer, user = %self.opened.user, vhost = %self.vhost.name, "connection closed");
+    }
+}

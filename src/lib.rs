@@ -1,0 +1,22 @@
+//! Warren: an AMQP 0-9-1 message broker that speaks RabbitMQ's dialect.
+//!
+//! Module map, socket to queue:
+//! - [`server`] accepts TCP connections and spawns one [`connection`] task each.
+//! - [`connection`] owns the socket: handshake, frame decoding ([`protocol`]), heartbeats,
+//!   and the connection's channels; it turns errors into `channel.close` / `connection.close`.
+//! - [`channel`] is one channel's state machine: publishes, consumers, acks, confirms, tx.
+//! - [`broker`] holds what connections share: vhosts with their exchanges and queues,
+//!   routing, dispatch.
+//! - [`protocol`] is the sans-I/O wire format; [`error`] the one error type that reaches the
+//!   wire; [`config`] and [`cli`] the settings.
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod broker;
+pub mod channel;
+pub mod cli;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod protocol;
+pub mod server;
+pub mod telemetry;

@@ -1,0 +1,89 @@
+//! The `warren` binary: parse flags, load `rabbit.toml`, bind, serve until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use warren::broker::Broker;
+use warren::cli::Cli;
+use warren::config::Config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("warren: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    warren::telemetry::init(&config.log);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("warren: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(serve(config))
+}
+
+fn load(cli: &Cli) -> Result<Config, Box<dyn std::error::Error>> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None if PathBuf::from("rabbit.toml").exists() => Config::load("rabbit.toml".as_ref())?,
+        None => Config::default(),
+    };
+    if let Some(addr) = cli.bind {
+        config.listeners = vec![addr];
+    }
+    if let Some(dir) = &cli.data_dir {
+        config.data_dir = dir.clone();
+    }
+    if let Some(log) = &cli.log {
+        config.log = log.clone();
+    }
+    config.check()?;
+    Ok(config)
+}
+
+async fn serve(config: Config) -> ExitCode {
+    if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
+        eprintln!("warren: cannot create data_dir {}: {e}", config.data_dir.display());
+        return ExitCode::FAILURE;
+    }
+    let listeners = match warren::server::bind(&config.listeners).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("warren: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for l in &listeners {
+        if let Ok(a) = l.local_addr() {
+            // Tests and scripts read this line to find a port chosen by the OS.
+            tracing::info!("listening on {a}");
+            println!("warren listening on {a}");
+        }
+    }
+    let broker = Arc::new(Broker::new(config));
+    warren::server::run(listeners, broker, stop_signal()).await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
