@@ -15,8 +15,11 @@
 # non-zero when M > 0.
 #
 # Environment: CONFORMANCE_TIMEOUT (per-test timeout, s, default 30),
+# CONFORMANCE_SUITE_TIMEOUT (whole-suite bound, s, default 900; a suite killed
+# by it counts as one failure),
 # CONFORMANCE_PYTHON (interpreter used to create the venv, default python3),
-# PYTEST_ARGS (extra arguments for both pytest runs, e.g. "-x" or "-k qos").
+# PYTEST_ARGS (extra arguments for both pytest runs, split on whitespace, no
+# quoting; e.g. "-x" or "-k qos"; py-amqp's own -k "not tls" wins over a -k here).
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -27,6 +30,7 @@ RESULTS="$CACHE/results"
 REQS="$HERE/python/requirements.txt"
 INI="$HERE/python/pytest.ini"
 TIMEOUT="${CONFORMANCE_TIMEOUT:-30}"
+SUITE_TIMEOUT="${CONFORMANCE_SUITE_TIMEOUT:-900}"
 PY="${CONFORMANCE_PYTHON:-python3}"
 export PYTHONDONTWRITEBYTECODE=1
 
@@ -136,14 +140,14 @@ rm -f "$RESULTS/py-amqp.xml" "$RESULTS/pika.xml"
 echo "== py-amqp $AMQP_VERSION t/integration/test_rmq.py against $HOST:$PORT"
 (cd "$AMQP_SRC" && RABBITMQ_HOST="$HOST" RABBITMQ_5672_TCP="$PORT" \
     CONFORMANCE_SKIP_FILE="$HERE/skip/py-amqp.txt" \
-    "$VENV/bin/python" -m pytest "${COMMON[@]}" --rootdir "$AMQP_SRC" \
+    timeout -k 10 "$SUITE_TIMEOUT" "$VENV/bin/python" -m pytest "${COMMON[@]}" --rootdir "$AMQP_SRC" \
     --junitxml "$RESULTS/py-amqp.xml" -k "not tls" t/integration/test_rmq.py)
 RC_AMQP=$?
 
 echo "== pika scenarios against $HOST:$PORT"
 (cd "$HERE/python/scenarios" && AMQP_HOST="$HOST" AMQP_PORT="$PORT" \
     CONFORMANCE_SKIP_FILE="$HERE/skip/pika.txt" \
-    "$VENV/bin/python" -m pytest "${COMMON[@]}" --rootdir "$HERE/python/scenarios" \
+    timeout -k 10 "$SUITE_TIMEOUT" "$VENV/bin/python" -m pytest "${COMMON[@]}" --rootdir "$HERE/python/scenarios" \
     --junitxml "$RESULTS/pika.xml" .)
 RC_PIKA=$?
 

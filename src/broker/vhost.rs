@@ -78,7 +78,8 @@ pub struct VHost {
     topology: Mutex<()>,
 }
 
-fn reserved(name: &str) -> bool {
+/// Names starting with `amq.` are the broker's; clients may not create them.
+pub fn reserved(name: &str) -> bool {
     name.starts_with("amq.")
 }
 
@@ -147,21 +148,13 @@ impl VHost {
         flags: ExchangeFlags,
         arguments: &FieldTable,
     ) -> Result<()> {
-        if flags.passive {
-            if name.is_empty() {
-                return Ok(());
-            }
-            return self.existing_exchange(name).map(|_| ());
-        }
         if name.is_empty() {
             return Err(AmqpError::access_refused(
                 "operation not permitted on the default exchange",
             ));
         }
-        if reserved(name) {
-            return Err(AmqpError::access_refused(format!(
-                "exchange name '{name}' contains reserved prefix 'amq.*'"
-            )));
+        if flags.passive {
+            return self.existing_exchange(name).map(|_| ());
         }
         let kind = ExchangeKind::parse(kind)?;
         let _t = self.topology.lock();
@@ -185,6 +178,12 @@ impl VHost {
                 return Err(self.inequivalent("exchange", arg, name, args::describe(r), args::describe(c)));
             }
             return Ok(());
+        }
+        // Redeclaring amq.direct equivalently is fine; creating a new amq.* exchange is not.
+        if reserved(name) {
+            return Err(AmqpError::access_refused(format!(
+                "exchange name '{name}' contains reserved prefix 'amq.*'"
+            )));
         }
         let x = Exchange::new(
             name,
@@ -347,11 +346,6 @@ impl VHost {
         if flags.passive {
             return Err(self.no_queue(name));
         }
-        if reserved(name) {
-            return Err(AmqpError::access_refused(format!(
-                "queue name '{name}' contains reserved prefix 'amq.*'"
-            )));
-        }
         args::validate_queue_args(arguments, name, &self.name)?;
         check_queue_type(arguments, name, &self.name, flags)?;
         let q = Arc::new(Queue::new(
@@ -387,6 +381,9 @@ impl VHost {
     /// # Errors
     /// As `bind_queue`.
     pub fn unbind_queue(&self, queue: &str, exchange: &str, key: &str, a: &FieldTable, conn_id: u64) -> Result<()> {
+        if exchange.is_empty() {
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+        }
         let _t = self.topology.lock();
         let Some(q) = self.queues.get(queue).map(|q| q.clone()) else {
             return Ok(());
@@ -400,9 +397,6 @@ impl VHost {
             // another connection's exclusive queue, but 405 for an existing one.
             if q.owner.is_some_and(|o| o != conn_id) {
                 return Err(self.locked(queue));
-            }
-            if exchange.is_empty() {
-                return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
             }
             if x.unbind(&dest, key, a) && x.auto_delete && !x.has_bindings() {
                 self.remove_exchange_locked(&x);

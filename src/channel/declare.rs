@@ -92,6 +92,12 @@ impl Channel {
                 names::generate("amq.gen-")
             }
         } else {
+            if !m.passive && crate::broker::vhost::reserved(m.queue.as_str()) {
+                return Err(AmqpError::access_refused(format!(
+                    "queue name '{}' contains reserved prefix 'amq.*'",
+                    m.queue
+                )));
+            }
             m.queue.to_string()
         };
         let d = ctx.vhost.declare_queue(&name, flags, &m.arguments, ctx.conn_id)?;

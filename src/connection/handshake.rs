@@ -63,6 +63,9 @@ fn server_properties() -> FieldTable {
         "consumer_cancel_notify",
         "per_consumer_qos",
         "authentication_failure_close",
+        // Warren never blocks publishers yet, but understands the notification pair, so a
+        // client may register for it.
+        "connection.blocked",
     ] {
         caps.insert(cap.into(), AMQPValue::Boolean(true));
     }

@@ -30,6 +30,7 @@ def params(**kwargs):
     kwargs.setdefault("blocked_connection_timeout", 30)
     kwargs.setdefault("connection_attempts", 1)
     kwargs.setdefault("socket_timeout", 10)
+    kwargs.setdefault("stack_timeout", 15)
     return pika.ConnectionParameters(AMQP_HOST, AMQP_PORT, **kwargs)
 
 
