@@ -1,5 +1,4 @@
 """AlternateExchange (after the Java client's AlternateExchange)."""
-import pika
 
 from helpers import RawConfirms, declare_queue, drain_get, sync
 

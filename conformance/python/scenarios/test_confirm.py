@@ -4,7 +4,7 @@ import pika.exceptions
 import pytest
 
 from helpers import (RawConfirms, assert_channel_closed, declare_queue,
-                     drain_get, settle, sync)
+                     drain_get, settle)
 
 
 def test_every_publish_is_acked_with_tags_from_one(conn, ch, names):

@@ -4,7 +4,7 @@ import pika.exceptions
 import pytest
 
 from helpers import (assert_connection_closed, declare_queue, drain_get,
-                     queue_depth, sync, wait_until)
+                     queue_depth, wait_until)
 
 
 def test_recover_redelivers_to_consumer(conn, ch, names):

@@ -1,0 +1,226 @@
+//! Test harness: a real Warren on 127.0.0.1:0 (in-process, with a temp data dir), lapin
+//! helpers, and a raw-socket client for malformed input.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use amq_protocol::frame::{AMQPFrame, parse_frame};
+use amq_protocol::protocol::{AMQPClass, connection as c};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+use bytes::BytesMut;
+use lapin::{Channel, Connection, ConnectionProperties};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use warren::broker::Broker;
+use warren::config::Config;
+
+/// A running broker; stops when dropped.
+pub struct TestBroker {
+    pub addr: SocketAddr,
+    pub _dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    pub done: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestBroker {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            data_dir: dir.path().to_owned(),
+            listeners: vec!["127.0.0.1:0".parse().unwrap()],
+            ..Config::default()
+        };
+        tweak(&mut config);
+        let listeners = warren::server::bind(&config.listeners).await.unwrap();
+        let addr = listeners[0].local_addr().unwrap();
+        let broker = Arc::new(Broker::new(config));
+        let (tx, rx) = oneshot::channel();
+        let done = tokio::spawn(warren::server::run(listeners, broker, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            _dir: dir,
+            stop: Some(tx),
+            done: Some(done),
+        }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    pub async fn connect(&self) -> Connection {
+        Connection::connect(&self.uri(), ConnectionProperties::default())
+            .await
+            .unwrap()
+    }
+
+    pub async fn channel(&self) -> (Connection, Channel) {
+        let conn = self.connect().await;
+        let ch = conn.create_channel().await.unwrap();
+        (conn, ch)
+    }
+
+    /// Asks the server to shut down and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(d) = self.done.take() {
+            d.await.unwrap();
+        }
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// The reply code of a lapin error raised by the broker.
+pub fn code(e: &lapin::Error) -> u16 {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(e) => e.get_id(),
+        other => panic!("not a protocol error: {other:?}"),
+    }
+}
+
+/// A unique name for this test.
+pub fn name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}-{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A raw AMQP client for malformed input.
+pub struct Raw {
+    pub sock: TcpStream,
+    buf: BytesMut,
+}
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        Self {
+            sock: TcpStream::connect(addr).await.unwrap(),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Performs the handshake with the given tune-ok values, returning the server's tune.
+    pub async fn open(addr: SocketAddr) -> Self {
+        let mut r = Self::connect(addr).await;
+        r.handshake(2047, 131072, 0).await;
+        r
+    }
+
+    pub async fn handshake(&mut self, channel_max: u16, frame_max: u32, heartbeat: u16) -> Option<AMQPClass> {
+        self.send_raw(b"AMQP\x00\x00\x09\x01").await;
+        self.expect_method().await; // start
+        let mut caps = FieldTable::default();
+        caps.insert("authentication_failure_close".into(), AMQPValue::Boolean(true));
+        let mut props = FieldTable::default();
+        props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+        self.send(0, AMQPClass::Connection(c::AMQPMethod::StartOk(c::StartOk {
+            client_properties: props,
+            mechanism: "PLAIN".into(),
+            response: LongString::from(&b"\0guest\0guest"[..]),
+            locale: "en_US".into(),
+        })))
+        .await;
+        self.expect_method().await; // tune
+        self.send(0, AMQPClass::Connection(c::AMQPMethod::TuneOk(c::TuneOk {
+            channel_max,
+            frame_max,
+            heartbeat,
+        })))
+        .await;
+        self.send(0, AMQPClass::Connection(c::AMQPMethod::Open(c::Open {
+            virtual_host: "/".into(),
+        })))
+        .await;
+        self.next_method().await
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.sock.write_all(bytes).await.unwrap();
+    }
+
+    pub async fn send(&mut self, channel: u16, m: AMQPClass) {
+        let mut out = BytesMut::new();
+        warren::protocol::write_method(&mut out, channel, &m);
+        self.send_raw(&out).await;
+    }
+
+    /// Next frame, or None when the socket closes (or nothing arrives in time).
+    pub async fn frame(&mut self) -> Option<AMQPFrame> {
+        loop {
+            if let Ok((rest, f)) = parse_frame(&self.buf[..]) {
+                let used = self.buf.len() - rest.len();
+                let _ = self.buf.split_to(used);
+                return Some(f);
+            }
+            match tokio::time::timeout(WAIT, self.sock.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Next method frame (skipping heartbeats, headers and bodies).
+    pub async fn next_method(&mut self) -> Option<AMQPClass> {
+        loop {
+            match self.frame().await? {
+                AMQPFrame::Method(_, m) => return Some(m),
+                _ => continue,
+            }
+        }
+    }
+
+    pub async fn expect_method(&mut self) -> AMQPClass {
+        self.next_method().await.expect("a method frame")
+    }
+
+    /// Reads until `connection.close` and returns its code, checking the socket then closes
+    /// once close-ok is sent.
+    pub async fn expect_connection_close(&mut self) -> u16 {
+        loop {
+            match self.next_method().await {
+                Some(AMQPClass::Connection(c::AMQPMethod::Close(cl))) => {
+                    self.send(0, AMQPClass::Connection(c::AMQPMethod::CloseOk(c::CloseOk {}))).await;
+                    assert!(self.frame().await.is_none(), "socket should close after close-ok");
+                    return cl.reply_code;
+                }
+                Some(_) => continue,
+                None => panic!("socket closed without connection.close"),
+            }
+        }
+    }
+
+    /// Reads until `channel.close` and returns (channel, code, class, method).
+    pub async fn expect_channel_close(&mut self) -> (u16, u16, u16, u16) {
+        loop {
+            match self.frame().await.expect("a frame") {
+                AMQPFrame::Method(ch, AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::Close(cl))) => {
+                    return (ch, cl.reply_code, cl.class_id, cl.method_id);
+                }
+                AMQPFrame::Method(_, AMQPClass::Connection(c::AMQPMethod::Close(cl))) => {
+                    panic!("connection closed instead: {cl:?}")
+                }
+                _ => continue,
+            }
+        }
+    }
+}
