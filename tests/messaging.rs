@@ -298,7 +298,7 @@ async fn auto_delete_queue_goes_with_its_last_consumer() {
     let (_c, ch) = b.channel().await;
     let q = name("ad");
     ch.queue_declare(q.as_str().into(), QueueDeclareOptions { auto_delete: true, ..Default::default() }, FieldTable::default()).await.unwrap();
-    ch.basic_consume(q.as_str().into(), "c".into(), Default::default(), FieldTable::default()).await.unwrap();
+    let _consumer = ch.basic_consume(q.as_str().into(), "c".into(), Default::default(), FieldTable::default()).await.unwrap();
     ch.basic_cancel("c".into(), Default::default()).await.unwrap();
     let e = ch.queue_declare(q.as_str().into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await.unwrap_err();
     assert_eq!(code(&e), 404);
