@@ -162,7 +162,9 @@ mod tests {
 
     #[test]
     fn with_method_keeps_the_first_ids() {
-        let e = AmqpError::not_found("x").with_method(50, 10).with_method(60, 40);
+        let e = AmqpError::not_found("x")
+            .with_method(50, 10)
+            .with_method(60, 40);
         assert_eq!((e.class_id, e.method_id), (50, 10));
     }
 }

@@ -50,7 +50,10 @@ fn load(cli: &Cli) -> Result<Config, Box<dyn std::error::Error>> {
 
 async fn serve(config: Config) -> ExitCode {
     if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
-        eprintln!("warren: cannot create data_dir {}: {e}", config.data_dir.display());
+        eprintln!(
+            "warren: cannot create data_dir {}: {e}",
+            config.data_dir.display()
+        );
         return ExitCode::FAILURE;
     }
     let listeners = match warren::server::bind(&config.listeners).await {

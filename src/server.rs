@@ -23,16 +23,20 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
     let mut out = Vec::new();
     for a in addrs {
-        let l = TcpListener::bind(a).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen on {a}: {e}"))
-        })?;
+        let l = TcpListener::bind(a)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))?;
         out.push(l);
     }
     Ok(out)
 }
 
 /// Serves until `stop` resolves, then drains connections.
-pub async fn run(listeners: Vec<TcpListener>, broker: Arc<Broker>, stop: impl std::future::Future<Output = ()>) {
+pub async fn run(
+    listeners: Vec<TcpListener>,
+    broker: Arc<Broker>,
+    stop: impl std::future::Future<Output = ()>,
+) {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut accepts = JoinSet::new();
     for l in listeners {
@@ -49,7 +53,11 @@ pub async fn run(listeners: Vec<TcpListener>, broker: Arc<Broker>, stop: impl st
     }
 }
 
-async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {

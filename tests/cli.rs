@@ -15,7 +15,10 @@ fn warren() -> Command {
 fn unknown_config_key_is_named_and_exits_non_zero() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rabbit.toml");
-    std::fs::File::create(&path).unwrap().write_all(b"frame_maxx = 4096\n").unwrap();
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(b"frame_maxx = 4096\n")
+        .unwrap();
     let out = warren().arg("--config").arg(&path).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -45,7 +48,10 @@ fn a_port_in_use_says_so() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&addr.to_string()) && err.to_lowercase().contains("in use"), "{err}");
+    assert!(
+        err.contains(&addr.to_string()) && err.to_lowercase().contains("in use"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -59,12 +65,19 @@ async fn sigterm_closes_clients_with_320_and_exits_zero() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let addr = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
     let mut client = Raw::open(addr).await;
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     assert_eq!(client.expect_connection_close().await, 320);
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
     assert!(exit.success(), "{exit:?}");
 }

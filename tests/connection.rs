@@ -15,7 +15,9 @@ async fn bad_protocol_header_is_answered_with_ours_then_closed() {
     let mut r = Raw::connect(b.addr).await;
     r.send_raw(b"AMQP\x01\x01\x00\x0a").await;
     let mut got = [0u8; 8];
-    tokio::io::AsyncReadExt::read_exact(&mut r.sock, &mut got).await.unwrap();
+    tokio::io::AsyncReadExt::read_exact(&mut r.sock, &mut got)
+        .await
+        .unwrap();
     assert_eq!(&got, b"AMQP\x00\x00\x09\x01");
     assert!(r.frame().await.is_none());
 }
@@ -30,11 +32,18 @@ async fn start_advertises_warren_and_its_capabilities() {
     };
     assert_eq!((start.version_major, start.version_minor), (0, 9));
     let props = start.server_properties.inner();
-    assert!(matches!(props.get("product"), Some(amq_protocol::types::AMQPValue::LongString(s)) if s.as_bytes() == b"Warren"));
+    assert!(
+        matches!(props.get("product"), Some(amq_protocol::types::AMQPValue::LongString(s)) if s.as_bytes() == b"Warren")
+    );
     let Some(amq_protocol::types::AMQPValue::FieldTable(caps)) = props.get("capabilities") else {
         panic!("no capabilities");
     };
-    for cap in ["publisher_confirms", "basic.nack", "consumer_cancel_notify", "exchange_exchange_bindings"] {
+    for cap in [
+        "publisher_confirms",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "exchange_exchange_bindings",
+    ] {
         assert!(caps.contains_key(cap), "{cap}");
     }
     assert_eq!(start.mechanisms.as_bytes(), b"AMQPLAIN PLAIN");
@@ -55,7 +64,9 @@ async fn bad_password_is_refused_with_403_for_clients_that_ask() {
     let b = TestBroker::start().await;
     let uri = format!("amqp://guest:wrong@{}/%2f", b.addr);
     // lapin advertises authentication_failure_close.
-    let e = Connection::connect(&uri, ConnectionProperties::default()).await.unwrap_err();
+    let e = Connection::connect(&uri, ConnectionProperties::default())
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), 403);
 }
 
@@ -63,7 +74,9 @@ async fn bad_password_is_refused_with_403_for_clients_that_ask() {
 async fn unknown_vhost_is_530() {
     let b = TestBroker::start().await;
     let uri = format!("amqp://guest:guest@{}/nope", b.addr);
-    let e = Connection::connect(&uri, ConnectionProperties::default()).await.unwrap_err();
+    let e = Connection::connect(&uri, ConnectionProperties::default())
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), 530);
 }
 
@@ -72,7 +85,10 @@ async fn tune_ok_above_the_servers_channel_max_is_refused() {
     let b = TestBroker::start().await;
     let mut r = Raw::connect(b.addr).await;
     let reply = r.handshake(5000, 131072, 0).await;
-    assert!(matches!(&reply, Some(AMQPClass::Connection(c::AMQPMethod::Close(cl))) if cl.reply_code == 530), "{reply:?}");
+    assert!(
+        matches!(&reply, Some(AMQPClass::Connection(c::AMQPMethod::Close(cl))) if cl.reply_code == 530),
+        "{reply:?}"
+    );
 }
 
 #[tokio::test]
@@ -80,15 +96,22 @@ async fn tune_ok_frame_max_zero_is_refused() {
     let b = TestBroker::start().await;
     let mut r = Raw::connect(b.addr).await;
     let reply = r.handshake(2047, 0, 0).await;
-    assert!(matches!(&reply, Some(AMQPClass::Connection(c::AMQPMethod::Close(cl))) if cl.reply_code == 530), "{reply:?}");
+    assert!(
+        matches!(&reply, Some(AMQPClass::Connection(c::AMQPMethod::Close(cl))) if cl.reply_code == 530),
+        "{reply:?}"
+    );
 }
 
 #[tokio::test]
 async fn frame_larger_than_frame_max_is_501() {
     let b = TestBroker::start().await;
     let mut r = Raw::connect(b.addr).await;
-    assert!(matches!(r.handshake(2047, 4096, 0).await, Some(AMQPClass::Connection(c::AMQPMethod::OpenOk(_)))));
-    r.send(1, AMQPClass::Channel(ch::AMQPMethod::Open(ch::Open {}))).await;
+    assert!(matches!(
+        r.handshake(2047, 4096, 0).await,
+        Some(AMQPClass::Connection(c::AMQPMethod::OpenOk(_)))
+    ));
+    r.send(1, AMQPClass::Channel(ch::AMQPMethod::Open(ch::Open {})))
+        .await;
     r.expect_method().await;
     let mut frame = vec![3u8, 0, 1];
     frame.extend_from_slice(&5000u32.to_be_bytes());
@@ -118,7 +141,14 @@ async fn heartbeat_on_a_channel_is_505() {
 async fn method_on_an_unopened_channel_is_504() {
     let b = TestBroker::start().await;
     let mut r = Raw::open(b.addr).await;
-    r.send(3, AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos { prefetch_count: 1, global: false }))).await;
+    r.send(
+        3,
+        AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
+            prefetch_count: 1,
+            global: false,
+        })),
+    )
+    .await;
     assert_eq!(r.expect_connection_close().await, 504);
 }
 
@@ -126,9 +156,11 @@ async fn method_on_an_unopened_channel_is_504() {
 async fn second_channel_open_is_504() {
     let b = TestBroker::start().await;
     let mut r = Raw::open(b.addr).await;
-    r.send(1, AMQPClass::Channel(ch::AMQPMethod::Open(ch::Open {}))).await;
+    r.send(1, AMQPClass::Channel(ch::AMQPMethod::Open(ch::Open {})))
+        .await;
     r.expect_method().await;
-    r.send(1, AMQPClass::Channel(ch::AMQPMethod::Open(ch::Open {}))).await;
+    r.send(1, AMQPClass::Channel(ch::AMQPMethod::Open(ch::Open {})))
+        .await;
     assert_eq!(r.expect_connection_close().await, 504);
 }
 
@@ -136,13 +168,15 @@ async fn second_channel_open_is_504() {
 async fn body_frame_without_publish_is_505_and_method_inside_content_is_505() {
     let b = TestBroker::start().await;
     let mut r = Raw::open(b.addr).await;
-    r.send(1, AMQPClass::Channel(ch::AMQPMethod::Open(ch::Open {}))).await;
+    r.send(1, AMQPClass::Channel(ch::AMQPMethod::Open(ch::Open {})))
+        .await;
     r.expect_method().await;
     r.send_raw(&[3, 0, 1, 0, 0, 0, 1, b'x', 0xCE]).await;
     assert_eq!(r.expect_connection_close().await, 505);
 
     let mut r = Raw::open(b.addr).await;
-    r.send(1, AMQPClass::Channel(ch::AMQPMethod::Open(ch::Open {}))).await;
+    r.send(1, AMQPClass::Channel(ch::AMQPMethod::Open(ch::Open {})))
+        .await;
     r.expect_method().await;
     let publish = AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
         exchange: "".into(),
@@ -159,18 +193,26 @@ async fn body_frame_without_publish_is_505_and_method_inside_content_is_505() {
 async fn body_overrunning_its_declared_size_is_refused() {
     let b = TestBroker::start().await;
     let mut r = Raw::open(b.addr).await;
-    r.send(1, AMQPClass::Channel(ch::AMQPMethod::Open(ch::Open {}))).await;
+    r.send(1, AMQPClass::Channel(ch::AMQPMethod::Open(ch::Open {})))
+        .await;
     r.expect_method().await;
-    r.send(1, AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
-        exchange: "".into(),
-        routing_key: "q".into(),
-        mandatory: false,
-        immediate: false,
-    })))
+    r.send(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: "".into(),
+            routing_key: "q".into(),
+            mandatory: false,
+            immediate: false,
+        })),
+    )
     .await;
     // header: class 60, weight 0, body size 2, no properties
-    r.send_raw(&[2, 0, 1, 0, 0, 0, 14, 0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0xCE]).await;
-    r.send_raw(&[3, 0, 1, 0, 0, 0, 3, b'a', b'b', b'c', 0xCE]).await;
+    r.send_raw(&[
+        2, 0, 1, 0, 0, 0, 14, 0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0xCE,
+    ])
+    .await;
+    r.send_raw(&[3, 0, 1, 0, 0, 0, 3, b'a', b'b', b'c', 0xCE])
+        .await;
     assert_eq!(r.expect_connection_close().await, 501);
 }
 
@@ -191,7 +233,10 @@ async fn unknown_method_closes_the_socket_and_other_connections_carry_on() {
 async fn server_sends_heartbeats_and_drops_a_silent_peer() {
     let b = TestBroker::start().await;
     let mut r = Raw::connect(b.addr).await;
-    assert!(matches!(r.handshake(2047, 131072, 1).await, Some(AMQPClass::Connection(c::AMQPMethod::OpenOk(_)))));
+    assert!(matches!(
+        r.handshake(2047, 131072, 1).await,
+        Some(AMQPClass::Connection(c::AMQPMethod::OpenOk(_)))
+    ));
     // With heartbeat=1 the server sends one every 0.5 s and gives up after 2 s of silence.
     let mut heartbeats = 0;
     let started = tokio::time::Instant::now();

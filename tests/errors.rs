@@ -12,9 +12,15 @@ use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 async fn channel_error(conn: &Connection, ch: &Channel, e: lapin::Error, want: u16) {
     assert_eq!(code(&e), want, "{e:?}");
     assert!(!ch.status().connected());
-    assert!(conn.status().connected(), "the connection must survive a channel error");
+    assert!(
+        conn.status().connected(),
+        "the connection must survive a channel error"
+    );
     let other = conn.create_channel().await.unwrap();
-    other.queue_declare("".into(), Default::default(), FieldTable::default()).await.unwrap();
+    other
+        .queue_declare("".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
 }
 
 /// Asserts a connection-scoped error.
@@ -24,7 +30,10 @@ fn connection_error(conn: &Connection, e: lapin::Error, want: u16) {
 }
 
 fn passive() -> QueueDeclareOptions {
-    QueueDeclareOptions { passive: true, ..Default::default() }
+    QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    }
 }
 
 fn table(pairs: &[(&str, AMQPValue)]) -> FieldTable {
@@ -39,7 +48,10 @@ fn table(pairs: &[(&str, AMQPValue)]) -> FieldTable {
 async fn passive_declare_of_a_missing_queue_is_404() {
     let b = TestBroker::start().await;
     let (conn, ch) = b.channel().await;
-    let e = ch.queue_declare("missing".into(), passive(), FieldTable::default()).await.unwrap_err();
+    let e = ch
+        .queue_declare("missing".into(), passive(), FieldTable::default())
+        .await
+        .unwrap_err();
     channel_error(&conn, &ch, e, 404).await;
 }
 
@@ -48,7 +60,15 @@ async fn passive_declare_of_a_missing_exchange_is_404() {
     let b = TestBroker::start().await;
     let (conn, ch) = b.channel().await;
     let e = ch
-        .exchange_declare("missing".into(), ExchangeKind::Direct, ExchangeDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .exchange_declare(
+            "missing".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap_err();
     channel_error(&conn, &ch, e, 404).await;
@@ -58,8 +78,19 @@ async fn passive_declare_of_a_missing_exchange_is_404() {
 async fn publish_to_a_missing_exchange_is_404() {
     let b = TestBroker::start().await;
     let (conn, ch) = b.channel().await;
-    ch.basic_publish("missing".into(), "k".into(), Default::default(), b"m", BasicProperties::default()).await.unwrap();
-    let e = ch.queue_declare("".into(), Default::default(), FieldTable::default()).await.unwrap_err();
+    ch.basic_publish(
+        "missing".into(),
+        "k".into(),
+        Default::default(),
+        b"m",
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+    let e = ch
+        .queue_declare("".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap_err();
     channel_error(&conn, &ch, e, 404).await;
 }
 
@@ -67,11 +98,32 @@ async fn publish_to_a_missing_exchange_is_404() {
 async fn bind_to_a_missing_queue_or_exchange_is_404() {
     let b = TestBroker::start().await;
     let (conn, ch) = b.channel().await;
-    let e = ch.queue_bind("missing".into(), "amq.direct".into(), "k".into(), Default::default(), FieldTable::default()).await.unwrap_err();
+    let e = ch
+        .queue_bind(
+            "missing".into(),
+            "amq.direct".into(),
+            "k".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
     channel_error(&conn, &ch, e, 404).await;
     let ch = conn.create_channel().await.unwrap();
-    let q = ch.queue_declare("".into(), Default::default(), FieldTable::default()).await.unwrap();
-    let e = ch.queue_bind(q.name().clone(), "missing".into(), "k".into(), Default::default(), FieldTable::default()).await.unwrap_err();
+    let q = ch
+        .queue_declare("".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let e = ch
+        .queue_bind(
+            q.name().clone(),
+            "missing".into(),
+            "k".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
     channel_error(&conn, &ch, e, 404).await;
 }
 
@@ -80,20 +132,46 @@ async fn inequivalent_queue_redeclare_is_406() {
     let b = TestBroker::start().await;
     let (conn, ch) = b.channel().await;
     let q = name("q");
-    ch.queue_declare(q.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await.unwrap();
-    let e = ch.queue_declare(q.as_str().into(), Default::default(), FieldTable::default()).await.unwrap_err();
+    ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let e = ch
+        .queue_declare(q.as_str().into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap_err();
     channel_error(&conn, &ch, e, 406).await;
     let ch = conn.create_channel().await.unwrap();
     let e = ch
-        .queue_declare(q.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, table(&[("x-max-length", AMQPValue::LongInt(10))]))
+        .queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            table(&[("x-max-length", AMQPValue::LongInt(10))]),
+        )
         .await
         .unwrap_err();
     channel_error(&conn, &ch, e, 406).await;
     // An argument RabbitMQ does not know is not compared.
     let ch = conn.create_channel().await.unwrap();
-    ch.queue_declare(q.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, table(&[("x-foo", AMQPValue::LongInt(1))]))
-        .await
-        .unwrap();
+    ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        table(&[("x-foo", AMQPValue::LongInt(1))]),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -101,8 +179,23 @@ async fn inequivalent_exchange_redeclare_is_406() {
     let b = TestBroker::start().await;
     let (conn, ch) = b.channel().await;
     let x = name("x");
-    ch.exchange_declare(x.as_str().into(), ExchangeKind::Direct, Default::default(), FieldTable::default()).await.unwrap();
-    let e = ch.exchange_declare(x.as_str().into(), ExchangeKind::Fanout, Default::default(), FieldTable::default()).await.unwrap_err();
+    ch.exchange_declare(
+        x.as_str().into(),
+        ExchangeKind::Direct,
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let e = ch
+        .exchange_declare(
+            x.as_str().into(),
+            ExchangeKind::Fanout,
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
     channel_error(&conn, &ch, e, 406).await;
 }
 
@@ -111,13 +204,21 @@ async fn bad_queue_argument_is_406() {
     let b = TestBroker::start().await;
     let (conn, ch) = b.channel().await;
     let e = ch
-        .queue_declare(name("q").as_str().into(), Default::default(), table(&[("x-message-ttl", AMQPValue::LongInt(-5))]))
+        .queue_declare(
+            name("q").as_str().into(),
+            Default::default(),
+            table(&[("x-message-ttl", AMQPValue::LongInt(-5))]),
+        )
         .await
         .unwrap_err();
     channel_error(&conn, &ch, e, 406).await;
     let ch = conn.create_channel().await.unwrap();
     let e = ch
-        .queue_declare(name("q").as_str().into(), Default::default(), table(&[("x-queue-type", AMQPValue::LongString("bogus".into()))]))
+        .queue_declare(
+            name("q").as_str().into(),
+            Default::default(),
+            table(&[("x-queue-type", AMQPValue::LongString("bogus".into()))]),
+        )
         .await
         .unwrap_err();
     channel_error(&conn, &ch, e, 406).await;
@@ -127,23 +228,57 @@ async fn bad_queue_argument_is_406() {
 async fn reserved_names_and_the_default_exchange_are_403() {
     let b = TestBroker::start().await;
     let (conn, ch) = b.channel().await;
-    let e = ch.exchange_declare("amq.mine".into(), ExchangeKind::Direct, Default::default(), FieldTable::default()).await.unwrap_err();
+    let e = ch
+        .exchange_declare(
+            "amq.mine".into(),
+            ExchangeKind::Direct,
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
     channel_error(&conn, &ch, e, 403).await;
     let ch = conn.create_channel().await.unwrap();
-    let e = ch.queue_declare("amq.mine".into(), Default::default(), FieldTable::default()).await.unwrap_err();
+    let e = ch
+        .queue_declare("amq.mine".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap_err();
     channel_error(&conn, &ch, e, 403).await;
     let ch = conn.create_channel().await.unwrap();
-    let e = ch.exchange_delete("amq.direct".into(), Default::default()).await.unwrap_err();
+    let e = ch
+        .exchange_delete("amq.direct".into(), Default::default())
+        .await
+        .unwrap_err();
     channel_error(&conn, &ch, e, 403).await;
     let ch = conn.create_channel().await.unwrap();
-    let q = ch.queue_declare("".into(), Default::default(), FieldTable::default()).await.unwrap();
-    let e = ch.queue_bind(q.name().clone(), "".into(), "k".into(), Default::default(), FieldTable::default()).await.unwrap_err();
+    let q = ch
+        .queue_declare("".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let e = ch
+        .queue_bind(
+            q.name().clone(),
+            "".into(),
+            "k".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
     channel_error(&conn, &ch, e, 403).await;
     // Redeclaring a predeclared exchange equivalently is fine.
     let ch = conn.create_channel().await.unwrap();
-    ch.exchange_declare("amq.direct".into(), ExchangeKind::Direct, ExchangeDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
-        .await
-        .unwrap();
+    ch.exchange_declare(
+        "amq.direct".into(),
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -151,17 +286,41 @@ async fn another_connections_exclusive_queue_is_405_for_every_use() {
     let b = TestBroker::start().await;
     let (_owner, och) = b.channel().await;
     let q = name("ex");
-    och.queue_declare(q.as_str().into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+    och.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
     let (conn, _) = b.channel().await;
     for op in 0..5 {
         let ch = conn.create_channel().await.unwrap();
         let name = q.as_str().into();
         let e = match op {
-            0 => ch.queue_declare(name, passive(), FieldTable::default()).await.map(|_| ()),
-            1 => ch.basic_consume(name, "".into(), Default::default(), FieldTable::default()).await.map(|_| ()),
+            0 => ch
+                .queue_declare(name, passive(), FieldTable::default())
+                .await
+                .map(|_| ()),
+            1 => ch
+                .basic_consume(name, "".into(), Default::default(), FieldTable::default())
+                .await
+                .map(|_| ()),
             2 => ch.queue_purge(name, Default::default()).await.map(|_| ()),
             3 => ch.queue_delete(name, Default::default()).await.map(|_| ()),
-            _ => ch.queue_bind(name, "amq.direct".into(), "k".into(), Default::default(), FieldTable::default()).await,
+            _ => {
+                ch.queue_bind(
+                    name,
+                    "amq.direct".into(),
+                    "k".into(),
+                    Default::default(),
+                    FieldTable::default(),
+                )
+                .await
+            }
         }
         .unwrap_err();
         channel_error(&conn, &ch, e, 405).await;
@@ -172,11 +331,33 @@ async fn another_connections_exclusive_queue_is_405_for_every_use() {
 async fn exclusive_consumer_conflict_is_403() {
     let b = TestBroker::start().await;
     let (conn, ch) = b.channel().await;
-    let q = ch.queue_declare("".into(), Default::default(), FieldTable::default()).await.unwrap();
+    let q = ch
+        .queue_declare("".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
     // lapin cancels a consumer when its stream is dropped, so keep it.
-    let _a = ch.basic_consume(q.name().clone(), "a".into(), BasicConsumeOptions { exclusive: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+    let _a = ch
+        .basic_consume(
+            q.name().clone(),
+            "a".into(),
+            BasicConsumeOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     let ch2 = conn.create_channel().await.unwrap();
-    let e = ch2.basic_consume(q.name().clone(), "b".into(), Default::default(), FieldTable::default()).await.unwrap_err();
+    let e = ch2
+        .basic_consume(
+            q.name().clone(),
+            "b".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
     channel_error(&conn, &ch2, e, 403).await;
 }
 
@@ -184,15 +365,59 @@ async fn exclusive_consumer_conflict_is_403() {
 async fn delete_conditions_are_406() {
     let b = TestBroker::start().await;
     let (conn, ch) = b.channel().await;
-    let q = ch.queue_declare("".into(), Default::default(), FieldTable::default()).await.unwrap();
-    ch.basic_publish("".into(), q.name().clone(), Default::default(), b"m", BasicProperties::default()).await.unwrap();
-    let e = ch.queue_delete(q.name().clone(), QueueDeleteOptions { if_empty: true, ..Default::default() }).await.unwrap_err();
+    let q = ch
+        .queue_declare("".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
+    ch.basic_publish(
+        "".into(),
+        q.name().clone(),
+        Default::default(),
+        b"m",
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+    let e = ch
+        .queue_delete(
+            q.name().clone(),
+            QueueDeleteOptions {
+                if_empty: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
     channel_error(&conn, &ch, e, 406).await;
     let ch = conn.create_channel().await.unwrap();
     let x = name("x");
-    ch.exchange_declare(x.as_str().into(), ExchangeKind::Direct, Default::default(), FieldTable::default()).await.unwrap();
-    ch.queue_bind(q.name().clone(), x.as_str().into(), "k".into(), Default::default(), FieldTable::default()).await.unwrap();
-    let e = ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions { if_unused: true, ..Default::default() }).await.unwrap_err();
+    ch.exchange_declare(
+        x.as_str().into(),
+        ExchangeKind::Direct,
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        q.name().clone(),
+        x.as_str().into(),
+        "k".into(),
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let e = ch
+        .exchange_delete(
+            x.as_str().into(),
+            ExchangeDeleteOptions {
+                if_unused: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
     channel_error(&conn, &ch, e, 406).await;
 }
 
@@ -201,16 +426,41 @@ async fn unknown_and_double_acks_are_406() {
     let b = TestBroker::start().await;
     let (conn, ch) = b.channel().await;
     ch.basic_ack(42, Default::default()).await.unwrap();
-    let e = ch.queue_declare("".into(), Default::default(), FieldTable::default()).await.unwrap_err();
+    let e = ch
+        .queue_declare("".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap_err();
     channel_error(&conn, &ch, e, 406).await;
 
     let ch = conn.create_channel().await.unwrap();
-    let q = ch.queue_declare("".into(), Default::default(), FieldTable::default()).await.unwrap();
-    ch.basic_publish("".into(), q.name().clone(), Default::default(), b"m", BasicProperties::default()).await.unwrap();
-    let m = ch.basic_get(q.name().clone(), Default::default()).await.unwrap().unwrap();
-    ch.basic_ack(m.delivery.delivery_tag, Default::default()).await.unwrap();
-    ch.basic_ack(m.delivery.delivery_tag, Default::default()).await.unwrap();
-    let e = ch.queue_declare("".into(), Default::default(), FieldTable::default()).await.unwrap_err();
+    let q = ch
+        .queue_declare("".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
+    ch.basic_publish(
+        "".into(),
+        q.name().clone(),
+        Default::default(),
+        b"m",
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+    let m = ch
+        .basic_get(q.name().clone(), Default::default())
+        .await
+        .unwrap()
+        .unwrap();
+    ch.basic_ack(m.delivery.delivery_tag, Default::default())
+        .await
+        .unwrap();
+    ch.basic_ack(m.delivery.delivery_tag, Default::default())
+        .await
+        .unwrap();
+    let e = ch
+        .queue_declare("".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap_err();
     channel_error(&conn, &ch, e, 406).await;
 }
 
@@ -218,8 +468,12 @@ async fn unknown_and_double_acks_are_406() {
 async fn ack_zero_multiple_with_nothing_outstanding_is_fine() {
     let b = TestBroker::start().await;
     let (_conn, ch) = b.channel().await;
-    ch.basic_ack(0, BasicAckOptions { multiple: true }).await.unwrap();
-    ch.queue_declare("".into(), Default::default(), FieldTable::default()).await.unwrap();
+    ch.basic_ack(0, BasicAckOptions { multiple: true })
+        .await
+        .unwrap();
+    ch.queue_declare("".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -235,14 +489,24 @@ async fn invalid_message_properties_are_406() {
     let b = TestBroker::start().await;
     let (conn, ch) = b.channel().await;
     let props = BasicProperties::default().with_expiration("abc".into());
-    ch.basic_publish("".into(), "q".into(), Default::default(), b"m", props).await.unwrap();
-    let e = ch.queue_declare("".into(), Default::default(), FieldTable::default()).await.unwrap_err();
+    ch.basic_publish("".into(), "q".into(), Default::default(), b"m", props)
+        .await
+        .unwrap();
+    let e = ch
+        .queue_declare("".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap_err();
     channel_error(&conn, &ch, e, 406).await;
 
     let ch = conn.create_channel().await.unwrap();
     let props = BasicProperties::default().with_user_id("mallory".into());
-    ch.basic_publish("".into(), "q".into(), Default::default(), b"m", props).await.unwrap();
-    let e = ch.queue_declare("".into(), Default::default(), FieldTable::default()).await.unwrap_err();
+    ch.basic_publish("".into(), "q".into(), Default::default(), b"m", props)
+        .await
+        .unwrap();
+    let e = ch
+        .queue_declare("".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap_err();
     channel_error(&conn, &ch, e, 406).await;
 }
 
@@ -251,14 +515,18 @@ async fn oversized_message_is_406_on_the_channel() {
     use amq_protocol::protocol::{AMQPClass, basic, channel as chan};
     let b = TestBroker::start_with(|c| c.max_message_size = 1000).await;
     let mut r = Raw::open(b.addr).await;
-    r.send(1, AMQPClass::Channel(chan::AMQPMethod::Open(chan::Open {}))).await;
+    r.send(1, AMQPClass::Channel(chan::AMQPMethod::Open(chan::Open {})))
+        .await;
     r.expect_method().await;
-    r.send(1, AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
-        exchange: "".into(),
-        routing_key: "q".into(),
-        mandatory: false,
-        immediate: false,
-    })))
+    r.send(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: "".into(),
+            routing_key: "q".into(),
+            mandatory: false,
+            immediate: false,
+        })),
+    )
     .await;
     // header: class 60, weight 0, body size 2000, no properties
     let mut header = vec![2u8, 0, 1, 0, 0, 0, 14, 0, 60, 0, 0];
@@ -272,7 +540,15 @@ async fn oversized_message_is_406_on_the_channel() {
 async fn unknown_exchange_type_is_503_on_the_connection() {
     let b = TestBroker::start().await;
     let (conn, ch) = b.channel().await;
-    let e = ch.exchange_declare(name("x").as_str().into(), ExchangeKind::Custom("x-bogus".into()), Default::default(), FieldTable::default()).await.unwrap_err();
+    let e = ch
+        .exchange_declare(
+            name("x").as_str().into(),
+            ExchangeKind::Custom("x-bogus".into()),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
     connection_error(&conn, e, 503);
 }
 
@@ -280,9 +556,28 @@ async fn unknown_exchange_type_is_503_on_the_connection() {
 async fn reused_consumer_tag_is_530_on_the_connection() {
     let b = TestBroker::start().await;
     let (conn, ch) = b.channel().await;
-    let q = ch.queue_declare("".into(), Default::default(), FieldTable::default()).await.unwrap();
-    let _t = ch.basic_consume(q.name().clone(), "t".into(), Default::default(), FieldTable::default()).await.unwrap();
-    let e = ch.basic_consume(q.name().clone(), "t".into(), Default::default(), FieldTable::default()).await.unwrap_err();
+    let q = ch
+        .queue_declare("".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let _t = ch
+        .basic_consume(
+            q.name().clone(),
+            "t".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let e = ch
+        .basic_consume(
+            q.name().clone(),
+            "t".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
     connection_error(&conn, e, 530);
 }
 
@@ -290,11 +585,28 @@ async fn reused_consumer_tag_is_530_on_the_connection() {
 async fn not_implemented_features_are_540_on_the_connection() {
     let b = TestBroker::start().await;
     let (conn, ch) = b.channel().await;
-    let e = ch.basic_recover(BasicRecoverOptions { requeue: false }).await.unwrap_err();
+    let e = ch
+        .basic_recover(BasicRecoverOptions { requeue: false })
+        .await
+        .unwrap_err();
     connection_error(&conn, e, 540);
 
     let (conn, ch) = b.channel().await;
-    ch.basic_publish("".into(), "q".into(), BasicPublishOptions { immediate: true, ..Default::default() }, b"m", BasicProperties::default()).await.unwrap();
-    let e = ch.queue_declare("".into(), Default::default(), FieldTable::default()).await.unwrap_err();
+    ch.basic_publish(
+        "".into(),
+        "q".into(),
+        BasicPublishOptions {
+            immediate: true,
+            ..Default::default()
+        },
+        b"m",
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+    let e = ch
+        .queue_declare("".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap_err();
     connection_error(&conn, e, 540);
 }

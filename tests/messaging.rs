@@ -13,37 +13,74 @@ use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, ExchangeKind};
 
 async fn queue(ch: &Channel) -> String {
-    ch.queue_declare("".into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
-        .await
-        .unwrap()
-        .name()
-        .to_string()
+    ch.queue_declare(
+        "".into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap()
+    .name()
+    .to_string()
 }
 
 async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
-    ch.basic_publish(exchange.into(), key.into(), BasicPublishOptions::default(), body, BasicProperties::default())
-        .await
-        .unwrap();
+    ch.basic_publish(
+        exchange.into(),
+        key.into(),
+        BasicPublishOptions::default(),
+        body,
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
 }
 
-async fn publish_with(ch: &Channel, exchange: &str, key: &str, body: &[u8], props: BasicProperties) {
-    ch.basic_publish(exchange.into(), key.into(), BasicPublishOptions::default(), body, props)
-        .await
-        .unwrap();
+async fn publish_with(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) {
+    ch.basic_publish(
+        exchange.into(),
+        key.into(),
+        BasicPublishOptions::default(),
+        body,
+        props,
+    )
+    .await
+    .unwrap();
 }
 
 /// Drains a queue with basic.get (no-ack); the trailing get-empty also proves that every
 /// earlier publish on the same channel was processed.
 async fn drain(ch: &Channel, q: &str) -> Vec<String> {
     let mut out = vec![];
-    while let Some(m) = ch.basic_get(q.into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+    while let Some(m) = ch
+        .basic_get(q.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
         out.push(String::from_utf8(m.delivery.data.clone()).unwrap());
     }
     out
 }
 
 async fn bind(ch: &Channel, q: &str, x: &str, key: &str, args: FieldTable) {
-    ch.queue_bind(q.into(), x.into(), key.into(), QueueBindOptions::default(), args).await.unwrap();
+    ch.queue_bind(
+        q.into(),
+        x.into(),
+        key.into(),
+        QueueBindOptions::default(),
+        args,
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -107,9 +144,33 @@ async fn headers_exchange_all_and_any() {
         }
         BasicProperties::default().with_headers(t)
     };
-    publish_with(&ch, "amq.headers", "", b"both", headers(&[("a", AMQPValue::ShortShortUInt(1)), ("b", AMQPValue::LongString("x".into()))])).await;
-    publish_with(&ch, "amq.headers", "", b"one", headers(&[("a", AMQPValue::LongInt(1))])).await;
-    publish_with(&ch, "amq.headers", "", b"none", headers(&[("c", AMQPValue::LongInt(1))])).await;
+    publish_with(
+        &ch,
+        "amq.headers",
+        "",
+        b"both",
+        headers(&[
+            ("a", AMQPValue::ShortShortUInt(1)),
+            ("b", AMQPValue::LongString("x".into())),
+        ]),
+    )
+    .await;
+    publish_with(
+        &ch,
+        "amq.headers",
+        "",
+        b"one",
+        headers(&[("a", AMQPValue::LongInt(1))]),
+    )
+    .await;
+    publish_with(
+        &ch,
+        "amq.headers",
+        "",
+        b"none",
+        headers(&[("c", AMQPValue::LongInt(1))]),
+    )
+    .await;
     assert_eq!(drain(&ch, &qa).await, ["both"]);
     assert_eq!(drain(&ch, &qb).await, ["both", "one"]);
 }
@@ -120,10 +181,33 @@ async fn exchange_to_exchange_bindings_terminate_on_cycles() {
     let (_c, ch) = b.channel().await;
     let (x1, x2) = (name("x1"), name("x2"));
     for x in [&x1, &x2] {
-        ch.exchange_declare(x.as_str().into(), ExchangeKind::Fanout, Default::default(), FieldTable::default()).await.unwrap();
+        ch.exchange_declare(
+            x.as_str().into(),
+            ExchangeKind::Fanout,
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     }
-    ch.exchange_bind(x2.as_str().into(), x1.as_str().into(), "".into(), Default::default(), FieldTable::default()).await.unwrap();
-    ch.exchange_bind(x1.as_str().into(), x2.as_str().into(), "".into(), Default::default(), FieldTable::default()).await.unwrap();
+    ch.exchange_bind(
+        x2.as_str().into(),
+        x1.as_str().into(),
+        "".into(),
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.exchange_bind(
+        x1.as_str().into(),
+        x2.as_str().into(),
+        "".into(),
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
     let q = queue(&ch).await;
     bind(&ch, &q, &x2, "", FieldTable::default()).await;
     publish(&ch, &x1, "", b"via-e2e").await;
@@ -135,10 +219,27 @@ async fn alternate_exchange_takes_unroutable_messages() {
     let b = TestBroker::start().await;
     let (_c, ch) = b.channel().await;
     let (main, ae) = (name("main"), name("ae"));
-    ch.exchange_declare(ae.as_str().into(), ExchangeKind::Fanout, Default::default(), FieldTable::default()).await.unwrap();
+    ch.exchange_declare(
+        ae.as_str().into(),
+        ExchangeKind::Fanout,
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
     let mut args = FieldTable::default();
-    args.insert("alternate-exchange".into(), AMQPValue::LongString(ae.as_str().into()));
-    ch.exchange_declare(main.as_str().into(), ExchangeKind::Direct, Default::default(), args).await.unwrap();
+    args.insert(
+        "alternate-exchange".into(),
+        AMQPValue::LongString(ae.as_str().into()),
+    );
+    ch.exchange_declare(
+        main.as_str().into(),
+        ExchangeKind::Direct,
+        Default::default(),
+        args,
+    )
+    .await
+    .unwrap();
     let (routed, spare) = (queue(&ch).await, queue(&ch).await);
     bind(&ch, &routed, &main, "k", FieldTable::default()).await;
     bind(&ch, &spare, &ae, "", FieldTable::default()).await;
@@ -154,7 +255,16 @@ async fn mandatory_unroutable_is_returned_before_its_confirm() {
     let (_c, ch) = b.channel().await;
     ch.confirm_select(Default::default()).await.unwrap();
     let confirm = ch
-        .basic_publish("".into(), "nowhere".into(), BasicPublishOptions { mandatory: true, ..Default::default() }, b"back", BasicProperties::default())
+        .basic_publish(
+            "".into(),
+            "nowhere".into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"back",
+            BasicProperties::default(),
+        )
         .await
         .unwrap()
         .await
@@ -170,8 +280,30 @@ async fn consumers_get_messages_round_robin() {
     let b = TestBroker::start().await;
     let (_c, ch) = b.channel().await;
     let q = queue(&ch).await;
-    let mut c1 = ch.basic_consume(q.as_str().into(), "c1".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default()).await.unwrap();
-    let mut c2 = ch.basic_consume(q.as_str().into(), "c2".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+    let mut c1 = ch
+        .basic_consume(
+            q.as_str().into(),
+            "c1".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut c2 = ch
+        .basic_consume(
+            q.as_str().into(),
+            "c2".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     for i in 0..4 {
         publish(&ch, "", &q, format!("m{i}").as_bytes()).await;
     }
@@ -194,15 +326,41 @@ async fn prefetch_limits_unacked_deliveries_per_consumer() {
         publish(&ch, "", &q, format!("m{i}").as_bytes()).await;
     }
     ch.basic_qos(2, BasicQosOptions::default()).await.unwrap();
-    let mut c = ch.basic_consume(q.as_str().into(), "c".into(), Default::default(), FieldTable::default()).await.unwrap();
+    let mut c = ch
+        .basic_consume(
+            q.as_str().into(),
+            "c".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     let d1 = c.next().await.unwrap().unwrap();
     let _d2 = c.next().await.unwrap().unwrap();
     // Two are out and unacked: the third must wait for an ack.
-    assert!(tokio::time::timeout(Duration::from_millis(300), c.next()).await.is_err());
-    let declared = ch.queue_declare(q.as_str().into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), c.next())
+            .await
+            .is_err()
+    );
+    let declared = ch
+        .queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     assert_eq!(declared.message_count(), 3);
     d1.ack(BasicAckOptions::default()).await.unwrap();
-    let d3 = tokio::time::timeout(WAIT, c.next()).await.unwrap().unwrap().unwrap();
+    let d3 = tokio::time::timeout(WAIT, c.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(d3.data, b"m2");
 }
 
@@ -214,17 +372,44 @@ async fn nack_and_reject_requeue_in_place_with_redelivered() {
     for m in ["a", "b", "c"] {
         publish(&ch, "", &q, m.as_bytes()).await;
     }
-    let a = ch.basic_get(q.as_str().into(), Default::default()).await.unwrap().unwrap();
-    let b_ = ch.basic_get(q.as_str().into(), Default::default()).await.unwrap().unwrap();
+    let a = ch
+        .basic_get(q.as_str().into(), Default::default())
+        .await
+        .unwrap()
+        .unwrap();
+    let b_ = ch
+        .basic_get(q.as_str().into(), Default::default())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(b_.message_count, 1);
-    b_.delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.unwrap();
-    a.delivery.reject(BasicRejectOptions { requeue: true }).await.unwrap();
+    b_.delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    a.delivery
+        .reject(BasicRejectOptions { requeue: true })
+        .await
+        .unwrap();
     let mut again = vec![];
-    while let Some(m) = ch.basic_get(q.as_str().into(), Default::default()).await.unwrap() {
-        again.push((String::from_utf8(m.delivery.data.clone()).unwrap(), m.delivery.redelivered));
+    while let Some(m) = ch
+        .basic_get(q.as_str().into(), Default::default())
+        .await
+        .unwrap()
+    {
+        again.push((
+            String::from_utf8(m.delivery.data.clone()).unwrap(),
+            m.delivery.redelivered,
+        ));
         m.delivery.ack(Default::default()).await.unwrap();
     }
-    assert_eq!(again, [("a".into(), true), ("b".into(), true), ("c".into(), false)]);
+    assert_eq!(
+        again,
+        [("a".into(), true), ("b".into(), true), ("c".into(), false)]
+    );
 }
 
 #[tokio::test]
@@ -235,13 +420,29 @@ async fn nack_without_requeue_drops_and_multiple_settles_up_to_the_tag() {
     for m in ["a", "b", "c"] {
         publish(&ch, "", &q, m.as_bytes()).await;
     }
-    let mut c = ch.basic_consume(q.as_str().into(), "c".into(), Default::default(), FieldTable::default()).await.unwrap();
+    let mut c = ch
+        .basic_consume(
+            q.as_str().into(),
+            "c".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     let mut last = None;
     for _ in 0..3 {
         last = Some(c.next().await.unwrap().unwrap());
     }
-    last.unwrap().nack(BasicNackOptions { multiple: true, requeue: false }).await.unwrap();
-    ch.basic_cancel("c".into(), Default::default()).await.unwrap();
+    last.unwrap()
+        .nack(BasicNackOptions {
+            multiple: true,
+            requeue: false,
+        })
+        .await
+        .unwrap();
+    ch.basic_cancel("c".into(), Default::default())
+        .await
+        .unwrap();
     assert!(drain(&ch, &q).await.is_empty());
 }
 
@@ -251,13 +452,23 @@ async fn unacked_messages_return_when_the_channel_closes() {
     let conn = b.connect().await;
     let ch1 = conn.create_channel().await.unwrap();
     let q = name("q");
-    ch1.queue_declare(q.as_str().into(), Default::default(), FieldTable::default()).await.unwrap();
+    ch1.queue_declare(q.as_str().into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
     publish(&ch1, "", &q, b"m").await;
-    let got = ch1.basic_get(q.as_str().into(), Default::default()).await.unwrap().unwrap();
+    let got = ch1
+        .basic_get(q.as_str().into(), Default::default())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!got.delivery.redelivered);
     ch1.close(200, "bye".into()).await.unwrap();
     let ch2 = conn.create_channel().await.unwrap();
-    let again = ch2.basic_get(q.as_str().into(), Default::default()).await.unwrap().unwrap();
+    let again = ch2
+        .basic_get(q.as_str().into(), Default::default())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(again.delivery.redelivered);
     assert_eq!(again.delivery.data, b"m");
 }
@@ -268,10 +479,20 @@ async fn recover_redelivers_everything_unacked() {
     let (_c, ch) = b.channel().await;
     let q = queue(&ch).await;
     publish(&ch, "", &q, b"m").await;
-    let mut c = ch.basic_consume(q.as_str().into(), "c".into(), Default::default(), FieldTable::default()).await.unwrap();
+    let mut c = ch
+        .basic_consume(
+            q.as_str().into(),
+            "c".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     let first = c.next().await.unwrap().unwrap();
     assert!(!first.redelivered);
-    ch.basic_recover(BasicRecoverOptions { requeue: true }).await.unwrap();
+    ch.basic_recover(BasicRecoverOptions { requeue: true })
+        .await
+        .unwrap();
     let second = c.next().await.unwrap().unwrap();
     assert!(second.redelivered);
     assert!(second.delivery_tag > first.delivery_tag);
@@ -285,11 +506,26 @@ async fn purge_and_delete_report_message_counts() {
     for _ in 0..3 {
         publish(&ch, "", &q, b"m").await;
     }
-    assert_eq!(ch.queue_purge(q.as_str().into(), Default::default()).await.unwrap(), 3);
+    assert_eq!(
+        ch.queue_purge(q.as_str().into(), Default::default())
+            .await
+            .unwrap(),
+        3
+    );
     publish(&ch, "", &q, b"m").await;
-    assert_eq!(ch.queue_delete(q.as_str().into(), Default::default()).await.unwrap(), 1);
+    assert_eq!(
+        ch.queue_delete(q.as_str().into(), Default::default())
+            .await
+            .unwrap(),
+        1
+    );
     // Deleting again is fine (RabbitMQ treats delete as an assertion).
-    assert_eq!(ch.queue_delete(q.as_str().into(), Default::default()).await.unwrap(), 0);
+    assert_eq!(
+        ch.queue_delete(q.as_str().into(), Default::default())
+            .await
+            .unwrap(),
+        0
+    );
 }
 
 #[tokio::test]
@@ -297,10 +533,39 @@ async fn auto_delete_queue_goes_with_its_last_consumer() {
     let b = TestBroker::start().await;
     let (_c, ch) = b.channel().await;
     let q = name("ad");
-    ch.queue_declare(q.as_str().into(), QueueDeclareOptions { auto_delete: true, ..Default::default() }, FieldTable::default()).await.unwrap();
-    let _consumer = ch.basic_consume(q.as_str().into(), "c".into(), Default::default(), FieldTable::default()).await.unwrap();
-    ch.basic_cancel("c".into(), Default::default()).await.unwrap();
-    let e = ch.queue_declare(q.as_str().into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await.unwrap_err();
+    ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let _consumer = ch
+        .basic_consume(
+            q.as_str().into(),
+            "c".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    ch.basic_cancel("c".into(), Default::default())
+        .await
+        .unwrap();
+    let e = ch
+        .queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), 404);
 }
 
@@ -309,13 +574,35 @@ async fn exclusive_queue_is_gone_with_its_connection() {
     let b = TestBroker::start().await;
     let (c1, ch1) = b.channel().await;
     let q = name("ex");
-    ch1.queue_declare(q.as_str().into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+    ch1.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
     let (_c2, ch2) = b.channel().await;
-    let e = ch2.basic_get(q.as_str().into(), Default::default()).await.unwrap_err();
+    let e = ch2
+        .basic_get(q.as_str().into(), Default::default())
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), 405);
     c1.close(200, "bye".into()).await.unwrap();
     let ch3 = _c2.create_channel().await.unwrap();
-    let e = ch3.queue_declare(q.as_str().into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await.unwrap_err();
+    let e = ch3
+        .queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), 404);
 }
 
@@ -324,12 +611,30 @@ async fn deleting_a_queue_cancels_its_consumers() {
     let b = TestBroker::start().await;
     let (_c, ch) = b.channel().await;
     let q = name("del");
-    ch.queue_declare(q.as_str().into(), Default::default(), FieldTable::default()).await.unwrap();
-    let mut c = ch.basic_consume(q.as_str().into(), "c".into(), Default::default(), FieldTable::default()).await.unwrap();
+    ch.queue_declare(q.as_str().into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let mut c = ch
+        .basic_consume(
+            q.as_str().into(),
+            "c".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     let (_c2, other) = b.channel().await;
-    other.queue_delete(q.as_str().into(), Default::default()).await.unwrap();
+    other
+        .queue_delete(q.as_str().into(), Default::default())
+        .await
+        .unwrap();
     // lapin ends the consumer stream when the server cancels it.
-    assert!(tokio::time::timeout(WAIT, c.next()).await.unwrap().is_none());
+    assert!(
+        tokio::time::timeout(WAIT, c.next())
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -342,9 +647,15 @@ async fn confirms_ack_every_publish_routed_or_not() {
     for i in 0..100 {
         let key = if i % 2 == 0 { q.as_str() } else { "nowhere" };
         pending.push(
-            ch.basic_publish("".into(), key.into(), Default::default(), b"m", BasicProperties::default())
-                .await
-                .unwrap(),
+            ch.basic_publish(
+                "".into(),
+                key.into(),
+                Default::default(),
+                b"m",
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap(),
         );
     }
     for p in pending {
@@ -359,19 +670,38 @@ async fn transactions_apply_publishes_and_acks_at_commit_only() {
     let (_c, ch) = b.channel().await;
     let (_c2, observer) = b.channel().await;
     let q = name("tx");
-    ch.queue_declare(q.as_str().into(), Default::default(), FieldTable::default()).await.unwrap();
+    ch.queue_declare(q.as_str().into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
     publish(&ch, "", &q, b"before").await;
     ch.tx_select().await.unwrap();
-    let got = ch.basic_get(q.as_str().into(), Default::default()).await.unwrap().unwrap();
+    let got = ch
+        .basic_get(q.as_str().into(), Default::default())
+        .await
+        .unwrap()
+        .unwrap();
     got.delivery.ack(Default::default()).await.unwrap();
     publish(&ch, "", &q, b"rolled-back").await;
     ch.tx_rollback().await.unwrap();
     publish(&ch, "", &q, b"committed").await;
     let count = |declared: lapin::Queue| declared.message_count();
-    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-    assert_eq!(count(observer.queue_declare(q.as_str().into(), passive, FieldTable::default()).await.unwrap()), 0);
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        count(
+            observer
+                .queue_declare(q.as_str().into(), passive, FieldTable::default())
+                .await
+                .unwrap()
+        ),
+        0
+    );
     // The rolled-back ack left the delivery outstanding: ack it again, for real this time.
-    ch.basic_ack(got.delivery.delivery_tag, Default::default()).await.unwrap();
+    ch.basic_ack(got.delivery.delivery_tag, Default::default())
+        .await
+        .unwrap();
     ch.tx_commit().await.unwrap();
     assert_eq!(drain(&observer, &q).await, ["committed"]);
 }
@@ -393,9 +723,17 @@ async fn large_bodies_are_split_and_reassembled() {
     let body: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
     publish(&ch, "", &q, &body).await;
     publish(&ch, "", &q, b"").await;
-    let m = ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap().unwrap();
+    let m = ch
+        .basic_get(q.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(m.delivery.data, body);
-    let empty = ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap().unwrap();
+    let empty = ch
+        .basic_get(q.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .unwrap();
     assert!(empty.delivery.data.is_empty());
 }
 
@@ -410,6 +748,10 @@ async fn properties_survive_the_round_trip() {
         .with_priority(3)
         .with_delivery_mode(2);
     publish_with(&ch, "", &q, b"p", props.clone()).await;
-    let m = ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap().unwrap();
+    let m = ch
+        .basic_get(q.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(m.delivery.properties, props);
 }

@@ -59,7 +59,9 @@ pub fn display(v: &AMQPValue) -> String {
     }
     match v {
         AMQPValue::Boolean(b) => b.to_string(),
-        v if as_bytes(v).is_some() => String::from_utf8_lossy(as_bytes(v).unwrap_or_default()).into(),
+        v if as_bytes(v).is_some() => {
+            String::from_utf8_lossy(as_bytes(v).unwrap_or_default()).into()
+        }
         other => format!("{other:?}"),
     }
 }
@@ -125,7 +127,9 @@ pub fn validate_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> Resul
                     v,
                     format!("{target}: {{unacceptable_type,{}}}", type_name(v)),
                 )),
-                Some(n) if n < min => Err(invalid(k, v, format!("{target}: {{value_negative,{n}}}"))),
+                Some(n) if n < min => {
+                    Err(invalid(k, v, format!("{target}: {{value_negative,{n}}}")))
+                }
                 Some(0) if !zero_ok => Err(invalid(k, v, format!("{target}: {{value_zero,0}}"))),
                 Some(_) => Ok(()),
             }
@@ -138,7 +142,11 @@ pub fn validate_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> Resul
                 int(0, true)?;
                 let n = as_int(v).unwrap_or(0);
                 if n > 255 {
-                    return Err(invalid(k, v, format!("{target}: {{max_value_exceeded,{n}}}")));
+                    return Err(invalid(
+                        k,
+                        v,
+                        format!("{target}: {{max_value_exceeded,{n}}}"),
+                    ));
                 }
             }
             "x-overflow" => match as_bytes(v) {
@@ -151,14 +159,14 @@ pub fn validate_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> Resul
                     ));
                 }
             },
-            "x-dead-letter-exchange" | "x-queue-mode" | "x-queue-master-locator" => {
-                if as_bytes(v).is_none() {
-                    return Err(invalid(
-                        k,
-                        v,
-                        format!("{target}: {{unacceptable_type,{}}}", type_name(v)),
-                    ));
-                }
+            "x-dead-letter-exchange" | "x-queue-mode" | "x-queue-master-locator"
+                if as_bytes(v).is_none() =>
+            {
+                return Err(invalid(
+                    k,
+                    v,
+                    format!("{target}: {{unacceptable_type,{}}}", type_name(v)),
+                ));
             }
             "x-dead-letter-routing-key" => {
                 if as_bytes(v).is_none() {
@@ -174,14 +182,12 @@ pub fn validate_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> Resul
                     )));
                 }
             }
-            "x-single-active-consumer" => {
-                if !matches!(v, AMQPValue::Boolean(_)) {
-                    return Err(invalid(
-                        k,
-                        v,
-                        format!("{target}: {{unacceptable_type,{}}}", type_name(v)),
-                    ));
-                }
+            "x-single-active-consumer" if !matches!(v, AMQPValue::Boolean(_)) => {
+                return Err(invalid(
+                    k,
+                    v,
+                    format!("{target}: {{unacceptable_type,{}}}", type_name(v)),
+                ));
             }
             _ => {}
         }
@@ -229,9 +235,18 @@ mod tests {
 
     #[test]
     fn integers_of_any_width_are_equal() {
-        assert!(loosely_equal(&AMQPValue::LongInt(1), &AMQPValue::ShortShortUInt(1)));
-        assert!(loosely_equal(&AMQPValue::LongLongInt(1), &AMQPValue::Double(1.0)));
-        assert!(!loosely_equal(&AMQPValue::LongInt(1), &AMQPValue::Boolean(true)));
+        assert!(loosely_equal(
+            &AMQPValue::LongInt(1),
+            &AMQPValue::ShortShortUInt(1)
+        ));
+        assert!(loosely_equal(
+            &AMQPValue::LongLongInt(1),
+            &AMQPValue::Double(1.0)
+        ));
+        assert!(!loosely_equal(
+            &AMQPValue::LongInt(1),
+            &AMQPValue::Boolean(true)
+        ));
         assert!(loosely_equal(
             &AMQPValue::LongString("ab".into()),
             &AMQPValue::ByteArray(b"ab".to_vec().into())
@@ -240,21 +255,32 @@ mod tests {
 
     #[test]
     fn negative_ttl_and_zero_expires_are_refused() {
-        let e = validate_queue_args(&table(&[("x-message-ttl", AMQPValue::LongInt(-5))]), "q", "/")
-            .unwrap_err();
+        let e = validate_queue_args(
+            &table(&[("x-message-ttl", AMQPValue::LongInt(-5))]),
+            "q",
+            "/",
+        )
+        .unwrap_err();
         assert!(e.text.contains("{value_negative,-5}"), "{}", e.text);
         let e = validate_queue_args(&table(&[("x-expires", AMQPValue::LongInt(0))]), "q", "/")
             .unwrap_err();
         assert!(e.text.contains("{value_zero,0}"));
-        let e = validate_queue_args(&table(&[("x-max-priority", AMQPValue::LongInt(300))]), "q", "/")
-            .unwrap_err();
+        let e = validate_queue_args(
+            &table(&[("x-max-priority", AMQPValue::LongInt(300))]),
+            "q",
+            "/",
+        )
+        .unwrap_err();
         assert!(e.text.contains("{max_value_exceeded,300}"));
     }
 
     #[test]
     fn dl_routing_key_needs_a_dlx() {
         let e = validate_queue_args(
-            &table(&[("x-dead-letter-routing-key", AMQPValue::LongString("k".into()))]),
+            &table(&[(
+                "x-dead-letter-routing-key",
+                AMQPValue::LongString("k".into()),
+            )]),
             "q",
             "/",
         )
@@ -268,6 +294,9 @@ mod tests {
         let b = table(&[("x-foo", AMQPValue::LongInt(2))]);
         assert!(first_difference(&a, &b, QUEUE_ARGS).is_none());
         let c = table(&[("x-max-length", AMQPValue::LongInt(2))]);
-        assert_eq!(first_difference(&a, &c, QUEUE_ARGS).unwrap().0, "x-max-length");
+        assert_eq!(
+            first_difference(&a, &c, QUEUE_ARGS).unwrap().0,
+            "x-max-length"
+        );
     }
 }

@@ -22,8 +22,7 @@ fn random_u64() -> u64 {
 
 /// `prefix` followed by 22 random URL-safe base64 characters.
 pub fn generate(prefix: &str) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let bits = (u128::from(random_u64()) << 64) | u128::from(random_u64());
     let mut s = String::with_capacity(prefix.len() + 22);
     s.push_str(prefix);

@@ -99,11 +99,15 @@ impl Credit {
     pub fn release(&self, n: u32) {
         let _ = self
             .in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(n)));
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(n))
+            });
         if let Some(ch) = &self.channel {
             let _ = ch
                 .in_flight
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(n)));
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                    Some(v.saturating_sub(n))
+                });
         }
     }
 }
@@ -405,7 +409,10 @@ mod tests {
         let (second, _) = q.get().unwrap();
         q.requeue([second, first]);
         let order: Vec<_> = std::iter::from_fn(|| q.get()).map(|(e, _)| e).collect();
-        assert_eq!(order.iter().map(|e| &e.msg.body[..]).collect::<Vec<_>>(), [b"1", b"2", b"3"]);
+        assert_eq!(
+            order.iter().map(|e| &e.msg.body[..]).collect::<Vec<_>>(),
+            [b"1", b"2", b"3"]
+        );
         assert!(order[0].redelivered && order[1].redelivered && !order[2].redelivered);
     }
 

@@ -116,7 +116,14 @@ impl VHost {
         ))
     }
 
-    fn inequivalent(&self, what: &str, arg: &str, name: &str, received: String, current: String) -> AmqpError {
+    fn inequivalent(
+        &self,
+        what: &str,
+        arg: &str,
+        name: &str,
+        received: String,
+        current: String,
+    ) -> AmqpError {
         AmqpError::precondition_failed(format!(
             "inequivalent arg '{arg}' for {what} '{name}' in vhost '{}': received {received} but current is {current}",
             self.name
@@ -161,7 +168,13 @@ impl VHost {
         if let Some(x) = self.exchange(name) {
             let q = |s: &str| format!("'{s}'");
             if x.kind != kind {
-                return Err(self.inequivalent("exchange", "type", name, q(kind.name()), q(x.kind.name())));
+                return Err(self.inequivalent(
+                    "exchange",
+                    "type",
+                    name,
+                    q(kind.name()),
+                    q(x.kind.name()),
+                ));
             }
             for (arg, r, c) in [
                 ("durable", flags.durable, x.durable),
@@ -169,13 +182,25 @@ impl VHost {
                 ("internal", flags.internal, x.internal),
             ] {
                 if r != c {
-                    return Err(self.inequivalent("exchange", arg, name, q(&r.to_string()), q(&c.to_string())));
+                    return Err(self.inequivalent(
+                        "exchange",
+                        arg,
+                        name,
+                        q(&r.to_string()),
+                        q(&c.to_string()),
+                    ));
                 }
             }
             if let Some((arg, r, c)) =
                 args::first_difference(&x.arguments, arguments, &["alternate-exchange"])
             {
-                return Err(self.inequivalent("exchange", arg, name, args::describe(r), args::describe(c)));
+                return Err(self.inequivalent(
+                    "exchange",
+                    arg,
+                    name,
+                    args::describe(r),
+                    args::describe(c),
+                ));
             }
             return Ok(());
         }
@@ -258,10 +283,18 @@ impl VHost {
     ///
     /// # Errors
     /// 403 on the default exchange, 404 when either end is missing.
-    pub fn bind_exchange(&self, destination: &str, source: &str, key: &str, a: &FieldTable) -> Result<()> {
+    pub fn bind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        key: &str,
+        a: &FieldTable,
+    ) -> Result<()> {
         let _t = self.topology.lock();
         if destination.is_empty() {
-            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
         }
         self.existing_exchange(destination)?;
         let src = self.bindable(source)?;
@@ -272,14 +305,25 @@ impl VHost {
     ///
     /// # Errors
     /// 403 on the default exchange, 404 when either end is missing.
-    pub fn unbind_exchange(&self, destination: &str, source: &str, key: &str, a: &FieldTable) -> Result<()> {
+    pub fn unbind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        key: &str,
+        a: &FieldTable,
+    ) -> Result<()> {
         let _t = self.topology.lock();
         if destination.is_empty() {
-            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
         }
         self.existing_exchange(destination)?;
         let src = self.bindable(source)?;
-        if src.unbind(&Dest::Exchange(destination.into()), key, a) && src.auto_delete && !src.has_bindings() {
+        if src.unbind(&Dest::Exchange(destination.into()), key, a)
+            && src.auto_delete
+            && !src.has_bindings()
+        {
             self.remove_exchange_locked(&src);
         }
         Ok(())
@@ -323,17 +367,37 @@ impl VHost {
             if !flags.passive {
                 let q_ = |b: bool| format!("'{b}'");
                 if q.durable != flags.durable {
-                    return Err(self.inequivalent("queue", "durable", name, q_(flags.durable), q_(q.durable)));
+                    return Err(self.inequivalent(
+                        "queue",
+                        "durable",
+                        name,
+                        q_(flags.durable),
+                        q_(q.durable),
+                    ));
                 }
                 if q.owner.is_some() != flags.exclusive {
                     return Err(self.locked(name));
                 }
                 if q.auto_delete != flags.auto_delete {
-                    return Err(self.inequivalent("queue", "auto_delete", name, q_(flags.auto_delete), q_(q.auto_delete)));
+                    return Err(self.inequivalent(
+                        "queue",
+                        "auto_delete",
+                        name,
+                        q_(flags.auto_delete),
+                        q_(q.auto_delete),
+                    ));
                 }
                 args::validate_queue_args(arguments, name, &self.name)?;
-                if let Some((arg, r, c)) = args::first_difference(&q.arguments, arguments, QUEUE_ARGS) {
-                    return Err(self.inequivalent("queue", arg, name, args::describe(r), args::describe(c)));
+                if let Some((arg, r, c)) =
+                    args::first_difference(&q.arguments, arguments, QUEUE_ARGS)
+                {
+                    return Err(self.inequivalent(
+                        "queue",
+                        arg,
+                        name,
+                        args::describe(r),
+                        args::describe(c),
+                    ));
                 }
             }
             return Ok(Declared {
@@ -369,7 +433,14 @@ impl VHost {
     /// # Errors
     /// 403 on the default exchange, 404 for a missing end, 405 for another connection's
     /// exclusive queue, 406 for a bad headers binding.
-    pub fn bind_queue(&self, queue: &str, exchange: &str, key: &str, a: &FieldTable, conn_id: u64) -> Result<()> {
+    pub fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+        a: &FieldTable,
+        conn_id: u64,
+    ) -> Result<()> {
         let _t = self.topology.lock();
         let q = self.queue(queue, conn_id)?;
         let x = self.bindable(exchange)?;
@@ -380,9 +451,18 @@ impl VHost {
     ///
     /// # Errors
     /// As `bind_queue`.
-    pub fn unbind_queue(&self, queue: &str, exchange: &str, key: &str, a: &FieldTable, conn_id: u64) -> Result<()> {
+    pub fn unbind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+        a: &FieldTable,
+        conn_id: u64,
+    ) -> Result<()> {
         if exchange.is_empty() {
-            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
         }
         let _t = self.topology.lock();
         let Some(q) = self.queues.get(queue).map(|q| q.clone()) else {
@@ -392,7 +472,10 @@ impl VHost {
             return Ok(());
         };
         let dest = Dest::Queue(q.clone());
-        if x.bindings().iter().any(|b| b.dest == dest && b.key == key && b.args == *a) {
+        if x.bindings()
+            .iter()
+            .any(|b| b.dest == dest && b.key == key && b.args == *a)
+        {
             // compat: RabbitMQ answers unbind-ok for a binding that never existed even on
             // another connection's exclusive queue, but 405 for an existing one.
             if q.owner.is_some_and(|o| o != conn_id) {
@@ -410,7 +493,13 @@ impl VHost {
     ///
     /// # Errors
     /// 405 for another connection's exclusive queue, 406 when a condition fails.
-    pub fn delete_queue(&self, name: &str, if_unused: bool, if_empty: bool, conn_id: u64) -> Result<u32> {
+    pub fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        conn_id: u64,
+    ) -> Result<u32> {
         let q = match self.queue(name, conn_id) {
             Ok(q) => q,
             Err(e) if e.code == 404 => return Ok(0),

@@ -52,7 +52,11 @@ impl Channel {
             )));
         }
         let credit = Arc::new(Credit {
-            limit: if m.no_ack { NO_ACK_WINDOW } else { self.prefetch },
+            limit: if m.no_ack {
+                NO_ACK_WINDOW
+            } else {
+                self.prefetch
+            },
             in_flight: AtomicU32::new(0),
             channel: (!m.no_ack).then(|| self.global.clone()),
         });
@@ -94,7 +98,8 @@ impl Channel {
 
     pub(super) fn basic_cancel(&mut self, ctx: &mut Ctx<'_>, m: b::Cancel) -> Result<()> {
         if let Some(c) = self.consumers.remove(m.consumer_tag.as_str())
-            && c.queue.remove_consumer(ctx.conn_id, self.id, m.consumer_tag.as_str())
+            && c.queue
+                .remove_consumer(ctx.conn_id, self.id, m.consumer_tag.as_str())
         {
             ctx.vhost.remove_queue(&c.queue);
         }
@@ -121,7 +126,10 @@ impl Channel {
     pub(super) fn publish_content(&mut self, ctx: &mut Ctx<'_>, c: Content) -> Result<()> {
         let fail = |e: AmqpError| e.with_method(60, 40);
         validate_properties(&c.properties, ctx.user).map_err(fail)?;
-        let exchange = ctx.vhost.existing_exchange(c.publish.exchange.as_str()).map_err(fail)?;
+        let exchange = ctx
+            .vhost
+            .existing_exchange(c.publish.exchange.as_str())
+            .map_err(fail)?;
         if exchange.internal {
             return Err(fail(AmqpError::access_refused(format!(
                 "cannot publish to internal exchange '{}' in vhost '{}'",
@@ -137,7 +145,14 @@ impl Channel {
             });
             return Ok(());
         }
-        self.route(ctx, c.publish, c.properties, c.raw_properties, c.body, &exchange);
+        self.route(
+            ctx,
+            c.publish,
+            c.properties,
+            c.raw_properties,
+            c.body,
+            &exchange,
+        );
         if let Mode::Confirm { last_seq, ack_upto } = &mut self.mode {
             *last_seq += 1;
             *ack_upto = Some(*last_seq);
@@ -174,7 +189,13 @@ impl Channel {
                         routing_key: msg.routing_key.clone(),
                     })),
                 );
-                protocol::write_content(ctx.out, self.id, &msg.raw_properties, &msg.body, ctx.frame_max);
+                protocol::write_content(
+                    ctx.out,
+                    self.id,
+                    &msg.raw_properties,
+                    &msg.body,
+                    ctx.frame_max,
+                );
             }
         } else {
             for q in targets.drain(..) {
@@ -188,7 +209,10 @@ impl Channel {
         let name = self.queue_name(m.queue.as_str())?;
         let queue = ctx.vhost.queue(&name, ctx.conn_id)?;
         let Some((entry, remaining)) = queue.get() else {
-            ctx.send(self.id, AMQPClass::Basic(b::AMQPMethod::GetEmpty(b::GetEmpty {})));
+            ctx.send(
+                self.id,
+                AMQPClass::Basic(b::AMQPMethod::GetEmpty(b::GetEmpty {})),
+            );
             return Ok(());
         };
         let tag = self.next_tag;
@@ -203,7 +227,13 @@ impl Channel {
             msg.routing_key.as_str(),
             remaining,
         );
-        protocol::write_content(ctx.out, self.id, &msg.raw_properties, &msg.body, ctx.frame_max);
+        protocol::write_content(
+            ctx.out,
+            self.id,
+            &msg.raw_properties,
+            &msg.body,
+            ctx.frame_max,
+        );
         if !m.no_ack {
             self.unacked.push_back(Unacked {
                 tag,
@@ -217,14 +247,22 @@ impl Channel {
 
     /// basic.ack / nack / reject: tag 0 with multiple means everything outstanding; an
     /// unknown tag is a 406 (RabbitMQ's `collect_acks`).
-    pub(super) fn settle(&mut self, ctx: &mut Ctx<'_>, tag: u64, multiple: bool, how: Settle) -> Result<()> {
+    pub(super) fn settle(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        tag: u64,
+        multiple: bool,
+        how: Settle,
+    ) -> Result<()> {
         let taken: Vec<Unacked> = if multiple && tag == 0 {
             self.unacked.drain(..).collect()
         } else {
             // Tags are handed out in increasing order, so `unacked` is sorted by tag.
             let at = self.unacked.partition_point(|u| u.tag < tag);
             if self.unacked.get(at).is_none_or(|u| u.tag != tag) {
-                return Err(AmqpError::precondition_failed(format!("unknown delivery tag {tag}")));
+                return Err(AmqpError::precondition_failed(format!(
+                    "unknown delivery tag {tag}"
+                )));
             }
             if multiple {
                 self.unacked.drain(..=at).collect()
@@ -259,14 +297,22 @@ impl Channel {
         }
     }
 
-    pub(super) fn basic_recover(&mut self, ctx: &mut Ctx<'_>, requeue: bool, reply: bool) -> Result<()> {
+    pub(super) fn basic_recover(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        requeue: bool,
+        reply: bool,
+    ) -> Result<()> {
         if !requeue {
             return Err(AmqpError::not_implemented("requeue=false"));
         }
         let all: Vec<Unacked> = self.unacked.drain(..).collect();
         requeue_grouped(ctx, all);
         if reply {
-            ctx.send(self.id, AMQPClass::Basic(b::AMQPMethod::RecoverOk(b::RecoverOk {})));
+            ctx.send(
+                self.id,
+                AMQPClass::Basic(b::AMQPMethod::RecoverOk(b::RecoverOk {})),
+            );
         }
         Ok(())
     }
@@ -274,7 +320,9 @@ impl Channel {
     pub(super) fn confirm_select(&mut self, ctx: &mut Ctx<'_>, m: confirm::Select) -> Result<()> {
         match self.mode {
             Mode::Tx { .. } => {
-                return Err(AmqpError::precondition_failed("cannot switch from tx to confirm mode"));
+                return Err(AmqpError::precondition_failed(
+                    "cannot switch from tx to confirm mode",
+                ));
             }
             Mode::Plain => {
                 self.mode = Mode::Confirm {
@@ -285,7 +333,10 @@ impl Channel {
             Mode::Confirm { .. } => {}
         }
         if !m.nowait {
-            ctx.send(self.id, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})));
+            ctx.send(
+                self.id,
+                AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+            );
         }
         Ok(())
     }
@@ -293,7 +344,9 @@ impl Channel {
     pub(super) fn tx_select(&mut self, ctx: &mut Ctx<'_>) -> Result<()> {
         match self.mode {
             Mode::Confirm { .. } => {
-                return Err(AmqpError::precondition_failed("cannot switch from confirm to tx mode"));
+                return Err(AmqpError::precondition_failed(
+                    "cannot switch from confirm to tx mode",
+                ));
             }
             Mode::Plain => {
                 self.mode = Mode::Tx {
@@ -303,13 +356,18 @@ impl Channel {
             }
             Mode::Tx { .. } => {}
         }
-        ctx.send(self.id, AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})));
+        ctx.send(
+            self.id,
+            AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})),
+        );
         Ok(())
     }
 
     pub(super) fn tx_commit(&mut self, ctx: &mut Ctx<'_>) -> Result<()> {
         let Mode::Tx { publishes, settles } = &mut self.mode else {
-            return Err(AmqpError::precondition_failed("channel is not transactional"));
+            return Err(AmqpError::precondition_failed(
+                "channel is not transactional",
+            ));
         };
         let publishes = std::mem::take(publishes);
         let settles = std::mem::take(settles);
@@ -320,18 +378,30 @@ impl Channel {
                 .vhost
                 .existing_exchange(p.publish.exchange.as_str())
                 .map_err(|e| e.with_method(90, 20))?;
-            self.route(ctx, p.publish, p.properties, p.raw_properties, p.body, &exchange);
+            self.route(
+                ctx,
+                p.publish,
+                p.properties,
+                p.raw_properties,
+                p.body,
+                &exchange,
+            );
         }
         for (u, how) in settles {
             self.apply_settles(ctx, vec![u], how);
         }
-        ctx.send(self.id, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
+        ctx.send(
+            self.id,
+            AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+        );
         Ok(())
     }
 
     pub(super) fn tx_rollback(&mut self, ctx: &mut Ctx<'_>) -> Result<()> {
         let Mode::Tx { publishes, settles } = &mut self.mode else {
-            return Err(AmqpError::precondition_failed("channel is not transactional"));
+            return Err(AmqpError::precondition_failed(
+                "channel is not transactional",
+            ));
         };
         publishes.clear();
         // Rolled-back settlements leave the deliveries outstanding again, in tag order.
@@ -340,7 +410,10 @@ impl Channel {
             let at = self.unacked.partition_point(|x| x.tag < u.tag);
             self.unacked.insert(at, u);
         }
-        ctx.send(self.id, AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})));
+        ctx.send(
+            self.id,
+            AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})),
+        );
         Ok(())
     }
 }

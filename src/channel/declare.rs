@@ -22,7 +22,11 @@ impl Channel {
             .ok_or_else(|| AmqpError::not_found("no previously declared queue"))
     }
 
-    pub(super) fn exchange_declare(&mut self, ctx: &mut Ctx<'_>, m: exchange::Declare) -> Result<()> {
+    pub(super) fn exchange_declare(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        m: exchange::Declare,
+    ) -> Result<()> {
         let flags = ExchangeFlags {
             passive: m.passive,
             durable: m.durable,
@@ -32,15 +36,22 @@ impl Channel {
         ctx.vhost
             .declare_exchange(m.exchange.as_str(), m.kind.as_str(), flags, &m.arguments)?;
         if !m.nowait {
-            ctx.send(self.id, AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})));
+            ctx.send(
+                self.id,
+                AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})),
+            );
         }
         Ok(())
     }
 
     pub(super) fn exchange_delete(&mut self, ctx: &mut Ctx<'_>, m: exchange::Delete) -> Result<()> {
-        ctx.vhost.delete_exchange(m.exchange.as_str(), m.if_unused)?;
+        ctx.vhost
+            .delete_exchange(m.exchange.as_str(), m.if_unused)?;
         if !m.nowait {
-            ctx.send(self.id, AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})));
+            ctx.send(
+                self.id,
+                AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
+            );
         }
         Ok(())
     }
@@ -53,7 +64,10 @@ impl Channel {
             &m.arguments,
         )?;
         if !m.nowait {
-            ctx.send(self.id, AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})));
+            ctx.send(
+                self.id,
+                AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
+            );
         }
         Ok(())
     }
@@ -66,7 +80,10 @@ impl Channel {
             &m.arguments,
         )?;
         if !m.nowait {
-            ctx.send(self.id, AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})));
+            ctx.send(
+                self.id,
+                AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
+            );
         }
         Ok(())
     }
@@ -82,7 +99,10 @@ impl Channel {
             if m.passive {
                 self.queue_name("")?
             } else {
-                if m.arguments.inner().get("x-queue-type").and_then(crate::broker::args::as_bytes)
+                if m.arguments
+                    .inner()
+                    .get("x-queue-type")
+                    .and_then(crate::broker::args::as_bytes)
                     == Some(b"quorum")
                 {
                     return Err(AmqpError::precondition_failed(
@@ -100,7 +120,9 @@ impl Channel {
             }
             m.queue.to_string()
         };
-        let d = ctx.vhost.declare_queue(&name, flags, &m.arguments, ctx.conn_id)?;
+        let d = ctx
+            .vhost
+            .declare_queue(&name, flags, &m.arguments, ctx.conn_id)?;
         self.last_queue = Some(name.clone());
         if !m.nowait {
             ctx.send(
@@ -126,7 +148,10 @@ impl Channel {
         ctx.vhost
             .bind_queue(&name, m.exchange.as_str(), &key, &m.arguments, ctx.conn_id)?;
         if !m.nowait {
-            ctx.send(self.id, AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})));
+            ctx.send(
+                self.id,
+                AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+            );
         }
         Ok(())
     }
@@ -140,7 +165,10 @@ impl Channel {
             &m.arguments,
             ctx.conn_id,
         )?;
-        ctx.send(self.id, AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})));
+        ctx.send(
+            self.id,
+            AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
+        );
         Ok(())
     }
 
@@ -150,7 +178,9 @@ impl Channel {
         if !m.nowait {
             ctx.send(
                 self.id,
-                AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk { message_count: n })),
+                AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
+                    message_count: n,
+                })),
             );
         }
         Ok(())
@@ -164,7 +194,9 @@ impl Channel {
         if !m.nowait {
             ctx.send(
                 self.id,
-                AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk { message_count: n })),
+                AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                    message_count: n,
+                })),
             );
         }
         Ok(())

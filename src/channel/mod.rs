@@ -13,7 +13,9 @@ mod declare;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use amq_protocol::protocol::{AMQPClass, BasicProperties, basic as b, confirm, exchange, queue, tx};
+use amq_protocol::protocol::{
+    AMQPClass, BasicProperties, basic as b, confirm, exchange, queue, tx,
+};
 use bytes::{Bytes, BytesMut};
 
 use crate::broker::message::Entry;
@@ -162,11 +164,19 @@ impl Channel {
                 b::AMQPMethod::Get(m) => self.basic_get(ctx, m),
                 b::AMQPMethod::Ack(m) => self.settle(ctx, m.delivery_tag, m.multiple, Settle::Ack),
                 b::AMQPMethod::Reject(m) => {
-                    let how = if m.requeue { Settle::Requeue } else { Settle::Discard };
+                    let how = if m.requeue {
+                        Settle::Requeue
+                    } else {
+                        Settle::Discard
+                    };
                     self.settle(ctx, m.delivery_tag, false, how)
                 }
                 b::AMQPMethod::Nack(m) => {
-                    let how = if m.requeue { Settle::Requeue } else { Settle::Discard };
+                    let how = if m.requeue {
+                        Settle::Requeue
+                    } else {
+                        Settle::Discard
+                    };
                     self.settle(ctx, m.delivery_tag, m.multiple, how)
                 }
                 b::AMQPMethod::Recover(m) => self.basic_recover(ctx, m.requeue, true),

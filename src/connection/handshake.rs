@@ -115,9 +115,13 @@ async fn expect(
     match read_frame(rd, buf, frame_max).await? {
         Frame::Method { channel: 0, method } => match *method {
             AMQPClass::Connection(m) => Ok(m),
-            other => Err(silent(format!("unexpected method during handshake: {other:?}"))),
+            other => Err(silent(format!(
+                "unexpected method during handshake: {other:?}"
+            ))),
         },
-        other => Err(silent(format!("unexpected frame during handshake: {other:?}"))),
+        other => Err(silent(format!(
+            "unexpected frame during handshake: {other:?}"
+        ))),
     }
 }
 

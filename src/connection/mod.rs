@@ -38,12 +38,22 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 const INBOX_BATCH: usize = 512;
 
 /// Serves one accepted socket until it closes.
-pub async fn run(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>, shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
     let limit = Duration::from_secs(broker.config.handshake_timeout);
-    let opened = match tokio::time::timeout(limit, handshake::run(&mut rd, &mut wr, &mut rbuf, &broker)).await {
+    let opened = match tokio::time::timeout(
+        limit,
+        handshake::run(&mut rd, &mut wr, &mut rbuf, &broker),
+    )
+    .await
+    {
         Err(_) => {
             tracing::info!(%peer, "handshake timed out");
             return;
@@ -174,7 +184,9 @@ impl Connection {
         self.flush();
         let mut events = Vec::with_capacity(INBOX_BATCH);
         loop {
-            let deadline = self.closing.unwrap_or_else(|| Instant::now() + Duration::from_secs(86400));
+            let deadline = self
+                .closing
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(86400));
             tokio::select! {
                 // Shutdown: tell the client why, then wait for close-ok like any close.
                 _ = shutdown.changed(), if self.closing.is_none() => {
@@ -274,7 +286,10 @@ impl Connection {
                     self.kicks.push(queue);
                 }
             },
-            QueueEvent::Cancelled { channel, consumer_tag } => {
+            QueueEvent::Cancelled {
+                channel,
+                consumer_tag,
+            } => {
                 if let Some(chan) = self.channels.get_mut(&channel)
                     && chan.consumer_cancelled(&consumer_tag)
                     && self.opened.cancel_notify
@@ -314,7 +329,9 @@ impl Connection {
             Frame::Heartbeat { channel: 0 } => return Ok(()),
             Frame::Heartbeat { channel } => (
                 channel,
-                Err(AmqpError::unexpected_frame(format!("heartbeat frame on channel {channel}"))),
+                Err(AmqpError::unexpected_frame(format!(
+                    "heartbeat frame on channel {channel}"
+                ))),
             ),
             Frame::Method { channel: 0, method } => return self.connection_method(*method),
             Frame::Method { channel, method } => (channel, self.channel_method(channel, *method)),
@@ -326,17 +343,27 @@ impl Connection {
                 class_id,
             } => {
                 let r = match self.channels.get_mut(&channel) {
-                    None => Err(AmqpError::channel_error(format!("expected 'channel.open' on channel {channel}"))),
+                    None => Err(AmqpError::channel_error(format!(
+                        "expected 'channel.open' on channel {channel}"
+                    ))),
                     Some(chan) if chan.is_closing() => Ok(()),
-                    Some(_) if class_id != 60 => Err(AmqpError::frame_error(format!("content header for unknown class {class_id}"))),
-                    Some(chan) => chan.handle_header(&mut ctx!(self), properties, raw_properties, body_size),
+                    Some(_) if class_id != 60 => Err(AmqpError::frame_error(format!(
+                        "content header for unknown class {class_id}"
+                    ))),
+                    Some(chan) => {
+                        chan.handle_header(&mut ctx!(self), properties, raw_properties, body_size)
+                    }
                 };
                 (channel, r)
             }
             Frame::Body { channel, payload } => {
                 let r = match self.channels.get_mut(&channel) {
-                    None if channel == 0 => Err(AmqpError::unexpected_frame("body frame on channel 0")),
-                    None => Err(AmqpError::channel_error(format!("expected 'channel.open' on channel {channel}"))),
+                    None if channel == 0 => {
+                        Err(AmqpError::unexpected_frame("body frame on channel 0"))
+                    }
+                    None => Err(AmqpError::channel_error(format!(
+                        "expected 'channel.open' on channel {channel}"
+                    ))),
                     Some(chan) if chan.is_closing() => Ok(()),
                     Some(chan) => chan.handle_body(&mut ctx!(self), payload),
                 };
@@ -366,8 +393,10 @@ impl Connection {
                 Ok(())
             }
             other => {
-                let e = AmqpError::command_invalid(format!("unexpected method on channel 0: {other:?}"))
-                    .with_method(other.get_amqp_class_id(), other.get_amqp_method_id());
+                let e = AmqpError::command_invalid(format!(
+                    "unexpected method on channel 0: {other:?}"
+                ))
+                .with_method(other.get_amqp_class_id(), other.get_amqp_method_id());
                 self.fail(0, e)
             }
         }
@@ -390,14 +419,22 @@ impl Connection {
                         ))));
                     }
                     self.channels.insert(id, Channel::new(id));
-                    protocol::write_method(&mut self.out, id, &AMQPClass::Channel(ch::AMQPMethod::OpenOk(ch::OpenOk {})));
+                    protocol::write_method(
+                        &mut self.out,
+                        id,
+                        &AMQPClass::Channel(ch::AMQPMethod::OpenOk(ch::OpenOk {})),
+                    );
                     return Ok(());
                 }
                 ch::AMQPMethod::Close(_) => {
                     if let Some(mut chan) = self.channels.remove(&id) {
                         chan.shut(&mut ctx!(self));
                     }
-                    protocol::write_method(&mut self.out, id, &AMQPClass::Channel(ch::AMQPMethod::CloseOk(ch::CloseOk {})));
+                    protocol::write_method(
+                        &mut self.out,
+                        id,
+                        &AMQPClass::Channel(ch::AMQPMethod::CloseOk(ch::CloseOk {})),
+                    );
                     return Ok(());
                 }
                 ch::AMQPMethod::CloseOk(_) => {
@@ -410,7 +447,9 @@ impl Connection {
             }
         }
         let Some(chan) = self.channels.get_mut(&id) else {
-            return Err(with(AmqpError::channel_error(format!("expected 'channel.open' on channel {id}"))));
+            return Err(with(AmqpError::channel_error(format!(
+                "expected 'channel.open' on channel {id}"
+            ))));
         };
         if chan.is_closing() {
             // spec: after channel.close, discard everything but close / close-ok.
@@ -427,15 +466,27 @@ impl Connection {
                 if !f.active {
                     return Err(with(AmqpError::not_implemented("active=false")));
                 }
-                protocol::write_method(ctx.out, id, &AMQPClass::Channel(ch::AMQPMethod::FlowOk(ch::FlowOk { active: true })));
+                protocol::write_method(
+                    ctx.out,
+                    id,
+                    &AMQPClass::Channel(ch::AMQPMethod::FlowOk(ch::FlowOk { active: true })),
+                );
                 Ok(())
             }
-            AMQPClass::Channel(_) => Err(with(AmqpError::command_invalid("unexpected channel method"))),
+            AMQPClass::Channel(_) => Err(with(AmqpError::command_invalid(
+                "unexpected channel method",
+            ))),
             AMQPClass::Access(access::AMQPMethod::Request(_)) => {
-                protocol::write_method(ctx.out, id, &AMQPClass::Access(access::AMQPMethod::RequestOk(access::RequestOk {})));
+                protocol::write_method(
+                    ctx.out,
+                    id,
+                    &AMQPClass::Access(access::AMQPMethod::RequestOk(access::RequestOk {})),
+                );
                 Ok(())
             }
-            AMQPClass::Connection(_) => Err(with(AmqpError::command_invalid("connection method on a channel"))),
+            AMQPClass::Connection(_) => Err(with(AmqpError::command_invalid(
+                "connection method on a channel",
+            ))),
             m => chan.handle_method(&mut ctx, m).map_err(with),
         }
     }

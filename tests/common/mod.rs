@@ -126,30 +126,47 @@ impl Raw {
         r
     }
 
-    pub async fn handshake(&mut self, channel_max: u16, frame_max: u32, heartbeat: u16) -> Option<AMQPClass> {
+    pub async fn handshake(
+        &mut self,
+        channel_max: u16,
+        frame_max: u32,
+        heartbeat: u16,
+    ) -> Option<AMQPClass> {
         self.send_raw(b"AMQP\x00\x00\x09\x01").await;
         self.expect_method().await; // start
         let mut caps = FieldTable::default();
-        caps.insert("authentication_failure_close".into(), AMQPValue::Boolean(true));
+        caps.insert(
+            "authentication_failure_close".into(),
+            AMQPValue::Boolean(true),
+        );
         let mut props = FieldTable::default();
         props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
-        self.send(0, AMQPClass::Connection(c::AMQPMethod::StartOk(c::StartOk {
-            client_properties: props,
-            mechanism: "PLAIN".into(),
-            response: LongString::from(&b"\0guest\0guest"[..]),
-            locale: "en_US".into(),
-        })))
+        self.send(
+            0,
+            AMQPClass::Connection(c::AMQPMethod::StartOk(c::StartOk {
+                client_properties: props,
+                mechanism: "PLAIN".into(),
+                response: LongString::from(&b"\0guest\0guest"[..]),
+                locale: "en_US".into(),
+            })),
+        )
         .await;
         self.expect_method().await; // tune
-        self.send(0, AMQPClass::Connection(c::AMQPMethod::TuneOk(c::TuneOk {
-            channel_max,
-            frame_max,
-            heartbeat,
-        })))
+        self.send(
+            0,
+            AMQPClass::Connection(c::AMQPMethod::TuneOk(c::TuneOk {
+                channel_max,
+                frame_max,
+                heartbeat,
+            })),
+        )
         .await;
-        self.send(0, AMQPClass::Connection(c::AMQPMethod::Open(c::Open {
-            virtual_host: "/".into(),
-        })))
+        self.send(
+            0,
+            AMQPClass::Connection(c::AMQPMethod::Open(c::Open {
+                virtual_host: "/".into(),
+            })),
+        )
         .await;
         self.next_method().await
     }
@@ -199,8 +216,15 @@ impl Raw {
         loop {
             match self.next_method().await {
                 Some(AMQPClass::Connection(c::AMQPMethod::Close(cl))) => {
-                    self.send(0, AMQPClass::Connection(c::AMQPMethod::CloseOk(c::CloseOk {}))).await;
-                    assert!(self.frame().await.is_none(), "socket should close after close-ok");
+                    self.send(
+                        0,
+                        AMQPClass::Connection(c::AMQPMethod::CloseOk(c::CloseOk {})),
+                    )
+                    .await;
+                    assert!(
+                        self.frame().await.is_none(),
+                        "socket should close after close-ok"
+                    );
                     return cl.reply_code;
                 }
                 Some(_) => continue,
@@ -213,7 +237,10 @@ impl Raw {
     pub async fn expect_channel_close(&mut self) -> (u16, u16, u16, u16) {
         loop {
             match self.frame().await.expect("a frame") {
-                AMQPFrame::Method(ch, AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::Close(cl))) => {
+                AMQPFrame::Method(
+                    ch,
+                    AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::Close(cl)),
+                ) => {
                     return (ch, cl.reply_code, cl.class_id, cl.method_id);
                 }
                 AMQPFrame::Method(_, AMQPClass::Connection(c::AMQPMethod::Close(cl))) => {

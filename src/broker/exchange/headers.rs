@@ -81,8 +81,14 @@ mod tests {
 
     #[test]
     fn all_needs_every_key_any_needs_one() {
-        let b = t(&[("a", AMQPValue::LongInt(1)), ("b", AMQPValue::LongString("x".into()))]);
-        let both = t(&[("a", AMQPValue::ShortShortUInt(1)), ("b", AMQPValue::LongString("x".into()))]);
+        let b = t(&[
+            ("a", AMQPValue::LongInt(1)),
+            ("b", AMQPValue::LongString("x".into())),
+        ]);
+        let both = t(&[
+            ("a", AMQPValue::ShortShortUInt(1)),
+            ("b", AMQPValue::LongString("x".into())),
+        ]);
         let one = t(&[("a", AMQPValue::LongInt(1))]);
         assert!(matches(&b, XMatch::All, Some(&both)));
         assert!(!matches(&b, XMatch::All, Some(&one)));
@@ -101,7 +107,11 @@ mod tests {
     #[test]
     fn void_matches_any_value_but_not_absence() {
         let b = t(&[("a", AMQPValue::Void)]);
-        assert!(matches(&b, XMatch::All, Some(&t(&[("a", AMQPValue::Boolean(true))]))));
+        assert!(matches(
+            &b,
+            XMatch::All,
+            Some(&t(&[("a", AMQPValue::Boolean(true))]))
+        ));
         assert!(!matches(&b, XMatch::All, Some(&t(&[]))));
     }
 

@@ -118,17 +118,17 @@ impl<D: Clone + PartialEq> TopicTrie<D> {
     }
 }
 
-fn walk<'a, D>(
-    node: &'a Node<D>,
+fn walk<D>(
+    node: &Node<D>,
     ws: &[&str],
     i: usize,
     seen: &mut Option<HashSet<(usize, usize)>>,
     found: &mut impl FnMut(&D),
 ) {
-    if let Some(seen) = seen {
-        if !seen.insert((node as *const Node<D> as usize, i)) {
-            return;
-        }
+    if let Some(seen) = seen
+        && !seen.insert((node as *const Node<D> as usize, i))
+    {
+        return;
     }
     if i == ws.len() {
         node.dests.iter().for_each(&mut *found);
