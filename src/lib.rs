@@ -19,4 +19,5 @@ pub mod connection;
 pub mod error;
 pub mod protocol;
 pub mod server;
+pub mod store;
 pub mod telemetry;

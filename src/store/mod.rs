@@ -1,0 +1,1 @@
+//! Persistence (placeholder; see issue 4).
