@@ -63,6 +63,69 @@ pub struct Config {
     pub handshake_timeout: u64,
     /// tracing filter, e.g. `info` or `warren=debug`.
     pub log: String,
+    /// Policies: queue and exchange settings applied by name pattern, as RabbitMQ's
+    /// `rabbitmqctl set_policy` does.
+    pub policies: Vec<Policy>,
+}
+
+/// One `[[policies]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Name, for logs.
+    pub name: String,
+    /// Regular expression matched against queue / exchange names.
+    pub pattern: String,
+    /// `queues`, `exchanges` or `all`.
+    #[serde(rename = "apply-to", alias = "apply_to", default = "Policy::default_apply_to")]
+    pub apply_to: String,
+    /// Higher wins when several match.
+    #[serde(default)]
+    pub priority: i32,
+    /// The settings.
+    pub definition: PolicyDefinition,
+}
+
+impl Policy {
+    fn default_apply_to() -> String {
+        "all".into()
+    }
+
+    /// Whether this policy applies to a queue (`queue = true`) or exchange named `name`.
+    pub fn applies(&self, name: &str, queue: bool) -> bool {
+        let kind = match self.apply_to.as_str() {
+            "all" => true,
+            "queues" => queue,
+            "exchanges" => !queue,
+            _ => false,
+        };
+        // The pattern was compiled once by `check`, so it is valid here.
+        kind && regex::Regex::new(&self.pattern).is_ok_and(|r| r.is_match(name))
+    }
+}
+
+/// The keys a policy may set (RabbitMQ's names).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PolicyDefinition {
+    /// Per-queue message TTL, ms.
+    pub message_ttl: Option<u64>,
+    /// Queue idle expiry, ms.
+    pub expires: Option<u64>,
+    /// Most ready messages.
+    pub max_length: Option<u64>,
+    /// Most ready bytes.
+    pub max_length_bytes: Option<u64>,
+    /// `drop-head`, `reject-publish` or `reject-publish-dlx`.
+    pub overflow: Option<String>,
+    /// Dead-letter exchange.
+    pub dead_letter_exchange: Option<String>,
+    /// Dead-letter routing key.
+    pub dead_letter_routing_key: Option<String>,
+    /// Redeliveries before dead-lettering.
+    pub delivery_limit: Option<i64>,
+    /// Alternate exchange (exchanges).
+    pub alternate_exchange: Option<String>,
 }
 
 impl Default for Config {
@@ -79,6 +142,7 @@ impl Default for Config {
             max_message_size: 128 * 1024 * 1024,
             handshake_timeout: 10,
             log: "info".into(),
+            policies: Vec::new(),
         }
     }
 }
@@ -157,6 +221,22 @@ impl Config {
         if self.default_vhost.is_empty() {
             return invalid("default_vhost", "must not be empty".into());
         }
+        for p in &self.policies {
+            if let Err(e) = regex::Regex::new(&p.pattern) {
+                return invalid("policies.pattern", format!("policy '{}': {e}", p.name));
+            }
+            if !matches!(p.apply_to.as_str(), "all" | "queues" | "exchanges") {
+                return invalid(
+                    "policies.apply-to",
+                    format!("policy '{}': '{}' is not queues, exchanges or all", p.name, p.apply_to),
+                );
+            }
+            if let Some(o) = &p.definition.overflow
+                && !matches!(o.as_str(), "drop-head" | "reject-publish" | "reject-publish-dlx")
+            {
+                return invalid("policies.definition.overflow", format!("policy '{}': unknown overflow '{o}'", p.name));
+            }
+        }
         Ok(())
     }
 }
@@ -183,6 +263,26 @@ mod tests {
     fn out_of_range_value_is_named() {
         let e = Config::parse("frame_max = 10").unwrap_err().to_string();
         assert!(e.contains("frame_max"), "{e}");
+    }
+
+    #[test]
+    fn policies_parse_and_bad_patterns_are_named() {
+        let c = Config::parse(
+            r#"
+[[policies]]
+name = "retry"
+pattern = "^work\\."
+apply-to = "queues"
+priority = 1
+definition = { message-ttl = 500, dead-letter-exchange = "dlx" }
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.policies[0].definition.message_ttl, Some(500));
+        assert!(c.policies[0].applies("work.a", true));
+        assert!(!c.policies[0].applies("work.a", false));
+        let e = Config::parse("[[policies]]\nname='x'\npattern='('\ndefinition={}\n").unwrap_err();
+        assert!(e.to_string().contains("policies.pattern"), "{e}");
     }
 
     #[test]

@@ -74,24 +74,29 @@ async fn passive_declare_of_a_missing_exchange_is_404() {
     channel_error(&conn, &ch, e, 404).await;
 }
 
-#[tokio::test]
-async fn publish_to_a_missing_exchange_is_404() {
+/// Publishes with a raw client and returns the channel.close that follows: publish errors
+/// arrive asynchronously, and lapin may see the channel closing before its next call.
+async fn publish_error(props: BasicProperties, exchange: &str, immediate: bool) -> (u16, u16, u16, u16) {
     let b = TestBroker::start().await;
-    let (conn, ch) = b.channel().await;
-    ch.basic_publish(
-        "missing".into(),
-        "k".into(),
-        Default::default(),
-        b"m",
-        BasicProperties::default(),
-    )
-    .await
-    .unwrap();
-    let e = ch
-        .queue_declare("".into(), Default::default(), FieldTable::default())
-        .await
-        .unwrap_err();
-    channel_error(&conn, &ch, e, 404).await;
+    let mut r = Raw::open(b.addr).await;
+    r.open_channel(1).await;
+    let publish = amq_protocol::protocol::basic::Publish {
+        exchange: exchange.into(),
+        routing_key: "q".into(),
+        mandatory: false,
+        immediate,
+    };
+    r.publish(1, publish, &props, b"m").await;
+    if immediate {
+        (0, r.expect_connection_close().await, 0, 0)
+    } else {
+        r.expect_channel_close().await
+    }
+}
+
+#[tokio::test]
+async fn publish_to_a_missing_exchange_is_404_on_the_channel() {
+    assert_eq!(publish_error(BasicProperties::default(), "missing", false).await, (1, 404, 60, 40));
 }
 
 #[tokio::test]
@@ -422,46 +427,35 @@ async fn delete_conditions_are_406() {
 }
 
 #[tokio::test]
-async fn unknown_and_double_acks_are_406() {
+async fn unknown_and_double_acks_are_406_on_the_channel() {
+    use amq_protocol::protocol::{AMQPClass, basic};
+    let ack = |tag| AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack { delivery_tag: tag, multiple: false }));
     let b = TestBroker::start().await;
-    let (conn, ch) = b.channel().await;
-    ch.basic_ack(42, Default::default()).await.unwrap();
-    let e = ch
-        .queue_declare("".into(), Default::default(), FieldTable::default())
-        .await
-        .unwrap_err();
-    channel_error(&conn, &ch, e, 406).await;
+    let mut r = Raw::open(b.addr).await;
+    r.open_channel(1).await;
+    r.send(1, ack(42)).await;
+    assert_eq!(r.expect_channel_close().await, (1, 406, 60, 80));
 
-    let ch = conn.create_channel().await.unwrap();
-    let q = ch
-        .queue_declare("".into(), Default::default(), FieldTable::default())
-        .await
-        .unwrap();
-    ch.basic_publish(
-        "".into(),
-        q.name().clone(),
-        Default::default(),
-        b"m",
-        BasicProperties::default(),
-    )
-    .await
-    .unwrap();
-    let m = ch
-        .basic_get(q.name().clone(), Default::default())
-        .await
-        .unwrap()
-        .unwrap();
-    ch.basic_ack(m.delivery.delivery_tag, Default::default())
-        .await
-        .unwrap();
-    ch.basic_ack(m.delivery.delivery_tag, Default::default())
-        .await
-        .unwrap();
-    let e = ch
-        .queue_declare("".into(), Default::default(), FieldTable::default())
-        .await
-        .unwrap_err();
-    channel_error(&conn, &ch, e, 406).await;
+    // Double ack: get one message, ack it twice.
+    r.open_channel(2).await;
+    r.send(2, AMQPClass::Queue(amq_protocol::protocol::queue::AMQPMethod::Declare(amq_protocol::protocol::queue::Declare {
+        queue: "dbl".into(),
+        passive: false,
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+        nowait: false,
+        arguments: FieldTable::default(),
+    })))
+    .await;
+    r.expect_method().await;
+    let publish = basic::Publish { exchange: "".into(), routing_key: "dbl".into(), mandatory: false, immediate: false };
+    r.publish(2, publish, &BasicProperties::default(), b"m").await;
+    r.send(2, AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get { queue: "dbl".into(), no_ack: false }))).await;
+    let AMQPClass::Basic(basic::AMQPMethod::GetOk(ok)) = r.expect_method().await else { panic!("expected get-ok") };
+    r.send(2, ack(ok.delivery_tag)).await;
+    r.send(2, ack(ok.delivery_tag)).await;
+    assert_eq!(r.expect_channel_close().await, (2, 406, 60, 80));
 }
 
 #[tokio::test]
@@ -485,29 +479,14 @@ async fn tx_commit_without_select_is_406() {
 }
 
 #[tokio::test]
-async fn invalid_message_properties_are_406() {
-    let b = TestBroker::start().await;
-    let (conn, ch) = b.channel().await;
-    let props = BasicProperties::default().with_expiration("abc".into());
-    ch.basic_publish("".into(), "q".into(), Default::default(), b"m", props)
-        .await
-        .unwrap();
-    let e = ch
-        .queue_declare("".into(), Default::default(), FieldTable::default())
-        .await
-        .unwrap_err();
-    channel_error(&conn, &ch, e, 406).await;
-
-    let ch = conn.create_channel().await.unwrap();
-    let props = BasicProperties::default().with_user_id("mallory".into());
-    ch.basic_publish("".into(), "q".into(), Default::default(), b"m", props)
-        .await
-        .unwrap();
-    let e = ch
-        .queue_declare("".into(), Default::default(), FieldTable::default())
-        .await
-        .unwrap_err();
-    channel_error(&conn, &ch, e, 406).await;
+async fn invalid_message_properties_are_406_on_the_channel() {
+    for props in [
+        BasicProperties::default().with_expiration("abc".into()),
+        BasicProperties::default().with_user_id("mallory".into()),
+        BasicProperties::default().with_delivery_mode(3),
+    ] {
+        assert_eq!(publish_error(props, "", false).await, (1, 406, 60, 40));
+    }
 }
 
 #[tokio::test]
@@ -585,28 +564,8 @@ async fn reused_consumer_tag_is_530_on_the_connection() {
 async fn not_implemented_features_are_540_on_the_connection() {
     let b = TestBroker::start().await;
     let (conn, ch) = b.channel().await;
-    let e = ch
-        .basic_recover(BasicRecoverOptions { requeue: false })
-        .await
-        .unwrap_err();
+    let e = ch.basic_recover(BasicRecoverOptions { requeue: false }).await.unwrap_err();
     connection_error(&conn, e, 540);
-
-    let (conn, ch) = b.channel().await;
-    ch.basic_publish(
-        "".into(),
-        "q".into(),
-        BasicPublishOptions {
-            immediate: true,
-            ..Default::default()
-        },
-        b"m",
-        BasicProperties::default(),
-    )
-    .await
-    .unwrap();
-    let e = ch
-        .queue_declare("".into(), Default::default(), FieldTable::default())
-        .await
-        .unwrap_err();
-    connection_error(&conn, e, 540);
+    assert_eq!(publish_error(BasicProperties::default(), "", true).await.1, 540);
 }
+

@@ -40,4 +40,10 @@ pub struct Entry {
     pub msg: Arc<Message>,
     /// Whether it was delivered before.
     pub redelivered: bool,
+    /// Priority level (0 without `x-max-priority`).
+    pub priority: u8,
+    /// Absolute expiry deadline, ms since the Unix epoch.
+    pub expires_at: Option<u64>,
+    /// Failed deliveries so far (counted when the queue has a delivery limit).
+    pub delivery_count: u32,
 }

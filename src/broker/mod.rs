@@ -2,10 +2,12 @@
 //! exclusive queues they own. No sockets, no frames: the channel layer calls in here.
 
 pub mod args;
+pub mod dead_letter;
 pub mod exchange;
 pub mod message;
 pub mod names;
 pub mod queue;
+pub mod queue_args;
 pub mod vhost;
 
 use std::sync::Arc;
@@ -37,7 +39,7 @@ impl Broker {
         };
         b.vhosts.insert(
             b.config.default_vhost.clone(),
-            Arc::new(VHost::new(&b.config.default_vhost)),
+            VHost::new(&b.config.default_vhost, b.config.policies.clone()),
         );
         b.users
             .insert(b.config.default_user.clone(), b.config.default_pass.clone());

@@ -1,28 +1,44 @@
-//! Queues: ready messages in order, the consumers attached, round-robin dispatch within each
-//! consumer's credit, and requeue to the original position.
+//! Queues: ready messages by priority and position, the consumers attached, dispatch within
+//! each consumer's credit, requeue to the original position, and the queue features
+//! RabbitMQ applications rely on — message TTL (expired at the head), idle expiry, length
+//! limits with their overflow modes, delivery limits, priorities, consumer priorities and
+//! single active consumer — with dead-lettering for what falls out.
 //!
 //! Each queue has its own mutex and nothing else shares it: publishers take it to enqueue,
-//! consumers' connections take it to hand back credit (after an ack) or to requeue. Dispatch
-//! happens under that lock and never waits: a delivery is pushed onto the consuming
-//! connection's unbounded inbox, which is bounded in practice by the consumer's credit
-//! (prefetch for acking consumers, a fixed window of unwritten deliveries for no-ack ones).
-//! The queue never knows about channels or sockets; it reaches consumers only through their
-//! `DeliverySink`.
+//! consumers' connections take it to hand back credit (after an ack) or to requeue, and the
+//! queue's timer task takes it to expire messages. Dispatch happens under that lock and never
+//! waits: a delivery is pushed onto the consuming connection's unbounded inbox, bounded in
+//! practice by the consumer's credit. Dead letters are collected under the lock and routed
+//! after it is released, so two queues dead-lettering into each other cannot deadlock. The
+//! queue never knows about channels or sockets; it reaches consumers only through their
+//! `DeliverySink`, and other queues only through the vhost.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use amq_protocol::types::FieldTable;
+use amq_protocol::types::{AMQPValue, FieldTable};
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
+use crate::broker::dead_letter::{self, Reason};
 use crate::broker::message::{Entry, Message};
+use crate::broker::queue_args::{Overflow, QueueArgs};
+use crate::broker::vhost::VHost;
 use crate::error::{AmqpError, Result};
 
 /// How many deliveries a no-ack consumer may have pushed but not yet written to its socket
 /// (RabbitMQ's queue-side unsent-message limit plays the same role).
 pub const NO_ACK_WINDOW: u32 = 2000;
+
+/// Milliseconds since the Unix epoch: expiry deadlines are absolute, so they keep counting
+/// across restarts.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// What a queue sends to a consuming connection.
 #[derive(Debug)]
@@ -39,6 +55,15 @@ pub enum QueueEvent {
         entry: Entry,
         /// Whether the consumer acks.
         no_ack: bool,
+    },
+    /// A direct reply-to message for the channel's reply consumer.
+    Reply {
+        /// Channel of the reply consumer.
+        channel: u16,
+        /// Its tag.
+        consumer_tag: Arc<str>,
+        /// The reply.
+        msg: Arc<Message>,
     },
     /// The queue went away under the consumer (it was deleted).
     Cancelled {
@@ -81,14 +106,10 @@ impl Credit {
         }
         if let Some(ch) = &self.channel {
             let limit = ch.limit.load(Ordering::Acquire);
-            if limit != 0 {
-                // Several queues may race for the channel's last unit: add, then back out.
-                if ch.in_flight.fetch_add(1, Ordering::AcqRel) >= limit {
-                    ch.in_flight.fetch_sub(1, Ordering::AcqRel);
-                    return false;
-                }
-            } else {
-                ch.in_flight.fetch_add(1, Ordering::AcqRel);
+            // Several queues may race for the channel's last unit: add, then back out.
+            if ch.in_flight.fetch_add(1, Ordering::AcqRel) >= limit && limit != 0 {
+                ch.in_flight.fetch_sub(1, Ordering::AcqRel);
+                return false;
             }
         }
         self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -97,17 +118,12 @@ impl Credit {
 
     /// Gives back `n` units (acked, rejected, or written for no-ack).
     pub fn release(&self, n: u32) {
-        let _ = self
-            .in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                Some(v.saturating_sub(n))
-            });
+        let sub = |a: &AtomicU32| {
+            let _ = a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(n)));
+        };
+        sub(&self.in_flight);
         if let Some(ch) = &self.channel {
-            let _ = ch
-                .in_flight
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                    Some(v.saturating_sub(n))
-                });
+            sub(&ch.in_flight);
         }
     }
 }
@@ -125,6 +141,8 @@ pub struct Consumer {
     pub no_ack: bool,
     /// Exclusive consumer.
     pub exclusive: bool,
+    /// `x-priority`: higher-priority consumers are served first while they have credit.
+    pub priority: i64,
     /// Its credit.
     pub credit: Arc<Credit>,
     /// Where deliveries go.
@@ -133,12 +151,77 @@ pub struct Consumer {
 
 #[derive(Debug, Default)]
 struct State {
-    ready: VecDeque<Entry>,
-    ready_bytes: usize,
+    /// Ready messages, one FIFO per priority level (one level without `x-max-priority`).
+    levels: Vec<VecDeque<Entry>>,
+    len: usize,
+    bytes: usize,
+    /// Ordered by priority (highest first), then by turn.
     consumers: Vec<Consumer>,
-    next_consumer: usize,
     next_seq: u64,
     had_consumer: bool,
+    last_used: u64,
+    /// The deadline the timer task sleeps until, if any.
+    scheduled: Option<u64>,
+}
+
+impl State {
+    fn push(&mut self, e: Entry) {
+        self.len += 1;
+        self.bytes += e.msg.size();
+        let level = usize::from(e.priority).min(self.levels.len() - 1);
+        self.levels[level].push_back(e);
+    }
+
+    fn insert_by_seq(&mut self, e: Entry) {
+        self.len += 1;
+        self.bytes += e.msg.size();
+        let at = usize::from(e.priority).min(self.levels.len() - 1);
+        let level = &mut self.levels[at];
+        // Requeued messages are usually older than everything ready: check the front first.
+        let at = if level.front().is_none_or(|f| e.seq < f.seq) {
+            0
+        } else {
+            level.partition_point(|x| x.seq < e.seq)
+        };
+        level.insert(at, e);
+    }
+
+    fn pop(&mut self) -> Option<Entry> {
+        let e = self.levels.iter_mut().rev().find_map(VecDeque::pop_front)?;
+        self.len -= 1;
+        self.bytes -= e.msg.size();
+        Some(e)
+    }
+
+    /// Moves expired messages at the head of each level to `dead` (RabbitMQ only expires at
+    /// the head; a consumer or basic.get reaching one finds it expired). A message expires
+    /// once its deadline has passed, so a TTL-0 message can still be handed to a consumer
+    /// that is waiting in the millisecond it arrives.
+    fn expire_heads(&mut self, now: u64, dead: &mut Vec<(Entry, Reason)>) {
+        for level in &mut self.levels {
+            while level.front().is_some_and(|e| e.expires_at.is_some_and(|t| t < now)) {
+                let e = level.pop_front().expect("front checked");
+                self.len -= 1;
+                self.bytes -= e.msg.size();
+                dead.push((e, Reason::Expired));
+            }
+        }
+    }
+
+    fn next_expiry(&self) -> Option<u64> {
+        self.levels
+            .iter()
+            .filter_map(|l| l.front().and_then(|e| e.expires_at))
+            .min()
+    }
+
+    fn clear(&mut self) -> usize {
+        let n = self.len;
+        self.levels.iter_mut().for_each(VecDeque::clear);
+        self.len = 0;
+        self.bytes = 0;
+        n
+    }
 }
 
 /// A queue.
@@ -152,29 +235,122 @@ pub struct Queue {
     pub owner: Option<u64>,
     /// Deleted once its last consumer leaves.
     pub auto_delete: bool,
-    /// Declared arguments.
+    /// Declared arguments, as given (for equivalence checks).
     pub arguments: FieldTable,
+    /// Effective settings (arguments merged with the matching policy).
+    pub args: QueueArgs,
+    vhost: Weak<VHost>,
     deleted: AtomicBool,
+    missing_dlx_logged: AtomicBool,
     state: Mutex<State>,
+    timer: Arc<Notify>,
 }
 
 impl Queue {
-    /// A new empty queue.
+    /// A new empty queue. Call [`Queue::start_timer`] once it is in an `Arc`.
     pub fn new(
         name: &str,
         durable: bool,
         owner: Option<u64>,
         auto_delete: bool,
         arguments: FieldTable,
+        args: QueueArgs,
+        vhost: Weak<VHost>,
     ) -> Self {
+        let levels = usize::from(args.max_priority.unwrap_or(0)) + 1;
         Self {
             name: name.into(),
             durable,
             owner,
             auto_delete,
             arguments,
+            args,
+            vhost,
             deleted: AtomicBool::new(false),
-            state: Mutex::default(),
+            missing_dlx_logged: AtomicBool::new(false),
+            state: Mutex::new(State {
+                levels: vec![VecDeque::new(); levels],
+                last_used: now_ms(),
+                ..State::default()
+            }),
+            timer: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Starts the task that expires messages and the idle queue itself. It holds only a
+    /// weak reference, and ends when the queue is deleted or dropped.
+    pub fn start_timer(self: &Arc<Self>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        let notify = self.timer.clone();
+        rt.spawn(async move {
+            loop {
+                let deadline = match weak.upgrade() {
+                    Some(q) if !q.is_deleted() => q.schedule(),
+                    _ => return,
+                };
+                let wake = notify.notified();
+                match deadline {
+                    Some(at) => {
+                        // Deadlines are inclusive (see `expire_heads`): wake just after.
+                        let wait = Duration::from_millis((at + 1).saturating_sub(now_ms()));
+                        tokio::select! {
+                            _ = wake => continue,
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                    None => {
+                        wake.await;
+                        continue;
+                    }
+                }
+                match weak.upgrade() {
+                    Some(q) => q.on_timer(),
+                    None => return,
+                }
+            }
+        });
+    }
+
+    /// Computes and records the timer's next deadline.
+    fn schedule(&self) -> Option<u64> {
+        let mut s = self.state.lock();
+        let idle = match self.args.expires {
+            Some(ms) if s.consumers.is_empty() => Some(s.last_used + ms),
+            _ => None,
+        };
+        let next = match (s.next_expiry(), idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        s.scheduled = next;
+        next
+    }
+
+    fn on_timer(self: &Arc<Self>) {
+        let now = now_ms();
+        let mut dead = Vec::new();
+        let idle = {
+            let mut s = self.state.lock();
+            s.expire_heads(now, &mut dead);
+            self.dispatch_locked(&mut s, &mut dead);
+            self.args
+                .expires
+                .is_some_and(|ms| s.consumers.is_empty() && now >= s.last_used + ms)
+        };
+        self.dead_letter(dead);
+        if idle && let Some(v) = self.vhost.upgrade() {
+            tracing::debug!(queue = %self.name, "queue expired (x-expires)");
+            v.remove_queue(self);
+        }
+    }
+
+    fn wake_timer_for(&self, s: &mut State, deadline: u64) {
+        if s.scheduled.is_none_or(|t| deadline < t) {
+            s.scheduled = Some(deadline);
+            self.timer.notify_one();
         }
     }
 
@@ -183,78 +359,166 @@ impl Queue {
         self.deleted.load(Ordering::Acquire)
     }
 
-    /// Appends a message and delivers what credit allows.
-    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) {
-        if self.is_deleted() {
-            return;
+    /// Records use (declare, get, consume) for `x-expires`.
+    pub fn touch(&self) {
+        if self.args.expires.is_some() {
+            self.state.lock().last_used = now_ms();
         }
-        let mut s = self.state.lock();
-        let seq = s.next_seq;
-        s.next_seq += 1;
-        s.ready_bytes += msg.size();
-        s.ready.push_back(Entry {
-            seq,
-            msg,
-            redelivered: false,
-        });
-        self.dispatch_locked(&mut s);
     }
 
-    /// Puts messages back at their original positions, marked redelivered.
+    /// Appends a message and delivers what credit allows. Returns false when a
+    /// `reject-publish` limit refused it (publishers in confirm mode get a nack).
+    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> bool {
+        if self.is_deleted() {
+            return true;
+        }
+        let now = now_ms();
+        let expires_at = self.expiry(&msg, now);
+        let ttl_zero = expires_at == Some(now);
+        let priority = self.priority_of(&msg);
+        let mut dead = Vec::new();
+        let accepted = {
+            let mut s = self.state.lock();
+            let over = self.over_limit(&s, 1, msg.size());
+            if over && self.args.overflow != Overflow::DropHead {
+                if self.args.overflow == Overflow::RejectPublishDlx {
+                    let seq = s.next_seq;
+                    dead.push((Entry::new(seq, msg, priority, expires_at), Reason::Maxlen));
+                }
+                false
+            } else {
+                let seq = s.next_seq;
+                s.next_seq += 1;
+                s.push(Entry::new(seq, msg, priority, expires_at));
+                self.dispatch_locked(&mut s, &mut dead);
+                // TTL 0: delivered just now or never.
+                if ttl_zero {
+                    let at = usize::from(priority).min(s.levels.len() - 1);
+                    let level = &mut s.levels[at];
+                    if level.back().is_some_and(|e| e.seq == seq) {
+                        let e = level.pop_back().expect("back checked");
+                        s.len -= 1;
+                        s.bytes -= e.msg.size();
+                        dead.push((e, Reason::Expired));
+                    }
+                } else if let Some(t) = expires_at {
+                    self.wake_timer_for(&mut s, t);
+                }
+                // drop-head: the oldest ready messages make room.
+                while self.over_limit(&s, 0, 0) {
+                    match s.pop() {
+                        Some(e) => dead.push((e, Reason::Maxlen)),
+                        None => break,
+                    }
+                }
+                true
+            }
+        };
+        self.dead_letter(dead);
+        accepted
+    }
+
+    fn over_limit(&self, s: &State, more: usize, bytes: usize) -> bool {
+        self.args.max_length.is_some_and(|m| (s.len + more) as u64 > m)
+            || self
+                .args
+                .max_length_bytes
+                .is_some_and(|m| (s.bytes + bytes) as u64 > m)
+    }
+
+    fn expiry(&self, msg: &Message, now: u64) -> Option<u64> {
+        let per_message = msg
+            .properties
+            .expiration()
+            .as_ref()
+            .and_then(|e| e.as_str().parse::<u64>().ok());
+        let ttl = match (self.args.message_ttl, per_message) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        ttl.map(|t| now.saturating_add(t))
+    }
+
+    fn priority_of(&self, msg: &Message) -> u8 {
+        match self.args.max_priority {
+            // A priority above the maximum counts as the maximum.
+            Some(max) => msg.properties.priority().unwrap_or(0).min(max),
+            None => 0,
+        }
+    }
+
+    /// Puts delivered messages back at their original positions, marked redelivered. With
+    /// delivery counting on, each return counts; past the limit the message is dead-lettered
+    /// with reason `delivery_limit` instead.
     pub fn requeue(self: &Arc<Self>, entries: impl IntoIterator<Item = Entry>) {
         if self.is_deleted() {
             return;
         }
-        let mut s = self.state.lock();
-        for mut e in entries {
-            e.redelivered = true;
-            s.ready_bytes += e.msg.size();
-            // Requeued messages are usually older than everything ready: check the front
-            // first, then binary-search.
-            let at = if s.ready.front().is_none_or(|f| e.seq < f.seq) {
-                0
-            } else {
-                s.ready.partition_point(|x| x.seq < e.seq)
-            };
-            s.ready.insert(at, e);
+        let mut dead = Vec::new();
+        {
+            let mut s = self.state.lock();
+            for mut e in entries {
+                e.redelivered = true;
+                if self.args.counts_deliveries() {
+                    e.delivery_count += 1;
+                    if self.args.delivery_limit.is_some_and(|l| u64::from(e.delivery_count) > l) {
+                        dead.push((e, Reason::DeliveryLimit));
+                        continue;
+                    }
+                    e.msg = with_header(&e.msg, "x-delivery-count", AMQPValue::LongLongInt(i64::from(e.delivery_count)));
+                }
+                s.insert_by_seq(e);
+            }
+            self.dispatch_locked(&mut s, &mut dead);
         }
-        self.dispatch_locked(&mut s);
+        self.dead_letter(dead);
     }
 
     /// Puts back a message that was pushed to a consumer but never written (the consumer
-    /// went away in between); it keeps its redelivered flag.
+    /// went away in between); it keeps its flags.
     pub fn requeue_unsent(self: &Arc<Self>, entry: Entry) {
-        if self.is_deleted() {
-            return;
+        if !self.is_deleted() {
+            self.state.lock().insert_by_seq(entry);
         }
-        let mut s = self.state.lock();
-        s.ready_bytes += entry.msg.size();
-        let at = s.ready.partition_point(|x| x.seq < entry.seq);
-        s.ready.insert(at, entry);
+    }
+
+    /// Rejected without requeue: dead-lettered with reason `rejected` (or dropped).
+    pub fn discard(self: &Arc<Self>, entries: Vec<Entry>) {
+        if self.args.dlx.is_some() {
+            self.dead_letter(entries.into_iter().map(|e| (e, Reason::Rejected)).collect());
+        }
     }
 
     /// Delivers what credit allows (called after credit was given back).
     pub fn dispatch(self: &Arc<Self>) {
-        let mut s = self.state.lock();
-        self.dispatch_locked(&mut s);
+        let mut dead = Vec::new();
+        {
+            let mut s = self.state.lock();
+            self.dispatch_locked(&mut s, &mut dead);
+        }
+        self.dead_letter(dead);
     }
 
-    fn dispatch_locked(self: &Arc<Self>, s: &mut State) {
-        let n = s.consumers.len();
-        if n == 0 {
+    fn dispatch_locked(self: &Arc<Self>, s: &mut State, dead: &mut Vec<(Entry, Reason)>) {
+        if s.consumers.is_empty() || s.len == 0 {
             return;
         }
-        while !s.ready.is_empty() {
-            let start = s.next_consumer % n;
-            let Some(i) = (0..n)
-                .map(|k| (start + k) % n)
-                .find(|&i| s.consumers[i].credit.try_acquire())
-            else {
-                break;
+        let now = if s.next_expiry().is_some() { now_ms() } else { 0 };
+        loop {
+            if now != 0 {
+                s.expire_heads(now, dead);
+            }
+            if s.len == 0 {
+                return;
+            }
+            let chosen = if self.args.single_active {
+                // Only the first registered consumer is active.
+                s.consumers[0].credit.try_acquire().then_some(0)
+            } else {
+                s.consumers.iter().position(|c| c.credit.try_acquire())
             };
-            s.next_consumer = i + 1;
-            let entry = s.ready.pop_front().expect("checked non-empty");
-            s.ready_bytes -= entry.msg.size();
+            let Some(i) = chosen else { return };
+            let entry = s.pop().expect("len checked");
             let c = &s.consumers[i];
             let event = QueueEvent::Deliver {
                 channel: c.channel,
@@ -267,61 +531,99 @@ impl Queue {
                 // The connection is gone but has not cancelled yet: keep the message, drop
                 // the consumer.
                 if let QueueEvent::Deliver { entry, .. } = event {
-                    s.ready_bytes += entry.msg.size();
-                    s.ready.push_front(entry);
+                    s.insert_by_seq(entry);
                 }
                 s.consumers.remove(i);
-                return self.dispatch_locked(s);
+                if s.consumers.is_empty() {
+                    return;
+                }
+                continue;
+            }
+            if !self.args.single_active {
+                // Round-robin among consumers of the same priority: this one goes last.
+                let p = s.consumers[i].priority;
+                let end = s.consumers[i..].iter().take_while(|c| c.priority == p).count() + i;
+                s.consumers[i..end].rotate_left(1);
             }
         }
     }
 
     /// Takes the head message for `basic.get`, with the count left behind.
-    pub fn get(&self) -> Option<(Entry, u32)> {
-        let mut s = self.state.lock();
-        let e = s.ready.pop_front()?;
-        s.ready_bytes -= e.msg.size();
-        Some((e, s.ready.len() as u32))
+    pub fn get(self: &Arc<Self>) -> Option<(Entry, u32)> {
+        let mut dead = Vec::new();
+        let got = {
+            let mut s = self.state.lock();
+            let now = now_ms();
+            s.last_used = now;
+            s.expire_heads(now, &mut dead);
+            s.pop().map(|e| (e, s.len as u32))
+        };
+        self.dead_letter(dead);
+        got
     }
 
     /// Attaches a consumer.
     ///
     /// # Errors
-    /// 403 when an exclusive consumer is involved on either side.
-    pub fn add_consumer(self: &Arc<Self>, c: Consumer) -> Result<()> {
-        let mut s = self.state.lock();
-        if s.consumers.iter().any(|x| x.exclusive) || (c.exclusive && !s.consumers.is_empty()) {
-            return Err(AmqpError::access_refused(format!(
-                "queue '{}' in vhost '/' in exclusive use",
-                self.name
-            )));
+    /// 403 when an exclusive consumer is involved on either side (or an exclusive consumer
+    /// on a single-active-consumer queue).
+    pub fn add_consumer(self: &Arc<Self>, c: Consumer, vhost: &str) -> Result<()> {
+        let mut dead = Vec::new();
+        {
+            let mut s = self.state.lock();
+            if s.consumers.iter().any(|x| x.exclusive)
+                || (c.exclusive && (!s.consumers.is_empty() || self.args.single_active))
+            {
+                return Err(AmqpError::access_refused(format!(
+                    "queue '{}' in vhost '{vhost}' in exclusive use",
+                    self.name
+                )));
+            }
+            let at = if self.args.single_active {
+                s.consumers.len()
+            } else {
+                s.consumers.iter().take_while(|x| x.priority >= c.priority).count()
+            };
+            s.consumers.insert(at, c);
+            s.had_consumer = true;
+            s.last_used = now_ms();
+            self.dispatch_locked(&mut s, &mut dead);
         }
-        s.consumers.push(c);
-        s.had_consumer = true;
-        self.dispatch_locked(&mut s);
+        self.dead_letter(dead);
         Ok(())
     }
 
     /// Detaches a consumer. Returns true when the queue is auto-delete and now unused.
-    pub fn remove_consumer(&self, conn_id: u64, channel: u16, tag: &str) -> bool {
-        let mut s = self.state.lock();
-        s.consumers
-            .retain(|c| !(c.conn_id == conn_id && c.channel == channel && &*c.tag == tag));
-        self.auto_delete && s.had_consumer && s.consumers.is_empty()
+    pub fn remove_consumer(self: &Arc<Self>, conn_id: u64, channel: u16, tag: &str) -> bool {
+        let mut dead = Vec::new();
+        let unused = {
+            let mut s = self.state.lock();
+            s.consumers
+                .retain(|c| !(c.conn_id == conn_id && c.channel == channel && &*c.tag == tag));
+            s.last_used = now_ms();
+            if s.consumers.is_empty() {
+                if let Some(ms) = self.args.expires {
+                    let t = s.last_used + ms;
+                    self.wake_timer_for(&mut s, t);
+                }
+            } else {
+                // With a single active consumer, the next one takes over now.
+                self.dispatch_locked(&mut s, &mut dead);
+            }
+            self.auto_delete && s.had_consumer && s.consumers.is_empty()
+        };
+        self.dead_letter(dead);
+        unused
     }
 
     /// Drops every ready message; returns how many.
     pub fn purge(&self) -> u32 {
-        let mut s = self.state.lock();
-        let n = s.ready.len() as u32;
-        s.ready.clear();
-        s.ready_bytes = 0;
-        n
+        self.state.lock().clear() as u32
     }
 
     /// Ready messages.
     pub fn message_count(&self) -> u32 {
-        self.state.lock().ready.len() as u32
+        self.state.lock().len as u32
     }
 
     /// Attached consumers.
@@ -333,12 +635,66 @@ impl Queue {
     /// consumers, who the caller notifies.
     pub fn mark_deleted(&self) -> (u32, Vec<Consumer>) {
         self.deleted.store(true, Ordering::Release);
+        self.timer.notify_one();
         let mut s = self.state.lock();
-        let n = s.ready.len() as u32;
-        s.ready.clear();
-        s.ready_bytes = 0;
+        let n = s.clear() as u32;
         (n, std::mem::take(&mut s.consumers))
     }
+
+    /// Routes dead letters through the queue's dead-letter exchange (outside the lock).
+    fn dead_letter(&self, dead: Vec<(Entry, Reason)>) {
+        if dead.is_empty() {
+            return;
+        }
+        let Some(dlx) = &self.args.dlx else { return };
+        let Some(vhost) = self.vhost.upgrade() else { return };
+        let Some(exchange) = vhost.exchange(dlx) else {
+            if !self.missing_dlx_logged.swap(true, Ordering::Relaxed) {
+                tracing::warn!(queue = %self.name, dlx = %dlx, "dead-letter exchange does not exist; dropping dead letters");
+            }
+            return;
+        };
+        let mut targets = Vec::new();
+        for (e, reason) in dead {
+            let m = dead_letter::dead_lettered(&e.msg, &self.name, reason, self.args.dlrk.as_deref());
+            let routed = vhost.route(&exchange, &m, &mut targets);
+            let m = routed.message.unwrap_or(m);
+            for q in targets.drain(..) {
+                if dead_letter::is_cycle(&m, &q.name) {
+                    tracing::debug!(queue = %q.name, "dead-letter cycle: message dropped");
+                    continue;
+                }
+                q.publish(m.clone());
+            }
+        }
+    }
+}
+
+impl Entry {
+    fn new(seq: u64, msg: Arc<Message>, priority: u8, expires_at: Option<u64>) -> Self {
+        Self {
+            seq,
+            msg,
+            redelivered: false,
+            priority,
+            expires_at,
+            delivery_count: 0,
+        }
+    }
+}
+
+/// A copy of `msg` with one header set (re-encoding its properties).
+pub fn with_header(msg: &Message, key: &str, value: AMQPValue) -> Arc<Message> {
+    let mut headers = msg.properties.headers().clone().unwrap_or_default();
+    headers.insert(key.into(), value);
+    let properties = msg.properties.clone().with_headers(headers);
+    Arc::new(Message {
+        exchange: msg.exchange.clone(),
+        routing_key: msg.routing_key.clone(),
+        raw_properties: crate::protocol::encode_properties(&properties),
+        properties,
+        body: msg.body.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -356,7 +712,11 @@ mod tests {
         })
     }
 
-    fn consumer(tag: &str, limit: u32) -> (Consumer, mpsc::UnboundedReceiver<QueueEvent>) {
+    fn queue(args: QueueArgs) -> Arc<Queue> {
+        Arc::new(Queue::new("q", false, None, false, FieldTable::default(), args, Weak::new()))
+    }
+
+    fn consumer(tag: &str, limit: u32, priority: i64) -> (Consumer, mpsc::UnboundedReceiver<QueueEvent>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (
             Consumer {
@@ -365,6 +725,7 @@ mod tests {
                 conn_id: 1,
                 no_ack: false,
                 exclusive: false,
+                priority,
                 credit: Arc::new(Credit {
                     limit,
                     in_flight: AtomicU32::new(0),
@@ -386,11 +747,11 @@ mod tests {
 
     #[test]
     fn round_robin_within_prefetch() {
-        let q = Arc::new(Queue::new("q", false, None, false, Default::default()));
-        let (a, mut ra) = consumer("a", 2);
-        let (b, mut rb) = consumer("b", 1);
-        q.add_consumer(a).unwrap();
-        q.add_consumer(b).unwrap();
+        let q = queue(QueueArgs::default());
+        let (a, mut ra) = consumer("a", 2, 0);
+        let (b, mut rb) = consumer("b", 1, 0);
+        q.add_consumer(a, "/").unwrap();
+        q.add_consumer(b, "/").unwrap();
         for m in ["1", "2", "3", "4"] {
             q.publish(msg(m));
         }
@@ -400,8 +761,54 @@ mod tests {
     }
 
     #[test]
+    fn higher_priority_consumers_first_while_they_have_credit() {
+        let q = queue(QueueArgs::default());
+        let (low, mut rl) = consumer("low", 10, 0);
+        let (high, mut rh) = consumer("high", 2, 5);
+        q.add_consumer(low, "/").unwrap();
+        q.add_consumer(high, "/").unwrap();
+        for m in ["1", "2", "3"] {
+            q.publish(msg(m));
+        }
+        assert_eq!(bodies(&mut rh), vec!["1", "2"]);
+        assert_eq!(bodies(&mut rl), vec!["3"]);
+    }
+
+    #[test]
+    fn single_active_consumer_gets_everything_until_it_leaves() {
+        let q = queue(QueueArgs { single_active: true, ..Default::default() });
+        let (a, mut ra) = consumer("a", 0, 0);
+        let (b, mut rb) = consumer("b", 0, 0);
+        q.add_consumer(a, "/").unwrap();
+        q.add_consumer(b, "/").unwrap();
+        q.publish(msg("1"));
+        q.publish(msg("2"));
+        assert_eq!(bodies(&mut ra), vec!["1", "2"]);
+        q.remove_consumer(1, 1, "a");
+        q.publish(msg("3"));
+        assert_eq!(bodies(&mut rb), vec!["3"]);
+    }
+
+    #[test]
+    fn priority_levels_deliver_highest_first_fifo_within() {
+        let q = queue(QueueArgs { max_priority: Some(5), ..Default::default() });
+        let with = |b: &'static str, p: u8| {
+            Arc::new(Message {
+                properties: amq_protocol::protocol::BasicProperties::default().with_priority(p),
+                ..Arc::try_unwrap(msg(b)).unwrap()
+            })
+        };
+        q.publish(with("low", 1));
+        q.publish(with("high-a", 9));
+        q.publish(with("high-b", 5));
+        q.publish(with("none", 0));
+        let order: Vec<_> = std::iter::from_fn(|| q.get()).map(|(e, _)| e.msg.body.clone()).collect();
+        assert_eq!(order, [&b"high-a"[..], b"high-b", b"low", b"none"]);
+    }
+
+    #[test]
     fn requeue_goes_back_to_the_original_position() {
-        let q = Arc::new(Queue::new("q", false, None, false, Default::default()));
+        let q = queue(QueueArgs::default());
         for m in ["1", "2", "3"] {
             q.publish(msg(m));
         }
@@ -409,20 +816,55 @@ mod tests {
         let (second, _) = q.get().unwrap();
         q.requeue([second, first]);
         let order: Vec<_> = std::iter::from_fn(|| q.get()).map(|(e, _)| e).collect();
-        assert_eq!(
-            order.iter().map(|e| &e.msg.body[..]).collect::<Vec<_>>(),
-            [b"1", b"2", b"3"]
-        );
+        assert_eq!(order.iter().map(|e| &e.msg.body[..]).collect::<Vec<_>>(), [b"1", b"2", b"3"]);
         assert!(order[0].redelivered && order[1].redelivered && !order[2].redelivered);
     }
 
     #[test]
+    fn drop_head_and_reject_publish() {
+        let q = queue(QueueArgs { max_length: Some(2), ..Default::default() });
+        for m in ["1", "2", "3"] {
+            assert!(q.publish(msg(m)));
+        }
+        assert_eq!(q.get().unwrap().0.msg.body, "2");
+        let r = queue(QueueArgs { max_length: Some(1), overflow: Overflow::RejectPublish, ..Default::default() });
+        assert!(r.publish(msg("1")));
+        assert!(!r.publish(msg("2")));
+        assert_eq!(r.message_count(), 1);
+    }
+
+    #[test]
+    fn delivery_limit_counts_returns_and_sets_the_header() {
+        let q = queue(QueueArgs { delivery_limit: Some(1), ..Default::default() });
+        q.publish(msg("m"));
+        let (e, _) = q.get().unwrap();
+        q.requeue([e]);
+        let (e, _) = q.get().unwrap();
+        assert_eq!(e.delivery_count, 1);
+        let h = e.msg.properties.headers().clone().unwrap();
+        assert_eq!(h.inner().get("x-delivery-count"), Some(&AMQPValue::LongLongInt(1)));
+        q.requeue([e]);
+        assert!(q.get().is_none(), "over the limit: dead-lettered (dropped without a DLX)");
+    }
+
+    #[test]
+    fn ttl_zero_is_deliver_now_or_never() {
+        let q = queue(QueueArgs { message_ttl: Some(0), ..Default::default() });
+        q.publish(msg("lost"));
+        assert_eq!(q.message_count(), 0);
+        let (c, mut rc) = consumer("c", 0, 0);
+        q.add_consumer(c, "/").unwrap();
+        q.publish(msg("kept"));
+        assert_eq!(bodies(&mut rc), vec!["kept"]);
+    }
+
+    #[test]
     fn exclusive_consumer_conflicts() {
-        let q = Arc::new(Queue::new("q", false, None, false, Default::default()));
-        let (a, _ra) = consumer("a", 0);
-        q.add_consumer(a).unwrap();
-        let (mut b, _rb) = consumer("b", 0);
+        let q = queue(QueueArgs::default());
+        let (a, _ra) = consumer("a", 0, 0);
+        q.add_consumer(a, "/").unwrap();
+        let (mut b, _rb) = consumer("b", 0, 0);
         b.exclusive = true;
-        assert_eq!(q.add_consumer(b).unwrap_err().code, 403);
+        assert_eq!(q.add_consumer(b, "/").unwrap_err().code, 403);
     }
 }

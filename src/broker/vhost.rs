@@ -7,16 +7,18 @@
 //! at once (a bind checks both ends exist; a delete removes bindings everywhere), take the
 //! vhost's `topology` mutex; publishing never does.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
-use amq_protocol::types::FieldTable;
+use amq_protocol::types::{AMQPValue, FieldTable};
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
 use crate::broker::args::{self, QUEUE_ARGS};
 use crate::broker::exchange::{Dest, Exchange, ExchangeKind};
 use crate::broker::message::Message;
-use crate::broker::queue::{Queue, QueueEvent};
+use crate::broker::queue::{DeliverySink, Queue, QueueEvent};
+use crate::broker::queue_args::{QueueArgs, matching_policy};
+use crate::config::Policy;
 use crate::error::{AmqpError, Result};
 
 /// Exchanges every vhost has, with their types (the default exchange is `""`).
@@ -68,13 +70,39 @@ pub struct ExchangeFlags {
     pub internal: bool,
 }
 
+/// Where a direct reply-to name leads: a channel's reply consumer.
+#[derive(Debug, Clone)]
+pub struct ReplyTarget {
+    /// The consuming connection's inbox.
+    pub sink: DeliverySink,
+    /// Channel of the reply consumer.
+    pub channel: u16,
+    /// Its consumer tag.
+    pub consumer_tag: Arc<str>,
+}
+
+/// The pseudo-queue clients consume for direct reply-to.
+pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// What routing produced besides the queue list.
+#[derive(Debug, Default)]
+pub struct Routed {
+    /// The message to enqueue instead of the published one (`BCC` stripped).
+    pub message: Option<Arc<Message>>,
+    /// Delivered straight to a direct reply-to consumer.
+    pub replied: bool,
+}
+
 /// A virtual host.
 #[derive(Debug)]
 pub struct VHost {
     /// Name, e.g. `/`.
     pub name: String,
+    me: Weak<VHost>,
+    policies: Vec<Policy>,
     exchanges: DashMap<Arc<str>, Arc<Exchange>>,
     queues: DashMap<Arc<str>, Arc<Queue>>,
+    replies: DashMap<String, ReplyTarget>,
     topology: Mutex<()>,
 }
 
@@ -84,19 +112,34 @@ pub fn reserved(name: &str) -> bool {
 }
 
 impl VHost {
-    /// A vhost with the predeclared exchanges.
-    pub fn new(name: &str) -> Self {
-        let v = Self {
+    /// A vhost with the predeclared exchanges and the configured policies.
+    pub fn new(name: &str, policies: Vec<Policy>) -> Arc<Self> {
+        let v = Arc::new_cyclic(|me| Self {
             name: name.into(),
+            me: me.clone(),
+            policies,
             exchanges: DashMap::new(),
             queues: DashMap::new(),
+            replies: DashMap::new(),
             topology: Mutex::new(()),
-        };
+        });
         for (n, kind) in PREDECLARED {
-            let x = Exchange::new(n, *kind, true, false, false, FieldTable::default());
+            let x = Exchange::new(n, *kind, true, false, false, FieldTable::default(), None);
             v.exchanges.insert(x.name.clone(), Arc::new(x));
         }
         v
+    }
+
+    /// Registers a direct reply-to consumer under a fresh routable name.
+    pub fn register_reply(&self, target: ReplyTarget) -> String {
+        let name = crate::broker::names::generate("amq.rabbitmq.reply-to.");
+        self.replies.insert(name.clone(), target);
+        name
+    }
+
+    /// Forgets a direct reply-to name.
+    pub fn unregister_reply(&self, name: &str) {
+        self.replies.remove(name);
     }
 
     fn no_exchange(&self, name: &str) -> AmqpError {
@@ -210,6 +253,8 @@ impl VHost {
                 "exchange name '{name}' contains reserved prefix 'amq.*'"
             )));
         }
+        let policy_ae = matching_policy(&self.policies, name, false)
+            .and_then(|p| p.definition.alternate_exchange.clone());
         let x = Exchange::new(
             name,
             kind,
@@ -217,6 +262,7 @@ impl VHost {
             flags.auto_delete,
             flags.internal,
             arguments.clone(),
+            policy_ae,
         );
         self.exchanges.insert(x.name.clone(), Arc::new(x));
         Ok(())
@@ -400,6 +446,7 @@ impl VHost {
                     ));
                 }
             }
+            q.touch();
             return Ok(Declared {
                 message_count: q.message_count(),
                 consumer_count: q.consumer_count(),
@@ -412,13 +459,17 @@ impl VHost {
         }
         args::validate_queue_args(arguments, name, &self.name)?;
         check_queue_type(arguments, name, &self.name, flags)?;
+        let args = QueueArgs::new(arguments, matching_policy(&self.policies, name, true));
         let q = Arc::new(Queue::new(
             name,
             flags.durable,
             flags.exclusive.then_some(conn_id),
             flags.auto_delete,
             arguments.clone(),
+            args,
+            self.me.clone(),
         ));
+        q.start_timer();
         self.queues.insert(q.name.clone(), q.clone());
         Ok(Declared {
             queue: q,
@@ -522,15 +573,12 @@ impl VHost {
 
     /// Deletes a queue unconditionally (auto-delete, exclusive owner gone, `queue.delete`):
     /// unbinds it, detaches and notifies its consumers; returns its ready count.
-    pub fn remove_queue(&self, q: &Arc<Queue>) -> u32 {
+    pub fn remove_queue(&self, q: &Queue) -> u32 {
         let _t = self.topology.lock();
-        let same = self
+        let removed = self
             .queues
-            .remove_if(&q.name, |_, v| Arc::ptr_eq(v, q))
-            .is_some();
-        if !same {
-            return 0;
-        }
+            .remove_if(&q.name, |_, v| std::ptr::eq(Arc::as_ptr(v), q));
+        let Some((_, q)) = removed else { return 0 };
         self.unbind_everywhere_locked(&Dest::Queue(q.clone()));
         let (n, consumers) = q.mark_deleted();
         for c in consumers {
@@ -544,15 +592,61 @@ impl VHost {
 
     /// Collects the queues `msg` reaches from `exchange`: follows exchange-to-exchange
     /// bindings (each exchange visited once, so cycles terminate), falls back to alternate
-    /// exchanges when nothing matched, and reports each queue once.
-    pub fn route(&self, exchange: &Arc<Exchange>, msg: &Message, out: &mut Vec<Arc<Queue>>) {
-        if exchange.name.is_empty() {
-            // The default exchange binds every queue by its name, implicitly.
-            if let Some(q) = self.queues.get(msg.routing_key.as_str()) {
-                out.push(q.clone());
+    /// exchanges when nothing matched, routes the extra `CC` / `BCC` keys, delivers direct
+    /// reply-to messages, and reports each queue once.
+    pub fn route(&self, exchange: &Arc<Exchange>, msg: &Arc<Message>, out: &mut Vec<Arc<Queue>>) -> Routed {
+        let mut routed = Routed::default();
+        let headers = msg.properties.headers().as_ref();
+        let extra = |k: &str| match headers.and_then(|h| h.inner().get(k)) {
+            Some(AMQPValue::FieldArray(a)) => a.as_slice().iter().filter_map(crate::broker::args::as_bytes).collect(),
+            _ => Vec::new(),
+        };
+        let (cc, bcc): (Vec<&[u8]>, Vec<&[u8]>) = if headers.is_some() { (extra("CC"), extra("BCC")) } else { (Vec::new(), Vec::new()) };
+        let mut route_key = |key: &str, routed: &mut Routed| {
+            if exchange.name.is_empty() {
+                // The default exchange binds every queue by its name, implicitly.
+                if let Some(q) = self.queues.get(key) {
+                    out.push(q.clone());
+                } else if key.starts_with(REPLY_TO) && let Some(t) = self.replies.get(key) {
+                    let _ = t.sink.send(QueueEvent::Reply {
+                        channel: t.channel,
+                        consumer_tag: t.consumer_tag.clone(),
+                        msg: msg.clone(),
+                    });
+                    routed.replied = true;
+                }
+            } else {
+                self.route_key(exchange, key, msg, out);
             }
-            return;
+        };
+        route_key(msg.routing_key.as_str(), &mut routed);
+        for k in cc.iter().chain(bcc.iter()) {
+            if let Ok(k) = std::str::from_utf8(k) {
+                route_key(k, &mut routed);
+            }
         }
+        if out.len() > 1 {
+            out.sort_by_key(|q| Arc::as_ptr(q) as usize);
+            out.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        }
+        if headers.is_some_and(|h| h.contains_key("BCC")) {
+            // BCC recipients must stay hidden: strip it before anyone sees the message.
+            let mut h = headers.cloned().unwrap_or_default();
+            let kept: std::collections::BTreeMap<_, _> = h.inner().iter().filter(|(k, _)| k.as_str() != "BCC").map(|(k, v)| (k.clone(), v.clone())).collect();
+            h = FieldTable::from(kept);
+            let properties = msg.properties.clone().with_headers(h);
+            routed.message = Some(Arc::new(Message {
+                exchange: msg.exchange.clone(),
+                routing_key: msg.routing_key.clone(),
+                raw_properties: crate::protocol::encode_properties(&properties),
+                properties,
+                body: msg.body.clone(),
+            }));
+        }
+        routed
+    }
+
+    fn route_key(&self, exchange: &Arc<Exchange>, key: &str, msg: &Message, out: &mut Vec<Arc<Queue>>) {
         let mut visited: Vec<Arc<str>> = Vec::new();
         let mut pending: Vec<Arc<str>> = Vec::new();
         let mut current = exchange.clone();
@@ -567,7 +661,7 @@ impl VHost {
                     pending.push(name.clone());
                 }
             };
-            current.route(msg, &mut collect);
+            current.route(key, msg, &mut collect);
             let matched = out.len() > before || hops > 0;
             if !matched
                 && let Some(ae) = &current.alternate
@@ -589,10 +683,6 @@ impl VHost {
                 Some(x) => current = x,
                 None => break,
             }
-        }
-        if out.len() > 1 {
-            out.sort_by_key(|q| Arc::as_ptr(q) as usize);
-            out.dedup_by(|a, b| Arc::ptr_eq(a, b));
         }
     }
 

@@ -12,7 +12,10 @@ use amq_protocol::protocol::{AMQPClass, BasicProperties, basic as b, confirm, tx
 use amq_protocol::types::AMQPValue;
 use bytes::Bytes;
 
-use super::{Channel, ConsumerInfo, Ctx, Mode, Settle, TxPublish, Unacked, requeue_grouped};
+use super::{
+    Channel, ConsumerInfo, Ctx, Mode, Settle, TxPublish, Unacked, discard_grouped, requeue_grouped,
+};
+use crate::broker::vhost::{REPLY_TO, ReplyTarget};
 use crate::broker::message::Message;
 use crate::broker::names;
 use crate::broker::queue::{Consumer, Credit, NO_ACK_WINDOW};
@@ -39,6 +42,9 @@ impl Channel {
     }
 
     pub(super) fn basic_consume(&mut self, ctx: &mut Ctx<'_>, m: b::Consume) -> Result<()> {
+        if m.queue.as_str() == REPLY_TO {
+            return self.reply_consume(ctx, m);
+        }
         let name = self.queue_name(m.queue.as_str())?;
         let queue = ctx.vhost.queue(&name, ctx.conn_id)?;
         let tag: Arc<str> = if m.consumer_tag.as_str().is_empty() {
@@ -72,12 +78,22 @@ impl Channel {
                 })),
             );
         }
+        let priority = match m.arguments.inner().get("x-priority") {
+            None => 0,
+            Some(v) => crate::broker::args::as_int(v).ok_or_else(|| {
+                AmqpError::precondition_failed(format!(
+                    "invalid arg 'x-priority' for consumer: {{unacceptable_type,{}}}",
+                    crate::broker::args::type_name(v)
+                ))
+            })?,
+        };
         let consumer = Consumer {
             tag: tag.clone(),
             channel: self.id,
             conn_id: ctx.conn_id,
             no_ack: m.no_ack,
             exclusive: m.exclusive,
+            priority,
             credit: credit.clone(),
             sink: ctx.sink.clone(),
         };
@@ -88,7 +104,7 @@ impl Channel {
                 credit,
             },
         );
-        if let Err(e) = queue.add_consumer(consumer) {
+        if let Err(e) = queue.add_consumer(consumer, &ctx.vhost.name) {
             self.consumers.remove(&tag);
             ctx.out.truncate(mark);
             return Err(e);
@@ -96,8 +112,43 @@ impl Channel {
         Ok(())
     }
 
+    /// Direct reply-to: consuming the pseudo-queue registers a routable name for this
+    /// channel; replies published to it come straight here, no queue involved.
+    fn reply_consume(&mut self, ctx: &mut Ctx<'_>, m: b::Consume) -> Result<()> {
+        if !m.no_ack {
+            return Err(AmqpError::precondition_failed("reply consumer cannot acknowledge"));
+        }
+        if self.reply.is_some() {
+            return Err(AmqpError::precondition_failed("reply consumer already set"));
+        }
+        let tag: Arc<str> = if m.consumer_tag.as_str().is_empty() {
+            names::generate("amq.ctag-").into()
+        } else {
+            m.consumer_tag.as_str().into()
+        };
+        let name = ctx.vhost.register_reply(ReplyTarget {
+            sink: ctx.sink.clone(),
+            channel: self.id,
+            consumer_tag: tag.clone(),
+        });
+        self.reply = Some((tag.clone(), name));
+        if !m.nowait {
+            ctx.send(
+                self.id,
+                AMQPClass::Basic(b::AMQPMethod::ConsumeOk(b::ConsumeOk {
+                    consumer_tag: tag.as_ref().into(),
+                })),
+            );
+        }
+        Ok(())
+    }
+
     pub(super) fn basic_cancel(&mut self, ctx: &mut Ctx<'_>, m: b::Cancel) -> Result<()> {
-        if let Some(c) = self.consumers.remove(m.consumer_tag.as_str())
+        if self.reply.as_ref().is_some_and(|(t, _)| **t == *m.consumer_tag.as_str()) {
+            if let Some((_, name)) = self.reply.take() {
+                ctx.vhost.unregister_reply(&name);
+            }
+        } else if let Some(c) = self.consumers.remove(m.consumer_tag.as_str())
             && c.queue
                 .remove_consumer(ctx.conn_id, self.id, m.consumer_tag.as_str())
         {
@@ -123,9 +174,17 @@ impl Channel {
     }
 
     /// A publish is complete: validate, then route now or hold it for the transaction.
-    pub(super) fn publish_content(&mut self, ctx: &mut Ctx<'_>, c: Content) -> Result<()> {
+    pub(super) fn publish_content(&mut self, ctx: &mut Ctx<'_>, mut c: Content) -> Result<()> {
         let fail = |e: AmqpError| e.with_method(60, 40);
         validate_properties(&c.properties, ctx.user).map_err(fail)?;
+        if c.properties.reply_to().as_ref().is_some_and(|r| r.as_str() == REPLY_TO) {
+            // Direct reply-to: the pseudo-name becomes this channel's routable reply name.
+            let Some((_, name)) = &self.reply else {
+                return Err(fail(AmqpError::precondition_failed("fast reply consumer does not exist")));
+            };
+            c.properties = c.properties.with_reply_to(name.as_str().into());
+            c.raw_properties = protocol::encode_properties(&c.properties);
+        }
         let exchange = ctx
             .vhost
             .existing_exchange(c.publish.exchange.as_str())
@@ -160,6 +219,7 @@ impl Channel {
         Ok(())
     }
 
+    /// Routes and enqueues one message; false when a queue refused it (reject-publish).
     fn route(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -168,7 +228,7 @@ impl Channel {
         raw_properties: Bytes,
         body: Bytes,
         exchange: &Arc<crate::broker::exchange::Exchange>,
-    ) {
+    ) -> bool {
         let msg = Arc::new(Message {
             exchange: publish.exchange,
             routing_key: publish.routing_key,
@@ -177,8 +237,9 @@ impl Channel {
             body,
         });
         let mut targets = std::mem::take(&mut self.route_buf);
-        ctx.vhost.route(exchange, &msg, &mut targets);
-        if targets.is_empty() {
+        let routed = ctx.vhost.route(exchange, &msg, &mut targets);
+        let mut accepted = true;
+        if targets.is_empty() && !routed.replied {
             if publish.mandatory {
                 ctx.send(
                     self.id,
@@ -198,11 +259,13 @@ impl Channel {
                 );
             }
         } else {
+            let msg = routed.message.unwrap_or(msg);
             for q in targets.drain(..) {
-                q.publish(msg.clone());
+                accepted &= q.publish(msg.clone());
             }
         }
         self.route_buf = targets;
+        accepted
     }
 
     pub(super) fn basic_get(&mut self, ctx: &mut Ctx<'_>, m: b::Get) -> Result<()> {
@@ -288,6 +351,9 @@ impl Channel {
                 c.release(1);
                 ctx.kick(&u.queue);
             }
+        }
+        if how == Settle::Discard {
+            discard_grouped(taken);
         }
         if self.global.limit.load(Ordering::Acquire) != 0 {
             // Channel-wide credit came back: any of this channel's consumers may go on.

@@ -120,6 +120,8 @@ pub struct Channel {
     mode: Mode,
     last_queue: Option<String>,
     route_buf: Vec<Arc<Queue>>,
+    /// The direct reply-to consumer: its tag and the routable name replies use.
+    reply: Option<(Arc<str>, String)>,
 }
 
 impl Channel {
@@ -137,6 +139,7 @@ impl Channel {
             mode: Mode::Plain,
             last_queue: None,
             route_buf: Vec::new(),
+            reply: None,
         }
     }
 
@@ -285,6 +288,26 @@ impl Channel {
         }
     }
 
+    /// Writes a direct reply-to message to the channel's reply consumer (no ack, no tag
+    /// bookkeeping beyond the counter).
+    pub fn handle_reply(&mut self, ctx: &mut Ctx<'_>, consumer_tag: &str, msg: &crate::broker::message::Message) {
+        if self.closing || self.reply.as_ref().is_none_or(|(t, _)| &**t != consumer_tag) {
+            return;
+        }
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        protocol::write_deliver(
+            ctx.out,
+            self.id,
+            consumer_tag,
+            tag,
+            false,
+            msg.exchange.as_str(),
+            msg.routing_key.as_str(),
+        );
+        protocol::write_content(ctx.out, self.id, &msg.raw_properties, &msg.body, ctx.frame_max);
+    }
+
     /// A queue cancelled one of this channel's consumers (it was deleted). Returns whether
     /// the consumer existed, so the connection knows whether to notify the client.
     pub fn consumer_cancelled(&mut self, tag: &str) -> bool {
@@ -314,6 +337,9 @@ impl Channel {
         let mut unacked: Vec<Unacked> = self.unacked.drain(..).collect();
         unacked.sort_by_key(|u| u.tag);
         requeue_grouped(ctx, unacked);
+        if let Some((_, name)) = self.reply.take() {
+            ctx.vhost.unregister_reply(&name);
+        }
         for (tag, c) in std::mem::take(&mut self.consumers) {
             if c.queue.remove_consumer(ctx.conn_id, self.id, &tag) {
                 ctx.vhost.remove_queue(&c.queue);
@@ -335,6 +361,17 @@ fn requeue_grouped(ctx: &mut Ctx<'_>, mut items: Vec<Unacked>) {
             items.into_iter().partition(|u| Arc::ptr_eq(&u.queue, &q));
         q.requeue(mine.into_iter().map(|u| u.entry));
         ctx.kick(&q);
+        items = rest;
+    }
+}
+
+/// Rejected deliveries go to their queues' dead-letter exchanges, one call per queue.
+fn discard_grouped(mut items: Vec<Unacked>) {
+    while let Some(first) = items.first() {
+        let q = first.queue.clone();
+        let (mine, rest): (Vec<Unacked>, Vec<Unacked>) =
+            items.into_iter().partition(|u| Arc::ptr_eq(&u.queue, &q));
+        q.discard(mine.into_iter().map(|u| u.entry).collect());
         items = rest;
     }
 }

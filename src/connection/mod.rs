@@ -286,6 +286,15 @@ impl Connection {
                     self.kicks.push(queue);
                 }
             },
+            QueueEvent::Reply {
+                channel,
+                consumer_tag,
+                msg,
+            } => {
+                if let Some(chan) = self.channels.get_mut(&channel) {
+                    chan.handle_reply(&mut ctx!(self), &consumer_tag, &msg);
+                }
+            }
             QueueEvent::Cancelled {
                 channel,
                 consumer_tag,

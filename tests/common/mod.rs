@@ -171,6 +171,26 @@ impl Raw {
         self.next_method().await
     }
 
+    /// Opens channel `ch` and waits for open-ok.
+    pub async fn open_channel(&mut self, ch: u16) {
+        self.send(ch, AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::Open(Default::default()))).await;
+        self.expect_method().await;
+    }
+
+    /// Publishes a whole message (method, header, body) on channel `ch`.
+    pub async fn publish(
+        &mut self,
+        ch: u16,
+        publish: amq_protocol::protocol::basic::Publish,
+        props: &amq_protocol::protocol::BasicProperties,
+        body: &[u8],
+    ) {
+        let mut out = BytesMut::new();
+        warren::protocol::write_method(&mut out, ch, &AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Publish(publish)));
+        warren::protocol::write_content(&mut out, ch, &warren::protocol::encode_properties(props), body, 131072);
+        self.send_raw(&out).await;
+    }
+
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         self.sock.write_all(bytes).await.unwrap();
     }

@@ -130,7 +130,8 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// A new exchange without bindings.
+    /// A new exchange without bindings; `policy_alternate` is the alternate exchange a
+    /// matching policy sets (the argument wins over it, as in RabbitMQ).
     pub fn new(
         name: &str,
         kind: ExchangeKind,
@@ -138,12 +139,14 @@ impl Exchange {
         auto_delete: bool,
         internal: bool,
         arguments: FieldTable,
+        policy_alternate: Option<String>,
     ) -> Self {
         let alternate = arguments
             .inner()
             .get("alternate-exchange")
             .and_then(crate::broker::args::as_bytes)
-            .map(|b| String::from_utf8_lossy(b).into_owned());
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .or(policy_alternate);
         Self {
             name: name.into(),
             kind,
@@ -252,17 +255,18 @@ impl Exchange {
         self.bindings.read().all.clone()
     }
 
-    /// Appends the destinations `msg` is routed to by this exchange alone.
-    pub fn route(&self, msg: &Message, out: &mut impl FnMut(&Dest)) {
+    /// Reports the destinations `msg`, published with routing key `key`, reaches through
+    /// this exchange alone.
+    pub fn route(&self, key: &str, msg: &Message, out: &mut impl FnMut(&Dest)) {
         let b = self.bindings.read();
         match self.kind {
             ExchangeKind::Direct => {
-                if let Some(ds) = b.direct.get(msg.routing_key.as_str()) {
+                if let Some(ds) = b.direct.get(key) {
                     ds.iter().for_each(out);
                 }
             }
             ExchangeKind::Fanout => b.all.iter().for_each(|x| out(&x.dest)),
-            ExchangeKind::Topic => b.topic.matches(msg.routing_key.as_str(), out),
+            ExchangeKind::Topic => b.topic.matches(key, out),
             ExchangeKind::Headers => {
                 let h = msg.properties.headers().as_ref();
                 for (mode, i) in &b.headers {
