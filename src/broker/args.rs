@@ -125,7 +125,7 @@ pub fn validate_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> Resul
                 None => Err(invalid(
                     k,
                     v,
-                    format!("{target}: {{unacceptable_type,{}}}", type_name(v)),
+                    format!("{target}: \"expected integer, got {}\"", type_name(v)),
                 )),
                 Some(n) if n < min => {
                     Err(invalid(k, v, format!("{target}: {{value_negative,{n}}}")))
@@ -151,30 +151,22 @@ pub fn validate_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> Resul
             }
             "x-overflow" => match as_bytes(v) {
                 Some(b"drop-head" | b"reject-publish" | b"reject-publish-dlx") => {}
-                _ => {
-                    return Err(invalid(
-                        k,
-                        v,
-                        format!("{target}: {{unknown_overflow_type,{}}}", display(v)),
-                    ));
-                }
+                _ => return Err(invalid(k, v, format!("{target}: invalid_overflow"))),
             },
             "x-dead-letter-exchange" | "x-queue-mode" | "x-queue-master-locator"
                 if as_bytes(v).is_none() =>
             {
-                return Err(invalid(
-                    k,
-                    v,
-                    format!("{target}: {{unacceptable_type,{}}}", type_name(v)),
-                ));
+                return Err(AmqpError::precondition_failed(format!(
+                    "invalid type '{}' for arg '{k}' in queue {target}",
+                    type_name(v)
+                )));
             }
             "x-dead-letter-routing-key" => {
                 if as_bytes(v).is_none() {
-                    return Err(invalid(
-                        k,
-                        v,
-                        format!("{target}: {{unacceptable_type,{}}}", type_name(v)),
-                    ));
+                    return Err(AmqpError::precondition_failed(format!(
+                        "invalid type '{}' for arg '{k}' in queue {target}",
+                        type_name(v)
+                    )));
                 }
                 if !args.contains_key("x-dead-letter-exchange") {
                     return Err(AmqpError::precondition_failed(format!(
@@ -193,6 +185,29 @@ pub fn validate_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> Resul
         }
     }
     Ok(())
+}
+
+/// Parses a per-message `expiration` the way RabbitMQ does (Erlang's `string:to_integer`),
+/// with its error texts.
+///
+/// # Errors
+/// 406 `invalid expiration '…': no_integer` / `{leftover_string,"…"}` / `{value_negative,N}`.
+pub fn parse_expiration(s: &str) -> Result<u64> {
+    let fail = |why: String| AmqpError::precondition_failed(format!("invalid expiration '{s}': {why}"));
+    let digits_from = usize::from(s.starts_with(['-', '+']));
+    let digits = s[digits_from..].bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(fail("no_integer".into()));
+    }
+    let end = digits_from + digits;
+    if end < s.len() {
+        return Err(fail(format!("{{leftover_string,\"{}\"}}", &s[end..])));
+    }
+    let n: i128 = s[..end].parse().map_err(|_| fail("no_integer".into()))?;
+    if n < 0 {
+        return Err(fail(format!("{{value_negative,{n}}}")));
+    }
+    u64::try_from(n).map_err(|_| fail("no_integer".into()))
 }
 
 /// The first known argument whose value differs between two declarations, for the
@@ -272,6 +287,15 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.text.contains("{max_value_exceeded,300}"));
+    }
+
+    #[test]
+    fn expiration_parses_like_rabbitmq() {
+        assert_eq!(parse_expiration("1500").unwrap(), 1500);
+        assert!(parse_expiration("abc").unwrap_err().text.ends_with("no_integer"));
+        assert!(parse_expiration(" 5").unwrap_err().text.ends_with("no_integer"));
+        assert!(parse_expiration("1.5").unwrap_err().text.ends_with("{leftover_string,\".5\"}"));
+        assert!(parse_expiration("-1").unwrap_err().text.ends_with("{value_negative,-1}"));
     }
 
     #[test]

@@ -44,8 +44,15 @@ fn string(v: Option<&AMQPValue>) -> Option<&[u8]> {
 /// The message as it is re-published to the dead-letter exchange: `x-death` updated (the
 /// entry for this queue and reason counted up and moved to the front, or a new one), the
 /// `x-first-death-*` headers set once, a per-message `expiration` moved into the entry as
-/// `original-expiration`, and the routing key replaced when the queue has a DL routing key.
-pub fn dead_lettered(msg: &Message, queue: &str, reason: Reason, routing_key: Option<&str>) -> Arc<Message> {
+/// `original-expiration`, the exchange set to the dead-letter exchange (as RabbitMQ
+/// re-publishes it there), and the routing key replaced when the queue has a DL routing key.
+pub fn dead_lettered(
+    msg: &Message,
+    queue: &str,
+    reason: Reason,
+    dlx: &str,
+    routing_key: Option<&str>,
+) -> Arc<Message> {
     let mut props = msg.properties.clone();
     let mut headers = props.headers().clone().unwrap_or_default();
     let mut deaths: Vec<AMQPValue> = match headers.inner().get("x-death") {
@@ -107,7 +114,7 @@ pub fn dead_lettered(msg: &Message, queue: &str, reason: Reason, routing_key: Op
         props = strip_expiration(props);
     }
     Arc::new(Message {
-        exchange: msg.exchange.clone(),
+        exchange: dlx.into(),
         routing_key: routing_key.map_or_else(|| msg.routing_key.clone(), Into::into),
         raw_properties: encode_properties(&props),
         properties: props,
@@ -183,7 +190,7 @@ mod tests {
 
     #[test]
     fn first_death_records_everything_and_moves_expiration() {
-        let d = dead_lettered(&msg(), "q", Reason::Expired, Some("new"));
+        let d = dead_lettered(&msg(), "q", Reason::Expired, "dlx", Some("new"));
         assert_eq!(d.routing_key.as_str(), "new");
         assert!(d.properties.expiration().is_none());
         let x = deaths(&d);
@@ -196,9 +203,9 @@ mod tests {
 
     #[test]
     fn same_queue_and_reason_counts_up() {
-        let once = dead_lettered(&msg(), "q", Reason::Rejected, None);
-        let other = dead_lettered(&once, "q2", Reason::Expired, None);
-        let twice = dead_lettered(&other, "q", Reason::Rejected, None);
+        let once = dead_lettered(&msg(), "q", Reason::Rejected, "dlx", None);
+        let other = dead_lettered(&once, "q2", Reason::Expired, "dlx", None);
+        let twice = dead_lettered(&other, "q", Reason::Rejected, "dlx", None);
         let x = deaths(&twice);
         assert_eq!(x.len(), 2);
         assert_eq!(x[0].inner().get("queue"), Some(&AMQPValue::LongString("q".into())));
@@ -207,10 +214,10 @@ mod tests {
 
     #[test]
     fn cycles_without_rejection_are_detected() {
-        let expired = dead_lettered(&msg(), "a", Reason::Expired, None);
+        let expired = dead_lettered(&msg(), "a", Reason::Expired, "dlx", None);
         assert!(is_cycle(&expired, "a"));
         assert!(!is_cycle(&expired, "b"));
-        let rejected = dead_lettered(&msg(), "a", Reason::Rejected, None);
+        let rejected = dead_lettered(&msg(), "a", Reason::Rejected, "dlx", None);
         assert!(!is_cycle(&rejected, "a"));
     }
 }

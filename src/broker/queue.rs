@@ -469,6 +469,8 @@ impl Queue {
                 }
                 s.insert_by_seq(e);
             }
+            // A message whose TTL ran out while it was unacked expires as it comes back.
+            s.expire_heads(now_ms(), &mut dead);
             self.dispatch_locked(&mut s, &mut dead);
         }
         self.dead_letter(dead);
@@ -556,7 +558,10 @@ impl Queue {
             let now = now_ms();
             s.last_used = now;
             s.expire_heads(now, &mut dead);
-            s.pop().map(|e| (e, s.len as u32))
+            let got = s.pop();
+            // Taking the head exposes the next one: if it has expired, it goes now.
+            s.expire_heads(now, &mut dead);
+            got.map(|e| (e, s.len as u32))
         };
         self.dead_letter(dead);
         got
@@ -656,7 +661,7 @@ impl Queue {
         };
         let mut targets = Vec::new();
         for (e, reason) in dead {
-            let m = dead_letter::dead_lettered(&e.msg, &self.name, reason, self.args.dlrk.as_deref());
+            let m = dead_letter::dead_lettered(&e.msg, &self.name, reason, dlx, self.args.dlrk.as_deref());
             let routed = vhost.route(&exchange, &m, &mut targets);
             let m = routed.message.unwrap_or(m);
             for q in targets.drain(..) {

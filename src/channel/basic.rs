@@ -82,7 +82,8 @@ impl Channel {
             None => 0,
             Some(v) => crate::broker::args::as_int(v).ok_or_else(|| {
                 AmqpError::precondition_failed(format!(
-                    "invalid arg 'x-priority' for consumer: {{unacceptable_type,{}}}",
+                    "invalid arg 'x-priority' for queue '{name}' in vhost '{}': \"expected integer, got {}\"",
+                    ctx.vhost.name,
                     crate::broker::args::type_name(v)
                 ))
             })?,
@@ -204,7 +205,7 @@ impl Channel {
             });
             return Ok(());
         }
-        self.route(
+        let accepted = self.route(
             ctx,
             c.publish,
             c.properties,
@@ -214,12 +215,21 @@ impl Channel {
         );
         if let Mode::Confirm { last_seq, ack_upto } = &mut self.mode {
             *last_seq += 1;
-            *ack_upto = Some(*last_seq);
+            if accepted {
+                *ack_upto = Some(*last_seq);
+            } else {
+                // A nack breaks the run of acks: write what is pending, then the nack.
+                if let Some(upto) = ack_upto.take() {
+                    protocol::write_confirm(ctx.out, self.id, upto, true, true);
+                }
+                protocol::write_confirm(ctx.out, self.id, *last_seq, false, false);
+            }
         }
         Ok(())
     }
 
     /// Routes and enqueues one message; false when a queue refused it (reject-publish).
+    #[must_use]
     fn route(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -444,7 +454,7 @@ impl Channel {
                 .vhost
                 .existing_exchange(p.publish.exchange.as_str())
                 .map_err(|e| e.with_method(90, 20))?;
-            self.route(
+            let _ = self.route(
                 ctx,
                 p.publish,
                 p.properties,
@@ -494,12 +504,7 @@ fn validate_properties(p: &BasicProperties, user: &str) -> Result<()> {
         )));
     }
     if let Some(exp) = p.expiration() {
-        let s = exp.as_str();
-        if s.parse::<u64>().is_err() {
-            return Err(AmqpError::precondition_failed(format!(
-                "invalid expiration '{s}': no_integer"
-            )));
-        }
+        crate::broker::args::parse_expiration(exp.as_str())?;
     }
     if let Some(uid) = p.user_id()
         && uid.as_str() != user

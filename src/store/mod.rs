@@ -1,1 +1,534 @@
-//! Persistence (placeholder; see issue 4).
+//! The persistent message log: an append-only segment log with group commit.
+//!
+//! Owns one directory of segment files (`NNNNNNNNNNNNNNNNNNNN.seg`) and nothing else. It
+//! stores opaque payloads per queue name and knows nothing of AMQP: the broker encodes
+//! exchange, routing key, properties, body and expiry into the payload, decides what is
+//! persistent, and maps confirms and errors onto the wire. Definitions (queues, exchanges,
+//! bindings) are not here; they live in sled. Design: `shared/design/storage.md`.
+//!
+//! # Model
+//!
+//! - [`MessageStore::append_publish`] stores one message for one queue and returns its
+//!   [`MsgId`] (assigned by the store, unique across queues, increasing, continuing after
+//!   the highest recovered id), its [`Location`] and its [`Seq`]. A fanout to three durable
+//!   queues is three appends.
+//! - [`ack`](MessageStore::ack), [`delivered`](MessageStore::delivered) and
+//!   [`delete_queue`](MessageStore::delete_queue) are fire-and-forget: written in order with
+//!   the next batch, never synced on their own account. A lost ack is a redelivery, never a
+//!   loss; a lost delivered mark is a missing `redelivered` flag.
+//! - [`MessageStore::open`] scans every segment once and returns the live messages of every
+//!   queue in append order ([`Recovery`]).
+//!
+//! # Confirms: a watermark, not a future per message
+//!
+//! Every record gets a sequence number ([`Seq`], from 1 at each open, in log order). The
+//! committer publishes "every record up to `Seq` n is on disk" after each `fdatasync`, via a
+//! `tokio::sync::watch` (for async waiters), an atomic (for polling) and a condvar (for
+//! blocking waiters). A publisher keeps the `Seq` of its newest unconfirmed append and asks
+//! its [`Watermark`] (one per channel, cloned once): confirming N messages costs no
+//! allocation and no channel send per message, and one wake-up per batch.
+//!
+//! # Threads
+//!
+//! Appends take one short lock (`committer::State`): id, placement and encoding happen on
+//! the caller's thread, no I/O, no await; safe to call from async code. All writes, syncs and
+//! deletions happen on the `warren-store` thread (`committer.rs`). Reads (`read`) are `pread`s
+//! on the caller's thread: use `spawn_blocking` for them from async code if the page cache
+//! may be cold.
+//!
+//! Files: `segment.rs` (format), `index.rs` (liveness, and when a segment may be deleted),
+//! `committer.rs` (batching, sync, watermark, GC), `recovery.rs` (open).
+
+mod committer;
+mod index;
+mod recovery;
+mod segment;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex, RwLock};
+use tokio::sync::watch;
+
+use committer::{Committer, Counters, Durable, Progress, Shared, State};
+use segment::Record;
+
+/// Identifies one stored message (one queue's copy). Assigned by the store; never 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MsgId(pub u64);
+
+/// Position of a record in the log's write order, for confirms. Valid within one open of
+/// the store only (numbering restarts at 1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Seq(pub u64);
+
+/// Where a message's record is on disk, for [`MessageStore::read`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Location {
+    /// Segment id (the file name's number).
+    pub segment: u64,
+    /// Byte offset of the record in the segment.
+    pub offset: u64,
+    /// Size of the whole record (header included).
+    pub len: u32,
+}
+
+/// The result of [`MessageStore::append_publish`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// The message's id, for `ack`, `delivered` and recovery.
+    pub id: MsgId,
+    /// Where the record will be once written; readable after `seq` is confirmed.
+    pub loc: Location,
+    /// Confirmed (on disk) once the store's [`Watermark`] reaches it.
+    pub seq: Seq,
+}
+
+/// How to open a store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Target segment file size; a record larger than this gets a segment of its own.
+    /// Smaller segments return disk sooner; larger ones mean fewer files and syncs.
+    pub segment_size: u64,
+    /// Whether [`RecoveredMessage::payload`] is filled in. With `false`, recovery keeps no
+    /// payload in memory and the broker reads bodies back with [`MessageStore::read`].
+    pub recover_payloads: bool,
+    /// Fault injection for tests. Checked once per write and per sync, never per record.
+    pub faults: Faults,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            segment_size: 8 << 20,
+            recover_payloads: true,
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// Injected I/O failures, for fail-stop tests. The default injects nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    /// Let this many segment writes succeed, then fail every one.
+    pub fail_write_after: Option<u64>,
+    /// Let this many segment `fdatasync`s succeed, then fail every one.
+    pub fail_sync_after: Option<u64>,
+}
+
+/// What [`MessageStore::open`] found on disk.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Per queue name, its live (not acked, queue not deleted) messages in append order.
+    /// Queues without live messages are absent.
+    pub queues: HashMap<String, Vec<RecoveredMessage>>,
+    /// Every damaged segment, each also logged once with `warn!`. Normally empty, or one
+    /// torn tail after a crash.
+    pub damage: Vec<Damage>,
+}
+
+/// One live message found by recovery.
+#[derive(Clone, Debug)]
+pub struct RecoveredMessage {
+    /// Its id (acks refer to it).
+    pub id: MsgId,
+    /// Where its record is, for [`MessageStore::read`].
+    pub loc: Location,
+    /// The payload, if [`StoreOptions::recover_payloads`]. It is a slice of the segment's
+    /// bytes as read at open, so it keeps that segment's buffer alive: copy it, or drop it
+    /// and `read` it back later, if memory matters.
+    pub payload: Option<Bytes>,
+    /// A Delivered mark was written for it: deliver it with `redelivered = true`.
+    pub delivered: bool,
+}
+
+/// A bad record found by recovery; see `recovery.rs` for what is done about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// The segment.
+    pub segment: u64,
+    /// Offset of the first bad record; everything before it was used.
+    pub offset: u64,
+    /// Bytes from `offset` to the end of the file, not used.
+    pub dropped_bytes: u64,
+    /// What was wrong with the record.
+    pub reason: &'static str,
+    /// The segment was the newest (a crash's torn tail) and was truncated at `offset`.
+    /// Older damaged segments are left as they are and skipped from `offset` on.
+    pub truncated: bool,
+}
+
+/// Errors of the message store. Cloneable: one I/O failure fails many confirms.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A write, sync or delete failed. Records not confirmed before it never will be; the
+    /// store refuses all further writes (fail-stop). The broker answers 541.
+    #[error("message store I/O error: {0}")]
+    Io(Arc<io::Error>),
+    /// The store failed earlier (see the logged cause) and refuses writes until reopened.
+    #[error("message store failed after an earlier I/O error; reopen it")]
+    Failed,
+    /// The store was closed.
+    #[error("message store is closed")]
+    Closed,
+    /// A record must fit in 4 GiB.
+    #[error("message of {0} bytes is too large for the store")]
+    TooLarge(usize),
+    /// A queue name must fit in 65535 bytes.
+    #[error("queue name of {0} bytes is too long for the store")]
+    QueueNameTooLong(usize),
+}
+
+/// A snapshot of the store's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Publish records appended since open.
+    pub appends: u64,
+    /// Records of any kind appended since open.
+    pub records: u64,
+    /// Batches the committer has written.
+    pub batches: u64,
+    /// `fdatasync` calls on segment files (directory syncs not counted).
+    pub syncs: u64,
+    /// Bytes written to segment files.
+    pub bytes_written: u64,
+    /// Segment files deleted since open (by recovery not counted).
+    pub segments_deleted: u64,
+    /// Segments the store currently tracks, including the one being written.
+    pub segments: usize,
+    /// Encoded bytes waiting for the committer.
+    pub pending_bytes: usize,
+    /// Everything up to this sequence number is on disk.
+    pub synced: Seq,
+}
+
+/// The durable watermark, for confirms. Cheap to clone (keep one per channel); see the
+/// module docs.
+#[derive(Clone)]
+pub struct Watermark {
+    rx: watch::Receiver<Durable>,
+    shared: Arc<Shared>,
+}
+
+impl Watermark {
+    /// Everything up to this sequence number is on disk.
+    pub fn synced(&self) -> Seq {
+        Seq(self.shared.synced.load(Ordering::Acquire))
+    }
+
+    /// Without waiting: `Ok(true)` if record `seq` is on disk, `Ok(false)` if not yet.
+    ///
+    /// # Errors
+    /// The store failed before `seq` reached the disk: it never will (nack it).
+    pub fn status(&self, seq: Seq) -> Result<bool, StoreError> {
+        if self.shared.synced.load(Ordering::Acquire) >= seq.0 {
+            return Ok(true);
+        }
+        if self.shared.failed.load(Ordering::Acquire) {
+            // The committer stops before it sets `failed`, so `synced` is final now.
+            if self.shared.synced.load(Ordering::Acquire) >= seq.0 {
+                return Ok(true);
+            }
+            return Err(self.shared.failure());
+        }
+        Ok(false)
+    }
+
+    /// Waits until record `seq` is on disk. Cancel-safe.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if the store failed before `seq` reached the disk,
+    /// [`StoreError::Closed`] if it was closed without writing it (only after a failure or a
+    /// committer panic: a normal close writes everything).
+    pub async fn wait(&mut self, seq: Seq) -> Result<(), StoreError> {
+        loop {
+            let d = *self.rx.borrow_and_update();
+            if d.synced >= seq.0 {
+                return Ok(());
+            }
+            if d.failed {
+                return Err(self.shared.failure());
+            }
+            if self.rx.changed().await.is_err() {
+                // The committer is gone; its last value is final.
+                let d = *self.rx.borrow();
+                return if d.synced >= seq.0 {
+                    Ok(())
+                } else if d.failed {
+                    Err(self.shared.failure())
+                } else {
+                    Err(StoreError::Closed)
+                };
+            }
+        }
+    }
+
+    /// Blocks the calling thread until record `seq` is on disk. Not for async tasks.
+    ///
+    /// # Errors
+    /// As [`wait`](Watermark::wait).
+    pub fn wait_blocking(&self, seq: Seq) -> Result<(), StoreError> {
+        let mut p = self.shared.progress.lock();
+        loop {
+            if p.synced >= seq.0 {
+                return Ok(());
+            }
+            if p.failed {
+                return Err(self.shared.failure());
+            }
+            if p.done {
+                return Err(StoreError::Closed);
+            }
+            self.shared.progress_cv.wait(&mut p);
+        }
+    }
+}
+
+/// An open message log. Share it behind an `Arc`; every method takes `&self`.
+///
+/// Dropping it (or [`close`](MessageStore::close)) writes and syncs everything pending,
+/// then joins the committer thread; that blocks the dropping thread for one batch.
+pub struct MessageStore {
+    shared: Arc<Shared>,
+    rx: watch::Receiver<Durable>,
+    committer: Option<JoinHandle<()>>,
+}
+
+impl MessageStore {
+    /// Opens (creating if needed) the store in `dir`, recovers it, deletes dead segments,
+    /// and starts the committer thread. New records go to a new segment.
+    ///
+    /// Damaged records do not fail the open: see [`Recovery::damage`].
+    ///
+    /// # Errors
+    /// The directory cannot be created or listed, a segment cannot be read, or a torn
+    /// segment cannot be truncated.
+    pub fn open(dir: &Path, opts: StoreOptions) -> io::Result<(MessageStore, Recovery)> {
+        std::fs::create_dir_all(dir)?;
+        let rec = recovery::recover(dir, &opts)?;
+        let dir_file = File::open(dir)?;
+        let (tx, rx) = watch::channel(Durable {
+            synced: 0,
+            failed: false,
+        });
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            state: Mutex::new(State::new(
+                rec.index,
+                rec.next_seg,
+                rec.next_msg,
+                opts.segment_size,
+            )),
+            work: Condvar::new(),
+            synced: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            cause: Default::default(),
+            progress: Mutex::new(Progress::default()),
+            progress_cv: Condvar::new(),
+            readers: RwLock::new(HashMap::new()),
+            counters: Counters::default(),
+        });
+        let committer = Committer::new(shared.clone(), tx, dir_file, rec.next_seg, opts.faults);
+        let handle = std::thread::Builder::new()
+            .name("warren-store".into())
+            .spawn(move || committer.run())?;
+        let store = MessageStore {
+            shared,
+            rx,
+            committer: Some(handle),
+        };
+        Ok((store, rec.recovery))
+    }
+
+    /// The directory this store owns.
+    pub fn dir(&self) -> &PathBuf {
+        &self.shared.dir
+    }
+
+    /// Appends a message for `queue`. Returns at once (no I/O); the message is durable when
+    /// the [`Watermark`] reaches the returned `seq`, and readable with [`read`](Self::read)
+    /// from then on.
+    ///
+    /// # Errors
+    /// [`StoreError::Failed`] after an I/O failure, [`StoreError::Closed`] while closing,
+    /// [`StoreError::TooLarge`] / [`StoreError::QueueNameTooLong`] for oversized input.
+    pub fn append_publish(&self, queue: &str, payload: &[u8]) -> Result<Appended, StoreError> {
+        if queue.len() > usize::from(u16::MAX) {
+            return Err(StoreError::QueueNameTooLong(queue.len()));
+        }
+        if segment::publish_len(queue, payload) > u32::MAX as usize {
+            return Err(StoreError::TooLarge(payload.len()));
+        }
+        // The expensive part of the checksum, outside the lock.
+        let crc = segment::publish_crc_prefix(queue, payload);
+        let appended = self.shared.state.lock().publish(crc, queue, payload)?;
+        self.shared.work.notify_one();
+        Ok(appended)
+    }
+
+    /// Records that message `id` is acked (dead). Written with the next batch, never synced
+    /// on its own. Unknown, already acked or deleted ids are ignored (nothing is written).
+    pub fn ack(&self, id: MsgId) {
+        self.shared.state.lock().ack(id.0);
+        self.shared.work.notify_one();
+    }
+
+    /// Records that message `id` was delivered, so recovery reports it as such. Written at
+    /// most once per message; ignored for dead ids. Never synced on its own.
+    pub fn delivered(&self, id: MsgId) {
+        self.shared.state.lock().delivered(id.0);
+        self.shared.work.notify_one();
+    }
+
+    /// Kills every message of `queue` appended before this call (queue.delete, and purge
+    /// when the queue has no unacked messages; a purge that keeps unacked ones should ack
+    /// the purged ids instead). Later appends to the same name are unaffected.
+    pub fn delete_queue(&self, queue: &str) {
+        self.shared.state.lock().delete_queue(queue);
+        self.shared.work.notify_one();
+    }
+
+    /// A watermark for awaiting confirms.
+    pub fn watermark(&self) -> Watermark {
+        Watermark {
+            rx: self.rx.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Blocks until every record appended before the call (acks included) is written and
+    /// synced, and a garbage collection has run after it. For shutdown paths and tests; the
+    /// publish path uses the watermark.
+    ///
+    /// # Errors
+    /// The store failed (or had failed) before it could.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let ticket = {
+            let mut st = self.shared.state.lock();
+            if st.failed {
+                return Err(self.shared.failure());
+            }
+            st.flush_req += 1;
+            st.flush_req
+        };
+        self.shared.work.notify_one();
+        let mut p = self.shared.progress.lock();
+        loop {
+            if p.flushed >= ticket {
+                return Ok(());
+            }
+            if p.failed {
+                return Err(self.shared.failure());
+            }
+            if p.done {
+                return Err(StoreError::Closed);
+            }
+            self.shared.progress_cv.wait(&mut p);
+        }
+    }
+
+    /// Reads back the payload of the message at `loc` with one `pread`.
+    ///
+    /// Safe to call at any time from any thread: the record's checksum is verified, so a
+    /// record that is not yet written (or whose segment was deleted) is an error, never
+    /// wrong data. It is guaranteed to succeed once the append's `seq` is confirmed (or after
+    /// [`flush`](Self::flush)) and until the message is acked or its queue deleted.
+    ///
+    /// # Errors
+    /// `NotFound` if the segment is gone; `UnexpectedEof` if the record is not written yet;
+    /// `InvalidData` if the bytes at `loc` are not a Publish record.
+    pub fn read(&self, loc: Location) -> io::Result<Bytes> {
+        let file = self.reader(loc.segment)?;
+        let mut buf = vec![0; loc.len as usize];
+        file.read_exact_at(&mut buf, loc.offset)?;
+        match segment::decode(&buf, 0) {
+            Ok((Record::Publish { payload, .. }, total)) if total == buf.len() => {
+                Ok(Bytes::from(buf).slice(payload))
+            }
+            Ok(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no publish record at this location",
+            )),
+            Err(why) => Err(io::Error::new(io::ErrorKind::InvalidData, why)),
+        }
+    }
+
+    /// The read handle of a segment. The open happens under the write lock so that it cannot
+    /// interleave with GC (unlink, then remove the entry under the write lock): a handle is
+    /// either opened before the unlink and then removed, or its open fails.
+    fn reader(&self, segment: u64) -> io::Result<Arc<File>> {
+        if let Some(f) = self.shared.readers.read().get(&segment) {
+            return Ok(f.clone());
+        }
+        let mut readers = self.shared.readers.write();
+        if let Some(f) = readers.get(&segment) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(File::open(segment::path(&self.shared.dir, segment))?);
+        readers.insert(segment, f.clone());
+        Ok(f)
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.shared.counters;
+        let st = self.shared.state.lock();
+        StoreStats {
+            appends: st.appends,
+            records: st.records,
+            batches: c.batches.load(Ordering::Relaxed),
+            syncs: c.syncs.load(Ordering::Relaxed),
+            bytes_written: c.bytes_written.load(Ordering::Relaxed),
+            segments_deleted: c.segments_deleted.load(Ordering::Relaxed),
+            segments: st.index.segments().len(),
+            pending_bytes: st.pending.len(),
+            synced: Seq(self.shared.synced.load(Ordering::Acquire)),
+        }
+    }
+
+    /// Writes and syncs everything pending, stops the committer and waits for it.
+    ///
+    /// # Errors
+    /// The store had failed: some appended records may not be on disk.
+    pub fn close(mut self) -> Result<(), StoreError> {
+        self.shutdown();
+        if self.shared.failed.load(Ordering::Acquire) {
+            Err(self.shared.failure())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let Some(handle) = self.committer.take() else {
+            return;
+        };
+        self.shared.state.lock().closing = true;
+        self.shared.work.notify_one();
+        if handle.join().is_err() {
+            // Already logged by the committer's drop guard.
+            tracing::error!("message store: committer thread panicked");
+        }
+    }
+}
+
+impl Drop for MessageStore {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl std::fmt::Debug for MessageStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageStore")
+            .field("dir", &self.shared.dir)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,522 @@
+//! The committer: the one thread (`warren-store`) that writes, syncs and deletes segment
+//! files, and the state it shares with the threads that append.
+//!
+//! Appenders (any thread or async task, via `MessageStore`) take the state lock for well
+//! under a microsecond: they assign the message id and sequence number, decide which segment
+//! the record goes in and at which offset, update the liveness index, and encode the record
+//! into the shared `pending` buffer. That buffer *is* the channel to the committer: a Vec
+//! rather than an mpsc of records, so there is no allocation per record and the committer
+//! takes a whole batch with one pointer swap.
+//!
+//! The committer loops: wait for work, swap the pending buffer with its own empty one,
+//! write it (one `write` per segment touched, normally one), `fdatasync` once if the batch
+//! holds anything that needs it (a Publish or a Summary; Ack and Delivered never ask for a
+//! sync, they ride along), publish the new durable watermark, then collect garbage. While it
+//! writes and syncs, appenders fill the other buffer: batches form by themselves, without a
+//! timer, and grow with the sync latency.
+//!
+//! Fail-stop: the first failed write, sync, unlink or directory sync is logged once, the
+//! cause is kept, the watermark is marked failed (every unsynced confirm fails) and the
+//! thread exits; appends fail from then on. Nothing here touches the disk again.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::collections::HashMap;
+use tokio::sync::watch;
+
+use super::index::Index;
+use super::segment::{self, ID_RECORD_LEN, KIND_ACK, KIND_DELIVERED};
+use super::{Appended, Faults, Location, MsgId, Seq, StoreError};
+
+/// Durability as published to async waiters through the watch channel.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Durable {
+    /// Every record with a sequence number up to this one is on disk.
+    pub(crate) synced: u64,
+    /// The store failed: records after `synced` never will be.
+    pub(crate) failed: bool,
+}
+
+/// Durability as seen by blocking waiters (`wait_blocking`, `flush`), under `Shared::progress`.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    pub(crate) synced: u64,
+    /// The highest flush request the committer has completed.
+    pub(crate) flushed: u64,
+    pub(crate) failed: bool,
+    /// The committer thread has exited; nothing will change any more.
+    pub(crate) done: bool,
+}
+
+/// Counters the committer bumps once per batch (not per record).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) batches: AtomicU64,
+    pub(crate) syncs: AtomicU64,
+    pub(crate) bytes_written: AtomicU64,
+    pub(crate) segments_deleted: AtomicU64,
+}
+
+/// Everything the store handle, watermarks and the committer share.
+pub(crate) struct Shared {
+    pub(crate) dir: PathBuf,
+    /// Appenders and the committer. parking_lot: uncontended lock/unlock is one atomic each,
+    /// and no guard is ever held across an await or any I/O.
+    pub(crate) state: Mutex<State>,
+    /// Appenders -> committer: there is pending work (records, a flush, or close). The
+    /// committer is the only waiter.
+    pub(crate) work: Condvar,
+    /// Mirror of the watermark for lock-free polling (`Watermark::status`).
+    pub(crate) synced: AtomicU64,
+    /// Set (Release) after `cause`, so a reader that sees it (Acquire) finds the cause.
+    pub(crate) failed: AtomicBool,
+    pub(crate) cause: OnceLock<Arc<io::Error>>,
+    /// Committer -> blocking waiters; notified once per batch.
+    pub(crate) progress: Mutex<Progress>,
+    pub(crate) progress_cv: Condvar,
+    /// Read handles for `MessageStore::read`, opened on first use. The committer removes a
+    /// segment's entry (under the write lock) after unlinking it, so a handle for a deleted
+    /// segment never stays cached: see `MessageStore::reader`.
+    pub(crate) readers: RwLock<HashMap<u64, Arc<File>>>,
+    pub(crate) counters: Counters,
+}
+
+impl Shared {
+    /// The error for anything the failure prevented: the original cause when known.
+    pub(crate) fn failure(&self) -> StoreError {
+        match self.cause.get() {
+            Some(e) => StoreError::Io(e.clone()),
+            None => StoreError::Failed,
+        }
+    }
+}
+
+/// The pending batch and the index, under `Shared::state`.
+pub(crate) struct State {
+    pub(crate) index: Index,
+    /// Encoded records not yet taken by the committer.
+    pub(crate) pending: Vec<u8>,
+    /// Segment of `pending[0]`.
+    pending_seg: u64,
+    /// (offset in `pending`, segment) where the records start going to a new segment.
+    rolls: Vec<(usize, u64)>,
+    /// The pending records include one whose durability someone waits for.
+    sync_needed: bool,
+    /// Segment new records go to, and its size including pending records.
+    cur_seg: u64,
+    cur_size: u64,
+    segment_size: u64,
+    next_msg: u64,
+    /// Sequence number of the last record appended; one per record, from 1 at each open.
+    seq: u64,
+    pub(crate) failed: bool,
+    pub(crate) closing: bool,
+    /// Flush requests made; the committer answers through `Progress::flushed`.
+    pub(crate) flush_req: u64,
+    pub(crate) appends: u64,
+    pub(crate) records: u64,
+}
+
+impl State {
+    pub(crate) fn new(index: Index, cur_seg: u64, next_msg: u64, segment_size: u64) -> State {
+        State {
+            index,
+            pending: Vec::new(),
+            pending_seg: cur_seg,
+            rolls: Vec::new(),
+            sync_needed: false,
+            cur_seg,
+            cur_size: 0,
+            segment_size: segment_size.max(1),
+            next_msg,
+            seq: 0,
+            failed: false,
+            closing: false,
+            flush_req: 0,
+            appends: 0,
+            records: 0,
+        }
+    }
+
+    fn check_open(&self) -> Result<(), StoreError> {
+        if self.failed {
+            Err(StoreError::Failed)
+        } else if self.closing {
+            Err(StoreError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Chooses the segment and offset of the next record (`len` bytes) and gives it a
+    /// sequence number. Starts a new segment when the current one would overflow; a record
+    /// bigger than a segment therefore gets one of its own. A Publish also starts a new
+    /// segment when the current one is a quarter full and holds nothing live, so that space
+    /// can be reclaimed without waiting for the segment to fill.
+    fn place(&mut self, len: usize, publish: bool) -> (u64, u64) {
+        let len = len as u64;
+        let full = self.cur_size + len > self.segment_size;
+        let dead = publish
+            && self.cur_size >= self.segment_size / 4
+            && self.index.last().is_some_and(|s| s.live == 0);
+        if self.cur_size > 0 && (full || dead) {
+            self.cur_seg += 1;
+            self.cur_size = 0;
+            self.index.push_segment(self.cur_seg, self.next_msg);
+            if !self.pending.is_empty() {
+                self.rolls.push((self.pending.len(), self.cur_seg));
+            }
+        }
+        if self.pending.is_empty() {
+            self.pending_seg = self.cur_seg;
+        }
+        let offset = self.cur_size;
+        self.cur_size += len;
+        self.seq += 1;
+        self.records += 1;
+        (self.cur_seg, offset)
+    }
+
+    pub(crate) fn publish(
+        &mut self,
+        crc: crc32fast::Hasher,
+        queue: &str,
+        payload: &[u8],
+    ) -> Result<Appended, StoreError> {
+        self.check_open()?;
+        let len = segment::publish_len(queue, payload);
+        let (segment, offset) = self.place(len, true);
+        let id = self.next_msg;
+        self.next_msg += 1;
+        let q = self.index.intern(queue);
+        // Cannot fail: ids are assigned here, under the lock, in placement order, so they
+        // are contiguous within the segment `place` just chose.
+        let added = self.index.add_publish(id, q);
+        debug_assert!(added);
+        segment::encode_publish(&mut self.pending, crc, id, queue, payload);
+        self.sync_needed = true;
+        self.appends += 1;
+        Ok(Appended {
+            id: MsgId(id),
+            // The caller bounded the record to u32::MAX bytes.
+            loc: Location {
+                segment,
+                offset,
+                len: len as u32,
+            },
+            seq: Seq(self.seq),
+        })
+    }
+
+    pub(crate) fn ack(&mut self, id: u64) {
+        if self.check_open().is_err() || !self.index.is_live(id) {
+            return;
+        }
+        self.place(ID_RECORD_LEN, false);
+        self.index.kill(id);
+        segment::encode_id_record(&mut self.pending, KIND_ACK, id);
+    }
+
+    pub(crate) fn delivered(&mut self, id: u64) {
+        if self.check_open().is_err() || !self.index.needs_delivered_mark(id) {
+            return;
+        }
+        self.place(ID_RECORD_LEN, false);
+        self.index.mark_delivered(id);
+        segment::encode_id_record(&mut self.pending, KIND_DELIVERED, id);
+    }
+
+    pub(crate) fn delete_queue(&mut self, name: &str) {
+        if self.check_open().is_err() {
+            return;
+        }
+        let Some(q) = self.index.queue(name) else {
+            return;
+        };
+        if !self.index.has_live(q) {
+            return;
+        }
+        self.place(segment::delete_queue_len(name), false);
+        self.index.delete_queue(q);
+        segment::encode_delete_queue(&mut self.pending, name);
+    }
+
+    /// Appends a Summary of segment `r` (see `index.rs`), to be synced with the next batch.
+    fn summarize(&mut self, r: u64) {
+        let Some(p) = self.index.position(r) else {
+            return;
+        };
+        let count = self.index.segments()[p].count;
+        self.place(segment::summary_len(count), false);
+        // `place` only appends segments, so `p` still names `r`, and `r` is older than the
+        // segment being written, so the summary is always produced.
+        let (first, count, live, delivered) = self.index.summarize_at(p, self.seq);
+        segment::encode_summary(&mut self.pending, r, first, count, live, delivered);
+        self.sync_needed = true;
+    }
+}
+
+/// A segment file the committer has open for appending.
+struct OpenSeg {
+    id: u64,
+    file: File,
+    /// Written since its last `sync_data`.
+    dirty: bool,
+}
+
+/// What the committer took from `State` in one go.
+struct Batch {
+    seg: u64,
+    rolls: Vec<(usize, u64)>,
+    sync: bool,
+    last_seq: u64,
+    flush: u64,
+    closing: bool,
+}
+
+/// The committer thread's own state; nothing here is shared.
+pub(crate) struct Committer {
+    shared: Arc<Shared>,
+    /// Sender of the watermark. Dropped when the thread ends, which wakes async waiters.
+    tx: watch::Sender<Durable>,
+    dir: File,
+    file: Option<OpenSeg>,
+    /// The segment being written; every older segment is sealed (written and synced).
+    below: u64,
+    synced: u64,
+    flushed: u64,
+    /// The committer's half of the double buffer.
+    buf: Vec<u8>,
+    faults: Faults,
+    writes: u64,
+    syncs: u64,
+}
+
+impl Committer {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        tx: watch::Sender<Durable>,
+        dir: File,
+        first_seg: u64,
+        faults: Faults,
+    ) -> Committer {
+        Committer {
+            shared,
+            tx,
+            dir,
+            file: None,
+            below: first_seg,
+            synced: 0,
+            flushed: 0,
+            buf: Vec::new(),
+            faults,
+            writes: 0,
+            syncs: 0,
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        // Recovered segments blocked by a long-lived one get their Summaries now, not at the
+        // first publish.
+        if let Err(e) = self.collect_garbage() {
+            return self.fail(e);
+        }
+        loop {
+            let batch = self.take();
+            let empty = self.buf.is_empty();
+            if let Err(e) = self.commit(&batch).and_then(|()| self.collect_garbage()) {
+                return self.fail(e);
+            }
+            self.flushed = batch.flush;
+            self.publish_progress();
+            if batch.closing && empty {
+                return;
+            }
+        }
+    }
+
+    /// Waits for work and takes the whole pending batch.
+    fn take(&mut self) -> Batch {
+        let mut st = self.shared.state.lock();
+        while st.pending.is_empty() && st.flush_req == self.flushed && !st.closing {
+            self.shared.work.wait(&mut st);
+        }
+        std::mem::swap(&mut self.buf, &mut st.pending);
+        let batch = Batch {
+            seg: st.pending_seg,
+            rolls: std::mem::take(&mut st.rolls),
+            sync: std::mem::take(&mut st.sync_needed),
+            last_seq: st.seq,
+            flush: st.flush_req,
+            closing: st.closing,
+        };
+        st.pending_seg = st.cur_seg;
+        batch
+    }
+
+    fn commit(&mut self, batch: &Batch) -> io::Result<()> {
+        let buf = std::mem::take(&mut self.buf);
+        let mut start = 0;
+        let mut seg = batch.seg;
+        for &(at, next) in &batch.rolls {
+            self.write(seg, &buf[start..at])?;
+            (start, seg) = (at, next);
+        }
+        self.write(seg, &buf[start..])?;
+        if batch.sync || batch.closing || batch.flush > self.flushed {
+            self.sync_current()?;
+        }
+        if !self.file.as_ref().is_some_and(|f| f.dirty) {
+            self.synced = batch.last_seq;
+        }
+        self.shared.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.buf = buf;
+        self.buf.clear();
+        // One huge batch must not pin its buffer's memory for the life of the store.
+        if self.buf.capacity() > 64 << 20 {
+            self.buf.shrink_to(8 << 20);
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, seg: u64, bytes: &[u8]) -> io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if self.file.as_ref().is_none_or(|f| f.id != seg) {
+            // Seal the old segment before the new one exists: after a crash only the newest
+            // segment can have a torn tail, and a confirm in the new one covers the old.
+            self.sync_current()?;
+            let path = segment::path(&self.shared.dir, seg);
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)?;
+            // The new directory entry must be durable before any confirm depends on it.
+            self.dir.sync_all()?;
+            self.file = Some(OpenSeg {
+                id: seg,
+                file,
+                dirty: false,
+            });
+            self.below = seg;
+        }
+        if self.faults.fail_write_after.is_some_and(|n| self.writes >= n) {
+            return Err(io::Error::other("injected write failure"));
+        }
+        self.writes += 1;
+        // Checked just above.
+        let open = self.file.as_mut().expect("segment file is open");
+        open.file.write_all(bytes)?;
+        open.dirty = true;
+        self.shared
+            .counters
+            .bytes_written
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn sync_current(&mut self) -> io::Result<()> {
+        let Some(open) = self.file.as_mut().filter(|f| f.dirty) else {
+            return Ok(());
+        };
+        if self.faults.fail_sync_after.is_some_and(|n| self.syncs >= n) {
+            return Err(io::Error::other("injected sync failure"));
+        }
+        self.syncs += 1;
+        open.file.sync_data()?;
+        open.dirty = false;
+        self.shared.counters.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Deletes what may be deleted, in waves whose unlinks are made durable (directory
+    /// fsync) before the next wave is chosen: a segment deleted in wave `k + 1` may hold
+    /// the acks that kept a wave-`k` segment's messages dead.
+    fn collect_garbage(&mut self) -> io::Result<()> {
+        loop {
+            let pass = {
+                let mut st = self.shared.state.lock();
+                let pass = st.index.gc_pass(self.below, self.synced);
+                for &r in &pass.summarize {
+                    st.summarize(r);
+                }
+                pass
+            };
+            if pass.deleted.is_empty() {
+                return Ok(());
+            }
+            for &id in &pass.deleted {
+                match std::fs::remove_file(segment::path(&self.shared.dir, id)) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+                self.shared.readers.write().remove(&id);
+            }
+            self.dir.sync_all()?;
+            self.shared
+                .counters
+                .segments_deleted
+                .fetch_add(pass.deleted.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn publish_progress(&mut self) {
+        if self.synced > self.shared.synced.load(Ordering::Relaxed) {
+            self.shared.synced.store(self.synced, Ordering::Release);
+            self.tx.send_replace(Durable {
+                synced: self.synced,
+                failed: false,
+            });
+        }
+        let mut p = self.shared.progress.lock();
+        p.synced = self.synced;
+        p.flushed = self.flushed;
+        self.shared.progress_cv.notify_all();
+    }
+
+    fn fail(&mut self, e: io::Error) {
+        tracing::error!(
+            dir = %self.shared.dir.display(),
+            error = %e,
+            "message store: I/O failed; refusing all further writes (fail-stop)"
+        );
+        let _ = self.shared.cause.set(Arc::new(e));
+        self.shared.failed.store(true, Ordering::Release);
+        {
+            let mut st = self.shared.state.lock();
+            st.failed = true;
+            st.pending = Vec::new();
+            st.rolls.clear();
+        }
+        self.tx.send_replace(Durable {
+            synced: self.synced,
+            failed: true,
+        });
+        let mut p = self.shared.progress.lock();
+        p.failed = true;
+        self.shared.progress_cv.notify_all();
+    }
+}
+
+impl Drop for Committer {
+    /// Runs when the thread ends, normally or by panic: wakes every blocking waiter for good
+    /// (async waiters are woken by the watch sender's drop).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("message store: committer panicked; refusing all further writes");
+            self.shared.failed.store(true, Ordering::Release);
+            self.shared.state.lock().failed = true;
+            self.tx.send_modify(|d| d.failed = true);
+        }
+        let mut p = self.shared.progress.lock();
+        p.done = true;
+        p.failed |= self.shared.failed.load(Ordering::Acquire);
+        self.shared.progress_cv.notify_all();
+    }
+}
