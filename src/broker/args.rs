@@ -105,6 +105,7 @@ pub const QUEUE_ARGS: &[&str] = &[
     "x-delivery-limit",
     "x-queue-master-locator",
     "x-queue-version",
+    "x-delivery-limit-exchange",
 ];
 
 fn invalid(name: &str, v: &AMQPValue, why: String) -> AmqpError {
@@ -153,7 +154,10 @@ pub fn validate_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> Resul
                 Some(b"drop-head" | b"reject-publish" | b"reject-publish-dlx") => {}
                 _ => return Err(invalid(k, v, format!("{target}: invalid_overflow"))),
             },
-            "x-dead-letter-exchange" | "x-queue-mode" | "x-queue-master-locator"
+            "x-dead-letter-exchange"
+            | "x-queue-mode"
+            | "x-queue-master-locator"
+            | "x-delivery-limit-exchange"
                 if as_bytes(v).is_none() =>
             {
                 return Err(AmqpError::precondition_failed(format!(

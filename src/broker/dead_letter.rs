@@ -138,6 +138,26 @@ fn strip_expiration(p: amq_protocol::protocol::BasicProperties) -> amq_protocol:
     out
 }
 
+/// The `count` of `msg`'s `x-death` entry for (`queue`, `reason`), 0 when there is none.
+pub fn death_count(msg: &Message, queue: &str, reason: Reason) -> i64 {
+    let Some(AMQPValue::FieldArray(deaths)) = msg.properties.headers().as_ref().and_then(|h| h.inner().get("x-death")) else {
+        return 0;
+    };
+    deaths
+        .as_slice()
+        .iter()
+        .find_map(|d| match d {
+            AMQPValue::FieldTable(t)
+                if string(t.inner().get("queue")) == Some(queue.as_bytes())
+                    && string(t.inner().get("reason")) == Some(reason.name().as_bytes()) =>
+            {
+                t.inner().get("count").and_then(crate::broker::args::as_int)
+            }
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
 /// Whether re-publishing `msg` (already carrying its new `x-death`) into `target` would close
 /// a dead-letter cycle with no rejection in it, in which case RabbitMQ drops the message.
 pub fn is_cycle(msg: &Message, target: &str) -> bool {

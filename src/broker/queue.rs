@@ -376,6 +376,7 @@ impl Queue {
         let expires_at = self.expiry(&msg, now);
         let ttl_zero = expires_at == Some(now);
         let priority = self.priority_of(&msg);
+        let (msg, delivery_count) = self.carried_count(msg);
         let mut dead = Vec::new();
         let accepted = {
             let mut s = self.state.lock();
@@ -389,7 +390,9 @@ impl Queue {
             } else {
                 let seq = s.next_seq;
                 s.next_seq += 1;
-                s.push(Entry::new(seq, msg, priority, expires_at));
+                let mut entry = Entry::new(seq, msg, priority, expires_at);
+                entry.delivery_count = delivery_count;
+                s.push(entry);
                 self.dispatch_locked(&mut s, &mut dead);
                 // TTL 0: delivered just now or never.
                 if ttl_zero {
@@ -416,6 +419,22 @@ impl Queue {
         };
         self.dead_letter(dead);
         accepted
+    }
+
+    /// With delivery counting on, a message coming back to this queue through a dead-letter
+    /// loop keeps counting: its failed deliveries here so far are the `rejected` count of its
+    /// `x-death` entry for this queue.
+    fn carried_count(&self, msg: Arc<Message>) -> (Arc<Message>, u32) {
+        if !self.args.counts_deliveries() {
+            return (msg, 0);
+        }
+        let n = dead_letter::death_count(&msg, &self.name, Reason::Rejected);
+        if n == 0 {
+            return (msg, 0);
+        }
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        let msg = with_header(&msg, "x-delivery-count", AMQPValue::LongLongInt(i64::from(n)));
+        (msg, n)
     }
 
     fn over_limit(&self, s: &State, more: usize, bytes: usize) -> bool {
@@ -484,11 +503,21 @@ impl Queue {
         }
     }
 
-    /// Rejected without requeue: dead-lettered with reason `rejected` (or dropped).
+    /// Rejected without requeue: dead-lettered with reason `rejected` (or dropped) — or,
+    /// with delivery counting on and the limit used up, with reason `delivery_limit`.
     pub fn discard(self: &Arc<Self>, entries: Vec<Entry>) {
-        if self.args.dlx.is_some() {
-            self.dead_letter(entries.into_iter().map(|e| (e, Reason::Rejected)).collect());
-        }
+        let dead = entries
+            .into_iter()
+            .map(|e| {
+                let over = self.args.counts_deliveries()
+                    && self
+                        .args
+                        .delivery_limit
+                        .is_some_and(|l| u64::from(e.delivery_count) + 1 > l);
+                (e, if over { Reason::DeliveryLimit } else { Reason::Rejected })
+            })
+            .collect();
+        self.dead_letter(dead);
     }
 
     /// Delivers what credit allows (called after credit was given back).
@@ -651,16 +680,25 @@ impl Queue {
         if dead.is_empty() {
             return;
         }
-        let Some(dlx) = &self.args.dlx else { return };
-        let Some(vhost) = self.vhost.upgrade() else { return };
-        let Some(exchange) = vhost.exchange(dlx) else {
-            if !self.missing_dlx_logged.swap(true, Ordering::Relaxed) {
-                tracing::warn!(queue = %self.name, dlx = %dlx, "dead-letter exchange does not exist; dropping dead letters");
-            }
+        if self.args.dlx.is_none() && self.args.delivery_limit_exchange.is_none() {
             return;
-        };
+        }
+        let Some(vhost) = self.vhost.upgrade() else { return };
         let mut targets = Vec::new();
         for (e, reason) in dead {
+            let dlx = match (&self.args.delivery_limit_exchange, reason) {
+                (Some(x), Reason::DeliveryLimit) => x,
+                _ => match &self.args.dlx {
+                    Some(x) => x,
+                    None => continue,
+                },
+            };
+            let Some(exchange) = vhost.exchange(dlx) else {
+                if !self.missing_dlx_logged.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(queue = %self.name, dlx = %dlx, "dead-letter exchange does not exist; dropping dead letters");
+                }
+                continue;
+            };
             let m = dead_letter::dead_lettered(&e.msg, &self.name, reason, dlx, self.args.dlrk.as_deref());
             let routed = vhost.route(&exchange, &m, &mut targets);
             let m = routed.message.unwrap_or(m);

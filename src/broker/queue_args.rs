@@ -44,6 +44,10 @@ pub struct QueueArgs {
     pub delivery_limit: Option<u64>,
     /// `x-queue-type: quorum` (delivery counting is always on).
     pub quorum: bool,
+    /// Warren's `x-delivery-limit-exchange`: where messages over the delivery limit are
+    /// dead-lettered (default: the dead-letter exchange), so a retry loop through the DLX
+    /// can end in a parking queue.
+    pub delivery_limit_exchange: Option<String>,
 }
 
 /// RabbitMQ 4.x's default delivery limit for quorum queues.
@@ -102,6 +106,7 @@ impl QueueArgs {
             ),
             delivery_limit,
             quorum,
+            delivery_limit_exchange: string("x-delivery-limit-exchange"),
         }
     }
 

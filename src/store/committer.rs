@@ -393,10 +393,7 @@ impl Committer {
             // segment can have a torn tail, and a confirm in the new one covers the old.
             self.sync_current()?;
             let path = segment::path(&self.shared.dir, seg);
-            let file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(path)?;
+            let file = OpenOptions::new().write(true).create_new(true).open(path)?;
             // The new directory entry must be durable before any confirm depends on it.
             self.dir.sync_all()?;
             self.file = Some(OpenSeg {
@@ -406,7 +403,11 @@ impl Committer {
             });
             self.below = seg;
         }
-        if self.faults.fail_write_after.is_some_and(|n| self.writes >= n) {
+        if self
+            .faults
+            .fail_write_after
+            .is_some_and(|n| self.writes >= n)
+        {
             return Err(io::Error::other("injected write failure"));
         }
         self.writes += 1;

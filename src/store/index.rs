@@ -210,13 +210,17 @@ impl Index {
     /// (position in `segments()`, index within the segment) of message `id`, if its segment
     /// still exists.
     pub(crate) fn locate(&self, id: u64) -> Option<(usize, u64)> {
-        let p = self.segs.partition_point(|s| s.first <= id).checked_sub(1)?;
+        let p = self
+            .segs
+            .partition_point(|s| s.first <= id)
+            .checked_sub(1)?;
         let i = id - self.segs[p].first;
         (i < self.segs[p].count).then_some((p, i))
     }
 
     pub(crate) fn is_live(&self, id: u64) -> bool {
-        self.locate(id).is_some_and(|(p, i)| self.segs[p].is_live(i))
+        self.locate(id)
+            .is_some_and(|(p, i)| self.segs[p].is_live(i))
     }
 
     /// True if `id` is live and not yet marked delivered: only then is a Delivered record
@@ -256,7 +260,9 @@ impl Index {
     /// Whether queue `q` has any live message.
     pub(crate) fn has_live(&self, q: u32) -> bool {
         self.segs.iter().any(|s| {
-            s.live > 0 && s.runs().any(|(a, b, rq)| rq == q && (a..b).any(|i| s.is_live(i)))
+            s.live > 0
+                && s.runs()
+                    .any(|(a, b, rq)| rq == q && (a..b).any(|i| s.is_live(i)))
         })
     }
 
@@ -379,7 +385,7 @@ impl Index {
                 // A dead blocker will be deleted in a later wave; a summary of it would
                 // only be wasted bytes. A summary already on its way needs only its sync.
                 let requested = s.summary.is_some_and(|(written_in, _)| written_in > t.id);
-                if false && s.live > 0 && !requested && !pass.summarize.contains(&r) {
+                if s.live > 0 && !requested && !pass.summarize.contains(&r) {
                     pass.summarize.push(r);
                 }
             }
@@ -388,7 +394,8 @@ impl Index {
             }
         }
         if !pass.deleted.is_empty() {
-            self.segs.retain(|s| pass.deleted.binary_search(&s.id).is_err());
+            self.segs
+                .retain(|s| pass.deleted.binary_search(&s.id).is_err());
         }
         pass
     }
@@ -456,7 +463,13 @@ mod tests {
         ix.push_segment(3, 3);
         // Segment 2 is dead but holds the ack of 2, which segment 1 still needs.
         let pass = ix.gc_pass(3, u64::MAX);
-        assert_eq!(pass, GcPass { deleted: vec![], summarize: vec![1] });
+        assert_eq!(
+            pass,
+            GcPass {
+                deleted: vec![],
+                summarize: vec![1]
+            }
+        );
         let (first, count, live, _) = ix.summarize_at(0, 10);
         assert_eq!((first, count, live), (1, 2, &[0b01][..]));
         // Not durable yet: still blocked, and no second summary requested.
