@@ -77,7 +77,11 @@ pub struct Policy {
     /// Regular expression matched against queue / exchange names.
     pub pattern: String,
     /// `queues`, `exchanges` or `all`.
-    #[serde(rename = "apply-to", alias = "apply_to", default = "Policy::default_apply_to")]
+    #[serde(
+        rename = "apply-to",
+        alias = "apply_to",
+        default = "Policy::default_apply_to"
+    )]
     pub apply_to: String,
     /// Higher wins when several match.
     #[serde(default)]
@@ -228,13 +232,22 @@ impl Config {
             if !matches!(p.apply_to.as_str(), "all" | "queues" | "exchanges") {
                 return invalid(
                     "policies.apply-to",
-                    format!("policy '{}': '{}' is not queues, exchanges or all", p.name, p.apply_to),
+                    format!(
+                        "policy '{}': '{}' is not queues, exchanges or all",
+                        p.name, p.apply_to
+                    ),
                 );
             }
             if let Some(o) = &p.definition.overflow
-                && !matches!(o.as_str(), "drop-head" | "reject-publish" | "reject-publish-dlx")
+                && !matches!(
+                    o.as_str(),
+                    "drop-head" | "reject-publish" | "reject-publish-dlx"
+                )
             {
-                return invalid("policies.definition.overflow", format!("policy '{}': unknown overflow '{o}'", p.name));
+                return invalid(
+                    "policies.definition.overflow",
+                    format!("policy '{}': unknown overflow '{o}'", p.name),
+                );
             }
         }
         Ok(())

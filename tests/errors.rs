@@ -76,7 +76,11 @@ async fn passive_declare_of_a_missing_exchange_is_404() {
 
 /// Publishes with a raw client and returns the channel.close that follows: publish errors
 /// arrive asynchronously, and lapin may see the channel closing before its next call.
-async fn publish_error(props: BasicProperties, exchange: &str, immediate: bool) -> (u16, u16, u16, u16) {
+async fn publish_error(
+    props: BasicProperties,
+    exchange: &str,
+    immediate: bool,
+) -> (u16, u16, u16, u16) {
     let b = TestBroker::start().await;
     let mut r = Raw::open(b.addr).await;
     r.open_channel(1).await;
@@ -96,7 +100,10 @@ async fn publish_error(props: BasicProperties, exchange: &str, immediate: bool) 
 
 #[tokio::test]
 async fn publish_to_a_missing_exchange_is_404_on_the_channel() {
-    assert_eq!(publish_error(BasicProperties::default(), "missing", false).await, (1, 404, 60, 40));
+    assert_eq!(
+        publish_error(BasicProperties::default(), "missing", false).await,
+        (1, 404, 60, 40)
+    );
 }
 
 #[tokio::test]
@@ -429,7 +436,12 @@ async fn delete_conditions_are_406() {
 #[tokio::test]
 async fn unknown_and_double_acks_are_406_on_the_channel() {
     use amq_protocol::protocol::{AMQPClass, basic};
-    let ack = |tag| AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack { delivery_tag: tag, multiple: false }));
+    let ack = |tag| {
+        AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+            delivery_tag: tag,
+            multiple: false,
+        }))
+    };
     let b = TestBroker::start().await;
     let mut r = Raw::open(b.addr).await;
     r.open_channel(1).await;
@@ -438,21 +450,41 @@ async fn unknown_and_double_acks_are_406_on_the_channel() {
 
     // Double ack: get one message, ack it twice.
     r.open_channel(2).await;
-    r.send(2, AMQPClass::Queue(amq_protocol::protocol::queue::AMQPMethod::Declare(amq_protocol::protocol::queue::Declare {
-        queue: "dbl".into(),
-        passive: false,
-        durable: false,
-        exclusive: false,
-        auto_delete: false,
-        nowait: false,
-        arguments: FieldTable::default(),
-    })))
+    r.send(
+        2,
+        AMQPClass::Queue(amq_protocol::protocol::queue::AMQPMethod::Declare(
+            amq_protocol::protocol::queue::Declare {
+                queue: "dbl".into(),
+                passive: false,
+                durable: false,
+                exclusive: false,
+                auto_delete: false,
+                nowait: false,
+                arguments: FieldTable::default(),
+            },
+        )),
+    )
     .await;
     r.expect_method().await;
-    let publish = basic::Publish { exchange: "".into(), routing_key: "dbl".into(), mandatory: false, immediate: false };
-    r.publish(2, publish, &BasicProperties::default(), b"m").await;
-    r.send(2, AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get { queue: "dbl".into(), no_ack: false }))).await;
-    let AMQPClass::Basic(basic::AMQPMethod::GetOk(ok)) = r.expect_method().await else { panic!("expected get-ok") };
+    let publish = basic::Publish {
+        exchange: "".into(),
+        routing_key: "dbl".into(),
+        mandatory: false,
+        immediate: false,
+    };
+    r.publish(2, publish, &BasicProperties::default(), b"m")
+        .await;
+    r.send(
+        2,
+        AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
+            queue: "dbl".into(),
+            no_ack: false,
+        })),
+    )
+    .await;
+    let AMQPClass::Basic(basic::AMQPMethod::GetOk(ok)) = r.expect_method().await else {
+        panic!("expected get-ok")
+    };
     r.send(2, ack(ok.delivery_tag)).await;
     r.send(2, ack(ok.delivery_tag)).await;
     assert_eq!(r.expect_channel_close().await, (2, 406, 60, 80));
@@ -564,8 +596,13 @@ async fn reused_consumer_tag_is_530_on_the_connection() {
 async fn not_implemented_features_are_540_on_the_connection() {
     let b = TestBroker::start().await;
     let (conn, ch) = b.channel().await;
-    let e = ch.basic_recover(BasicRecoverOptions { requeue: false }).await.unwrap_err();
+    let e = ch
+        .basic_recover(BasicRecoverOptions { requeue: false })
+        .await
+        .unwrap_err();
     connection_error(&conn, e, 540);
-    assert_eq!(publish_error(BasicProperties::default(), "", true).await.1, 540);
+    assert_eq!(
+        publish_error(BasicProperties::default(), "", true).await.1,
+        540
+    );
 }
-

@@ -768,9 +768,14 @@ proptest! {
     }
 }
 
-/// Throughput with real `fdatasync`: 1 KiB records, one appending thread keeping up to
-/// 20k records in flight (a broker with many pipelining publishers). Run with
+/// Throughput with real `fdatasync`, 1 KiB records. Run with
 /// `cargo test --release --test store_log -- --ignored --nocapture throughput`.
+///
+/// 1. One appending thread keeping up to 20k records in flight (a broker with many
+///    pipelining publishers): bound by write bandwidth, batches grow to thousands.
+/// 2. 16 threads that each wait for every confirm (synchronous publishers): bound by
+///    `fdatasync` latency, with at most 16 records per batch.
+/// 3. Reopen with all 300k live (recovery scan), then ack everything and collect garbage.
 #[test]
 #[ignore]
 fn throughput_1k_records_real_fdatasync() {
@@ -782,11 +787,8 @@ fn throughput_1k_records_real_fdatasync() {
     const WINDOW: u64 = 20_000;
     let start = Instant::now();
     let mut last = Seq(0);
-    let mut ids = Vec::with_capacity(N);
     for _ in 0..N {
-        let a = store.append_publish("bench", &body).unwrap();
-        ids.push(a.id);
-        last = a.seq;
+        last = store.append_publish("bench", &body).unwrap().seq;
         if last.0 > WINDOW && last.0.is_multiple_of(1000) {
             wm.wait_blocking(Seq(last.0 - WINDOW)).unwrap();
         }
@@ -795,21 +797,64 @@ fn throughput_1k_records_real_fdatasync() {
     let secs = start.elapsed().as_secs_f64();
     let stats = store.stats();
     println!(
-        "{N} x 1 KiB confirmed in {secs:.2} s = {:.0} msgs/s, {:.0} MiB/s, {} syncs ({:.0} msgs/sync)",
+        "pipelined: {N} x 1 KiB confirmed in {secs:.2} s = {:.0} msgs/s, {:.0} MiB/s, \
+         {} syncs ({:.0} msgs/sync)",
         N as f64 / secs,
         N as f64 * 1024.0 / secs / 1048576.0,
         stats.syncs,
         N as f64 / stats.syncs as f64
     );
+
+    let store = Arc::new(store);
+    const THREADS: usize = 16;
+    const PER_THREAD: usize = 1000;
+    let syncs_before = store.stats().syncs;
+    let start = Instant::now();
+    let handles: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let wm = store.watermark();
+                let body = vec![0x5a; 1024];
+                for _ in 0..PER_THREAD {
+                    let a = store.append_publish("sync", &body).unwrap();
+                    wm.wait_blocking(a.seq).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let syncs = store.stats().syncs - syncs_before;
+    let n = THREADS * PER_THREAD;
+    println!(
+        "synchronous: {THREADS} threads x {PER_THREAD} confirmed one by one in {secs:.2} s = \
+         {:.0} msgs/s, {syncs} syncs ({:.1} msgs/sync, {:.0} us/sync)",
+        n as f64 / secs,
+        n as f64 / syncs as f64,
+        secs * 1e6 / syncs as f64
+    );
+    drop(store);
+
+    let start = Instant::now();
+    let (store, rec) = open(dir.path(), 8 << 20);
+    let live = rec.queues["bench"].len() + rec.queues["sync"].len();
+    println!(
+        "reopen with {live} live messages in {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
+    let ids: Vec<_> = rec.queues.values().flatten().map(|m| m.id).collect();
+    drop(rec);
     let start = Instant::now();
     for id in ids {
         store.ack(id);
     }
     store.flush().unwrap();
-    println!("{N} acks + GC in {:.2} s", start.elapsed().as_secs_f64());
-    drop(store);
-    let start = Instant::now();
-    let (_, rec) = open(dir.path(), 8 << 20);
-    println!("reopen in {:.3} s", start.elapsed().as_secs_f64());
-    assert!(rec.queues.is_empty());
+    println!(
+        "{live} acks + GC in {:.2} s, {} bytes left on disk",
+        start.elapsed().as_secs_f64(),
+        dir_bytes(dir.path())
+    );
 }

@@ -197,9 +197,13 @@ pub fn validate_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> Resul
 /// # Errors
 /// 406 `invalid expiration '…': no_integer` / `{leftover_string,"…"}` / `{value_negative,N}`.
 pub fn parse_expiration(s: &str) -> Result<u64> {
-    let fail = |why: String| AmqpError::precondition_failed(format!("invalid expiration '{s}': {why}"));
+    let fail =
+        |why: String| AmqpError::precondition_failed(format!("invalid expiration '{s}': {why}"));
     let digits_from = usize::from(s.starts_with(['-', '+']));
-    let digits = s[digits_from..].bytes().take_while(u8::is_ascii_digit).count();
+    let digits = s[digits_from..]
+        .bytes()
+        .take_while(u8::is_ascii_digit)
+        .count();
     if digits == 0 {
         return Err(fail("no_integer".into()));
     }
@@ -296,10 +300,30 @@ mod tests {
     #[test]
     fn expiration_parses_like_rabbitmq() {
         assert_eq!(parse_expiration("1500").unwrap(), 1500);
-        assert!(parse_expiration("abc").unwrap_err().text.ends_with("no_integer"));
-        assert!(parse_expiration(" 5").unwrap_err().text.ends_with("no_integer"));
-        assert!(parse_expiration("1.5").unwrap_err().text.ends_with("{leftover_string,\".5\"}"));
-        assert!(parse_expiration("-1").unwrap_err().text.ends_with("{value_negative,-1}"));
+        assert!(
+            parse_expiration("abc")
+                .unwrap_err()
+                .text
+                .ends_with("no_integer")
+        );
+        assert!(
+            parse_expiration(" 5")
+                .unwrap_err()
+                .text
+                .ends_with("no_integer")
+        );
+        assert!(
+            parse_expiration("1.5")
+                .unwrap_err()
+                .text
+                .ends_with("{leftover_string,\".5\"}")
+        );
+        assert!(
+            parse_expiration("-1")
+                .unwrap_err()
+                .text
+                .ends_with("{value_negative,-1}")
+        );
     }
 
     #[test]

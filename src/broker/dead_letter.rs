@@ -66,13 +66,19 @@ pub fn dead_lettered(
         }
         _ => false,
     };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let entry = match deaths.iter().position(is_ours) {
         Some(i) => {
             let AMQPValue::FieldTable(mut t) = deaths.remove(i) else {
                 unreachable!("is_ours matched a table")
             };
-            let count = t.inner().get("count").and_then(crate::broker::args::as_int).unwrap_or(0);
+            let count = t
+                .inner()
+                .get("count")
+                .and_then(crate::broker::args::as_int)
+                .unwrap_or(0);
             t.insert("count".into(), AMQPValue::LongLongInt(count + 1));
             t.insert("time".into(), AMQPValue::Timestamp(now));
             t
@@ -83,12 +89,18 @@ pub fn dead_lettered(
             t.insert("reason".into(), AMQPValue::LongString(reason.name().into()));
             t.insert("queue".into(), AMQPValue::LongString(queue.into()));
             t.insert("time".into(), AMQPValue::Timestamp(now));
-            t.insert("exchange".into(), AMQPValue::LongString(msg.exchange.as_str().into()));
+            t.insert(
+                "exchange".into(),
+                AMQPValue::LongString(msg.exchange.as_str().into()),
+            );
             let mut keys = vec![AMQPValue::LongString(msg.routing_key.as_str().into())];
             if let Some(AMQPValue::FieldArray(cc)) = headers.inner().get("CC") {
                 keys.extend(cc.as_slice().iter().cloned());
             }
-            t.insert("routing-keys".into(), AMQPValue::FieldArray(FieldArray::from(keys)));
+            t.insert(
+                "routing-keys".into(),
+                AMQPValue::FieldArray(FieldArray::from(keys)),
+            );
             if let Some(exp) = props.expiration() {
                 t.insert(
                     "original-expiration".into(),
@@ -99,7 +111,10 @@ pub fn dead_lettered(
         }
     };
     deaths.insert(0, AMQPValue::FieldTable(entry));
-    headers.insert("x-death".into(), AMQPValue::FieldArray(FieldArray::from(deaths)));
+    headers.insert(
+        "x-death".into(),
+        AMQPValue::FieldArray(FieldArray::from(deaths)),
+    );
     for (k, v) in [
         ("x-first-death-reason", reason.name()),
         ("x-first-death-queue", queue),
@@ -122,7 +137,9 @@ pub fn dead_lettered(
     })
 }
 
-fn strip_expiration(p: amq_protocol::protocol::BasicProperties) -> amq_protocol::protocol::BasicProperties {
+fn strip_expiration(
+    p: amq_protocol::protocol::BasicProperties,
+) -> amq_protocol::protocol::BasicProperties {
     // BasicProperties has no setter that clears a field: rebuild it without `expiration`.
     let mut out = amq_protocol::protocol::BasicProperties::default();
     macro_rules! copy {
@@ -140,7 +157,12 @@ fn strip_expiration(p: amq_protocol::protocol::BasicProperties) -> amq_protocol:
 
 /// The `count` of `msg`'s `x-death` entry for (`queue`, `reason`), 0 when there is none.
 pub fn death_count(msg: &Message, queue: &str, reason: Reason) -> i64 {
-    let Some(AMQPValue::FieldArray(deaths)) = msg.properties.headers().as_ref().and_then(|h| h.inner().get("x-death")) else {
+    let Some(AMQPValue::FieldArray(deaths)) = msg
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-death"))
+    else {
         return 0;
     };
     deaths
@@ -161,12 +183,19 @@ pub fn death_count(msg: &Message, queue: &str, reason: Reason) -> i64 {
 /// Whether re-publishing `msg` (already carrying its new `x-death`) into `target` would close
 /// a dead-letter cycle with no rejection in it, in which case RabbitMQ drops the message.
 pub fn is_cycle(msg: &Message, target: &str) -> bool {
-    let Some(AMQPValue::FieldArray(deaths)) = msg.properties.headers().as_ref().and_then(|h| h.inner().get("x-death")) else {
+    let Some(AMQPValue::FieldArray(deaths)) = msg
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-death"))
+    else {
         return false;
     };
     let mut seen_target = false;
     for d in deaths.as_slice() {
-        let AMQPValue::FieldTable(t) = d else { continue };
+        let AMQPValue::FieldTable(t) = d else {
+            continue;
+        };
         if string(t.inner().get("reason")) == Some(b"rejected") {
             // A client decided along the way: not an automatic loop.
             return false;
@@ -188,14 +217,22 @@ mod tests {
         Message {
             exchange: "ex".into(),
             routing_key: "rk".into(),
-            properties: amq_protocol::protocol::BasicProperties::default().with_expiration("100".into()),
+            properties: amq_protocol::protocol::BasicProperties::default()
+                .with_expiration("100".into()),
             raw_properties: Bytes::new(),
             body: Bytes::from_static(b"b"),
         }
     }
 
     fn deaths(m: &Message) -> Vec<FieldTable> {
-        match m.properties.headers().as_ref().unwrap().inner().get("x-death") {
+        match m
+            .properties
+            .headers()
+            .as_ref()
+            .unwrap()
+            .inner()
+            .get("x-death")
+        {
             Some(AMQPValue::FieldArray(a)) => a
                 .as_slice()
                 .iter()
@@ -218,7 +255,10 @@ mod tests {
         assert_eq!(x[0].inner().get("count"), Some(&AMQPValue::LongLongInt(1)));
         assert!(x[0].contains_key("original-expiration"));
         let h = d.properties.headers().clone().unwrap();
-        assert_eq!(h.inner().get("x-first-death-reason"), Some(&AMQPValue::LongString("expired".into())));
+        assert_eq!(
+            h.inner().get("x-first-death-reason"),
+            Some(&AMQPValue::LongString("expired".into()))
+        );
     }
 
     #[test]
@@ -228,7 +268,10 @@ mod tests {
         let twice = dead_lettered(&other, "q", Reason::Rejected, "dlx", None);
         let x = deaths(&twice);
         assert_eq!(x.len(), 2);
-        assert_eq!(x[0].inner().get("queue"), Some(&AMQPValue::LongString("q".into())));
+        assert_eq!(
+            x[0].inner().get("queue"),
+            Some(&AMQPValue::LongString("q".into()))
+        );
         assert_eq!(x[0].inner().get("count"), Some(&AMQPValue::LongLongInt(2)));
     }
 

@@ -119,7 +119,9 @@ impl Credit {
     /// Gives back `n` units (acked, rejected, or written for no-ack).
     pub fn release(&self, n: u32) {
         let sub = |a: &AtomicU32| {
-            let _ = a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(n)));
+            let _ = a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(n))
+            });
         };
         sub(&self.in_flight);
         if let Some(ch) = &self.channel {
@@ -199,7 +201,10 @@ impl State {
     /// that is waiting in the millisecond it arrives.
     fn expire_heads(&mut self, now: u64, dead: &mut Vec<(Entry, Reason)>) {
         for level in &mut self.levels {
-            while level.front().is_some_and(|e| e.expires_at.is_some_and(|t| t < now)) {
+            while level
+                .front()
+                .is_some_and(|e| e.expires_at.is_some_and(|t| t < now))
+            {
                 let e = level.pop_front().expect("front checked");
                 self.len -= 1;
                 self.bytes -= e.msg.size();
@@ -433,12 +438,18 @@ impl Queue {
             return (msg, 0);
         }
         let n = u32::try_from(n).unwrap_or(u32::MAX);
-        let msg = with_header(&msg, "x-delivery-count", AMQPValue::LongLongInt(i64::from(n)));
+        let msg = with_header(
+            &msg,
+            "x-delivery-count",
+            AMQPValue::LongLongInt(i64::from(n)),
+        );
         (msg, n)
     }
 
     fn over_limit(&self, s: &State, more: usize, bytes: usize) -> bool {
-        self.args.max_length.is_some_and(|m| (s.len + more) as u64 > m)
+        self.args
+            .max_length
+            .is_some_and(|m| (s.len + more) as u64 > m)
             || self
                 .args
                 .max_length_bytes
@@ -480,11 +491,19 @@ impl Queue {
                 e.redelivered = true;
                 if self.args.counts_deliveries() {
                     e.delivery_count += 1;
-                    if self.args.delivery_limit.is_some_and(|l| u64::from(e.delivery_count) > l) {
+                    if self
+                        .args
+                        .delivery_limit
+                        .is_some_and(|l| u64::from(e.delivery_count) > l)
+                    {
                         dead.push((e, Reason::DeliveryLimit));
                         continue;
                     }
-                    e.msg = with_header(&e.msg, "x-delivery-count", AMQPValue::LongLongInt(i64::from(e.delivery_count)));
+                    e.msg = with_header(
+                        &e.msg,
+                        "x-delivery-count",
+                        AMQPValue::LongLongInt(i64::from(e.delivery_count)),
+                    );
                 }
                 s.insert_by_seq(e);
             }
@@ -514,7 +533,14 @@ impl Queue {
                         .args
                         .delivery_limit
                         .is_some_and(|l| u64::from(e.delivery_count) + 1 > l);
-                (e, if over { Reason::DeliveryLimit } else { Reason::Rejected })
+                (
+                    e,
+                    if over {
+                        Reason::DeliveryLimit
+                    } else {
+                        Reason::Rejected
+                    },
+                )
             })
             .collect();
         self.dead_letter(dead);
@@ -534,7 +560,11 @@ impl Queue {
         if s.consumers.is_empty() || s.len == 0 {
             return;
         }
-        let now = if s.next_expiry().is_some() { now_ms() } else { 0 };
+        let now = if s.next_expiry().is_some() {
+            now_ms()
+        } else {
+            0
+        };
         loop {
             if now != 0 {
                 s.expire_heads(now, dead);
@@ -573,7 +603,11 @@ impl Queue {
             if !self.args.single_active {
                 // Round-robin among consumers of the same priority: this one goes last.
                 let p = s.consumers[i].priority;
-                let end = s.consumers[i..].iter().take_while(|c| c.priority == p).count() + i;
+                let end = s.consumers[i..]
+                    .iter()
+                    .take_while(|c| c.priority == p)
+                    .count()
+                    + i;
                 s.consumers[i..end].rotate_left(1);
             }
         }
@@ -616,7 +650,10 @@ impl Queue {
             let at = if self.args.single_active {
                 s.consumers.len()
             } else {
-                s.consumers.iter().take_while(|x| x.priority >= c.priority).count()
+                s.consumers
+                    .iter()
+                    .take_while(|x| x.priority >= c.priority)
+                    .count()
             };
             s.consumers.insert(at, c);
             s.had_consumer = true;
@@ -683,7 +720,9 @@ impl Queue {
         if self.args.dlx.is_none() && self.args.delivery_limit_exchange.is_none() {
             return;
         }
-        let Some(vhost) = self.vhost.upgrade() else { return };
+        let Some(vhost) = self.vhost.upgrade() else {
+            return;
+        };
         let mut targets = Vec::new();
         for (e, reason) in dead {
             let dlx = match (&self.args.delivery_limit_exchange, reason) {
@@ -699,7 +738,13 @@ impl Queue {
                 }
                 continue;
             };
-            let m = dead_letter::dead_lettered(&e.msg, &self.name, reason, dlx, self.args.dlrk.as_deref());
+            let m = dead_letter::dead_lettered(
+                &e.msg,
+                &self.name,
+                reason,
+                dlx,
+                self.args.dlrk.as_deref(),
+            );
             let routed = vhost.route(&exchange, &m, &mut targets);
             let m = routed.message.unwrap_or(m);
             for q in targets.drain(..) {
@@ -756,10 +801,22 @@ mod tests {
     }
 
     fn queue(args: QueueArgs) -> Arc<Queue> {
-        Arc::new(Queue::new("q", false, None, false, FieldTable::default(), args, Weak::new()))
+        Arc::new(Queue::new(
+            "q",
+            false,
+            None,
+            false,
+            FieldTable::default(),
+            args,
+            Weak::new(),
+        ))
     }
 
-    fn consumer(tag: &str, limit: u32, priority: i64) -> (Consumer, mpsc::UnboundedReceiver<QueueEvent>) {
+    fn consumer(
+        tag: &str,
+        limit: u32,
+        priority: i64,
+    ) -> (Consumer, mpsc::UnboundedReceiver<QueueEvent>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (
             Consumer {
@@ -819,7 +876,10 @@ mod tests {
 
     #[test]
     fn single_active_consumer_gets_everything_until_it_leaves() {
-        let q = queue(QueueArgs { single_active: true, ..Default::default() });
+        let q = queue(QueueArgs {
+            single_active: true,
+            ..Default::default()
+        });
         let (a, mut ra) = consumer("a", 0, 0);
         let (b, mut rb) = consumer("b", 0, 0);
         q.add_consumer(a, "/").unwrap();
@@ -834,7 +894,10 @@ mod tests {
 
     #[test]
     fn priority_levels_deliver_highest_first_fifo_within() {
-        let q = queue(QueueArgs { max_priority: Some(5), ..Default::default() });
+        let q = queue(QueueArgs {
+            max_priority: Some(5),
+            ..Default::default()
+        });
         let with = |b: &'static str, p: u8| {
             Arc::new(Message {
                 properties: amq_protocol::protocol::BasicProperties::default().with_priority(p),
@@ -845,7 +908,9 @@ mod tests {
         q.publish(with("high-a", 9));
         q.publish(with("high-b", 5));
         q.publish(with("none", 0));
-        let order: Vec<_> = std::iter::from_fn(|| q.get()).map(|(e, _)| e.msg.body.clone()).collect();
+        let order: Vec<_> = std::iter::from_fn(|| q.get())
+            .map(|(e, _)| e.msg.body.clone())
+            .collect();
         assert_eq!(order, [&b"high-a"[..], b"high-b", b"low", b"none"]);
     }
 
@@ -859,18 +924,28 @@ mod tests {
         let (second, _) = q.get().unwrap();
         q.requeue([second, first]);
         let order: Vec<_> = std::iter::from_fn(|| q.get()).map(|(e, _)| e).collect();
-        assert_eq!(order.iter().map(|e| &e.msg.body[..]).collect::<Vec<_>>(), [b"1", b"2", b"3"]);
+        assert_eq!(
+            order.iter().map(|e| &e.msg.body[..]).collect::<Vec<_>>(),
+            [b"1", b"2", b"3"]
+        );
         assert!(order[0].redelivered && order[1].redelivered && !order[2].redelivered);
     }
 
     #[test]
     fn drop_head_and_reject_publish() {
-        let q = queue(QueueArgs { max_length: Some(2), ..Default::default() });
+        let q = queue(QueueArgs {
+            max_length: Some(2),
+            ..Default::default()
+        });
         for m in ["1", "2", "3"] {
             assert!(q.publish(msg(m)));
         }
         assert_eq!(q.get().unwrap().0.msg.body, "2");
-        let r = queue(QueueArgs { max_length: Some(1), overflow: Overflow::RejectPublish, ..Default::default() });
+        let r = queue(QueueArgs {
+            max_length: Some(1),
+            overflow: Overflow::RejectPublish,
+            ..Default::default()
+        });
         assert!(r.publish(msg("1")));
         assert!(!r.publish(msg("2")));
         assert_eq!(r.message_count(), 1);
@@ -878,21 +953,33 @@ mod tests {
 
     #[test]
     fn delivery_limit_counts_returns_and_sets_the_header() {
-        let q = queue(QueueArgs { delivery_limit: Some(1), ..Default::default() });
+        let q = queue(QueueArgs {
+            delivery_limit: Some(1),
+            ..Default::default()
+        });
         q.publish(msg("m"));
         let (e, _) = q.get().unwrap();
         q.requeue([e]);
         let (e, _) = q.get().unwrap();
         assert_eq!(e.delivery_count, 1);
         let h = e.msg.properties.headers().clone().unwrap();
-        assert_eq!(h.inner().get("x-delivery-count"), Some(&AMQPValue::LongLongInt(1)));
+        assert_eq!(
+            h.inner().get("x-delivery-count"),
+            Some(&AMQPValue::LongLongInt(1))
+        );
         q.requeue([e]);
-        assert!(q.get().is_none(), "over the limit: dead-lettered (dropped without a DLX)");
+        assert!(
+            q.get().is_none(),
+            "over the limit: dead-lettered (dropped without a DLX)"
+        );
     }
 
     #[test]
     fn ttl_zero_is_deliver_now_or_never() {
-        let q = queue(QueueArgs { message_ttl: Some(0), ..Default::default() });
+        let q = queue(QueueArgs {
+            message_ttl: Some(0),
+            ..Default::default()
+        });
         q.publish(msg("lost"));
         assert_eq!(q.message_count(), 0);
         let (c, mut rc) = consumer("c", 0, 0);

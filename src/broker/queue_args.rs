@@ -152,7 +152,10 @@ mod tests {
             &t(&[
                 ("x-message-ttl", AMQPValue::LongInt(500)),
                 ("x-max-length", AMQPValue::LongInt(10)),
-                ("x-dead-letter-exchange", AMQPValue::LongString("arg".into())),
+                (
+                    "x-dead-letter-exchange",
+                    AMQPValue::LongString("arg".into()),
+                ),
             ]),
             Some(&p),
         );
@@ -165,7 +168,10 @@ mod tests {
 
     #[test]
     fn quorum_queues_default_to_a_delivery_limit_of_20() {
-        let a = QueueArgs::new(&t(&[("x-queue-type", AMQPValue::LongString("quorum".into()))]), None);
+        let a = QueueArgs::new(
+            &t(&[("x-queue-type", AMQPValue::LongString("quorum".into()))]),
+            None,
+        );
         assert_eq!(a.delivery_limit, Some(20));
         let b = QueueArgs::new(
             &t(&[

@@ -594,20 +594,35 @@ impl VHost {
     /// bindings (each exchange visited once, so cycles terminate), falls back to alternate
     /// exchanges when nothing matched, routes the extra `CC` / `BCC` keys, delivers direct
     /// reply-to messages, and reports each queue once.
-    pub fn route(&self, exchange: &Arc<Exchange>, msg: &Arc<Message>, out: &mut Vec<Arc<Queue>>) -> Routed {
+    pub fn route(
+        &self,
+        exchange: &Arc<Exchange>,
+        msg: &Arc<Message>,
+        out: &mut Vec<Arc<Queue>>,
+    ) -> Routed {
         let mut routed = Routed::default();
         let headers = msg.properties.headers().as_ref();
         let extra = |k: &str| match headers.and_then(|h| h.inner().get(k)) {
-            Some(AMQPValue::FieldArray(a)) => a.as_slice().iter().filter_map(crate::broker::args::as_bytes).collect(),
+            Some(AMQPValue::FieldArray(a)) => a
+                .as_slice()
+                .iter()
+                .filter_map(crate::broker::args::as_bytes)
+                .collect(),
             _ => Vec::new(),
         };
-        let (cc, bcc): (Vec<&[u8]>, Vec<&[u8]>) = if headers.is_some() { (extra("CC"), extra("BCC")) } else { (Vec::new(), Vec::new()) };
+        let (cc, bcc): (Vec<&[u8]>, Vec<&[u8]>) = if headers.is_some() {
+            (extra("CC"), extra("BCC"))
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let mut route_key = |key: &str, routed: &mut Routed| {
             if exchange.name.is_empty() {
                 // The default exchange binds every queue by its name, implicitly.
                 if let Some(q) = self.queues.get(key) {
                     out.push(q.clone());
-                } else if key.starts_with(REPLY_TO) && let Some(t) = self.replies.get(key) {
+                } else if key.starts_with(REPLY_TO)
+                    && let Some(t) = self.replies.get(key)
+                {
                     let _ = t.sink.send(QueueEvent::Reply {
                         channel: t.channel,
                         consumer_tag: t.consumer_tag.clone(),
@@ -632,7 +647,12 @@ impl VHost {
         if headers.is_some_and(|h| h.contains_key("BCC")) {
             // BCC recipients must stay hidden: strip it before anyone sees the message.
             let mut h = headers.cloned().unwrap_or_default();
-            let kept: std::collections::BTreeMap<_, _> = h.inner().iter().filter(|(k, _)| k.as_str() != "BCC").map(|(k, v)| (k.clone(), v.clone())).collect();
+            let kept: std::collections::BTreeMap<_, _> = h
+                .inner()
+                .iter()
+                .filter(|(k, _)| k.as_str() != "BCC")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             h = FieldTable::from(kept);
             let properties = msg.properties.clone().with_headers(h);
             routed.message = Some(Arc::new(Message {
@@ -646,7 +666,13 @@ impl VHost {
         routed
     }
 
-    fn route_key(&self, exchange: &Arc<Exchange>, key: &str, msg: &Message, out: &mut Vec<Arc<Queue>>) {
+    fn route_key(
+        &self,
+        exchange: &Arc<Exchange>,
+        key: &str,
+        msg: &Message,
+        out: &mut Vec<Arc<Queue>>,
+    ) {
         let mut visited: Vec<Arc<str>> = Vec::new();
         let mut pending: Vec<Arc<str>> = Vec::new();
         let mut current = exchange.clone();

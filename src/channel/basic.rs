@@ -15,10 +15,10 @@ use bytes::Bytes;
 use super::{
     Channel, ConsumerInfo, Ctx, Mode, Settle, TxPublish, Unacked, discard_grouped, requeue_grouped,
 };
-use crate::broker::vhost::{REPLY_TO, ReplyTarget};
 use crate::broker::message::Message;
 use crate::broker::names;
 use crate::broker::queue::{Consumer, Credit, NO_ACK_WINDOW};
+use crate::broker::vhost::{REPLY_TO, ReplyTarget};
 use crate::error::{AmqpError, Result};
 use crate::protocol::{self, content::Content};
 
@@ -117,7 +117,9 @@ impl Channel {
     /// channel; replies published to it come straight here, no queue involved.
     fn reply_consume(&mut self, ctx: &mut Ctx<'_>, m: b::Consume) -> Result<()> {
         if !m.no_ack {
-            return Err(AmqpError::precondition_failed("reply consumer cannot acknowledge"));
+            return Err(AmqpError::precondition_failed(
+                "reply consumer cannot acknowledge",
+            ));
         }
         if self.reply.is_some() {
             return Err(AmqpError::precondition_failed("reply consumer already set"));
@@ -145,7 +147,11 @@ impl Channel {
     }
 
     pub(super) fn basic_cancel(&mut self, ctx: &mut Ctx<'_>, m: b::Cancel) -> Result<()> {
-        if self.reply.as_ref().is_some_and(|(t, _)| **t == *m.consumer_tag.as_str()) {
+        if self
+            .reply
+            .as_ref()
+            .is_some_and(|(t, _)| **t == *m.consumer_tag.as_str())
+        {
             if let Some((_, name)) = self.reply.take() {
                 ctx.vhost.unregister_reply(&name);
             }
@@ -178,10 +184,16 @@ impl Channel {
     pub(super) fn publish_content(&mut self, ctx: &mut Ctx<'_>, mut c: Content) -> Result<()> {
         let fail = |e: AmqpError| e.with_method(60, 40);
         validate_properties(&c.properties, ctx.user).map_err(fail)?;
-        if c.properties.reply_to().as_ref().is_some_and(|r| r.as_str() == REPLY_TO) {
+        if c.properties
+            .reply_to()
+            .as_ref()
+            .is_some_and(|r| r.as_str() == REPLY_TO)
+        {
             // Direct reply-to: the pseudo-name becomes this channel's routable reply name.
             let Some((_, name)) = &self.reply else {
-                return Err(fail(AmqpError::precondition_failed("fast reply consumer does not exist")));
+                return Err(fail(AmqpError::precondition_failed(
+                    "fast reply consumer does not exist",
+                )));
             };
             c.properties = c.properties.with_reply_to(name.as_str().into());
             c.raw_properties = protocol::encode_properties(&c.properties);

@@ -290,8 +290,18 @@ impl Channel {
 
     /// Writes a direct reply-to message to the channel's reply consumer (no ack, no tag
     /// bookkeeping beyond the counter).
-    pub fn handle_reply(&mut self, ctx: &mut Ctx<'_>, consumer_tag: &str, msg: &crate::broker::message::Message) {
-        if self.closing || self.reply.as_ref().is_none_or(|(t, _)| &**t != consumer_tag) {
+    pub fn handle_reply(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        consumer_tag: &str,
+        msg: &crate::broker::message::Message,
+    ) {
+        if self.closing
+            || self
+                .reply
+                .as_ref()
+                .is_none_or(|(t, _)| &**t != consumer_tag)
+        {
             return;
         }
         let tag = self.next_tag;
@@ -305,7 +315,13 @@ impl Channel {
             msg.exchange.as_str(),
             msg.routing_key.as_str(),
         );
-        protocol::write_content(ctx.out, self.id, &msg.raw_properties, &msg.body, ctx.frame_max);
+        protocol::write_content(
+            ctx.out,
+            self.id,
+            &msg.raw_properties,
+            &msg.body,
+            ctx.frame_max,
+        );
     }
 
     /// A queue cancelled one of this channel's consumers (it was deleted). Returns whether

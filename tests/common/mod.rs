@@ -173,7 +173,13 @@ impl Raw {
 
     /// Opens channel `ch` and waits for open-ok.
     pub async fn open_channel(&mut self, ch: u16) {
-        self.send(ch, AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::Open(Default::default()))).await;
+        self.send(
+            ch,
+            AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::Open(
+                Default::default(),
+            )),
+        )
+        .await;
         self.expect_method().await;
     }
 
@@ -186,8 +192,18 @@ impl Raw {
         body: &[u8],
     ) {
         let mut out = BytesMut::new();
-        warren::protocol::write_method(&mut out, ch, &AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Publish(publish)));
-        warren::protocol::write_content(&mut out, ch, &warren::protocol::encode_properties(props), body, 131072);
+        warren::protocol::write_method(
+            &mut out,
+            ch,
+            &AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Publish(publish)),
+        );
+        warren::protocol::write_content(
+            &mut out,
+            ch,
+            &warren::protocol::encode_properties(props),
+            body,
+            131072,
+        );
         self.send_raw(&out).await;
     }
 
