@@ -70,8 +70,19 @@ async fn serve(config: Config) -> ExitCode {
             println!("warren listening on {a}");
         }
     }
-    let broker = Arc::new(Broker::new(config));
-    warren::server::run(listeners, broker, stop_signal()).await;
+    let data_dir = config.data_dir.clone();
+    let broker = match Broker::open(config) {
+        Ok(b) => Arc::new(b),
+        Err(e) => {
+            eprintln!(
+                "warren: cannot open the data dir {}: {e}",
+                data_dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    warren::server::run(listeners, broker.clone(), stop_signal()).await;
+    broker.flush();
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }

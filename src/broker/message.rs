@@ -25,6 +25,11 @@ pub struct Message {
 }
 
 impl Message {
+    /// Delivery mode 2: kept on disk when routed to a durable queue.
+    pub fn is_persistent(&self) -> bool {
+        *self.properties.delivery_mode() == Some(2)
+    }
+
     /// Body size in bytes.
     pub fn size(&self) -> usize {
         self.body.len()
@@ -46,4 +51,6 @@ pub struct Entry {
     pub expires_at: Option<u64>,
     /// Failed deliveries so far (counted when the queue has a delivery limit).
     pub delivery_count: u32,
+    /// Its record in the message log (persistent messages in durable queues).
+    pub store_id: Option<crate::store::MsgId>,
 }

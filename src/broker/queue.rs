@@ -27,6 +27,7 @@ use crate::broker::message::{Entry, Message};
 use crate::broker::queue_args::{Overflow, QueueArgs};
 use crate::broker::vhost::VHost;
 use crate::error::{AmqpError, Result};
+use crate::store::{MessageStore, Seq};
 
 /// How many deliveries a no-ack consumer may have pushed but not yet written to its socket
 /// (RabbitMQ's queue-side unsent-message limit plays the same role).
@@ -72,6 +73,27 @@ pub enum QueueEvent {
         /// The consumer.
         consumer_tag: Arc<str>,
     },
+}
+
+/// What became of a publish to one queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Published {
+    /// Enqueued (or delivered); with the log record to wait for before confirming, if any.
+    Accepted(Option<Seq>),
+    /// Refused by a `reject-publish` length limit: nack it.
+    Rejected,
+    /// The message log failed (fail-stop): nack it, or close with 541.
+    Failed,
+}
+
+/// The key of a queue's records in the message log.
+pub fn store_key(vhost: &str, queue: &str) -> Arc<str> {
+    format!("{vhost}\0{queue}").into()
+}
+
+thread_local! {
+    /// Reused encoding buffer for log records: no allocation per persistent publish.
+    static ENCODE_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The sender half of a connection's delivery inbox.
@@ -229,6 +251,27 @@ impl State {
     }
 }
 
+/// Everything a queue is made from.
+#[derive(Debug)]
+pub struct QueueInit<'a> {
+    /// Name.
+    pub name: &'a str,
+    /// Survives restarts.
+    pub durable: bool,
+    /// Owning connection, for exclusive queues.
+    pub owner: Option<u64>,
+    /// Deleted after its last consumer leaves.
+    pub auto_delete: bool,
+    /// Declared arguments.
+    pub arguments: FieldTable,
+    /// Effective settings.
+    pub args: QueueArgs,
+    /// Its vhost, for dead-lettering and self-deletion.
+    pub vhost: Weak<VHost>,
+    /// The message log and the vhost's name, for durable queues with persistence on.
+    pub store: Option<(Arc<MessageStore>, &'a str)>,
+}
+
 /// A queue.
 #[derive(Debug)]
 pub struct Queue {
@@ -245,6 +288,10 @@ pub struct Queue {
     /// Effective settings (arguments merged with the matching policy).
     pub args: QueueArgs,
     vhost: Weak<VHost>,
+    /// The message log, for durable queues when persistence is on.
+    store: Option<Arc<MessageStore>>,
+    /// This queue's name in the log (`vhost NUL name`).
+    store_key: Arc<str>,
     deleted: AtomicBool,
     missing_dlx_logged: AtomicBool,
     state: Mutex<State>,
@@ -253,17 +300,25 @@ pub struct Queue {
 
 impl Queue {
     /// A new empty queue. Call [`Queue::start_timer`] once it is in an `Arc`.
-    pub fn new(
-        name: &str,
-        durable: bool,
-        owner: Option<u64>,
-        auto_delete: bool,
-        arguments: FieldTable,
-        args: QueueArgs,
-        vhost: Weak<VHost>,
-    ) -> Self {
+    pub fn new(init: QueueInit<'_>) -> Self {
+        let QueueInit {
+            name,
+            durable,
+            owner,
+            auto_delete,
+            arguments,
+            args,
+            vhost,
+            store,
+        } = init;
         let levels = usize::from(args.max_priority.unwrap_or(0)) + 1;
+        let (store, store_key) = match store {
+            Some((s, vhost_name)) if durable => (Some(s), store_key(vhost_name, name)),
+            _ => (None, Arc::from("")),
+        };
         Self {
+            store,
+            store_key,
             name: name.into(),
             durable,
             owner,
@@ -371,11 +426,12 @@ impl Queue {
         }
     }
 
-    /// Appends a message and delivers what credit allows. Returns false when a
-    /// `reject-publish` limit refused it (publishers in confirm mode get a nack).
-    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> bool {
+    /// Appends a message and delivers what credit allows. A persistent message in a durable
+    /// queue is also appended to the message log; the result says what to wait for before
+    /// confirming it.
+    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> Published {
         if self.is_deleted() {
-            return true;
+            return Published::Accepted(None);
         }
         let now = now_ms();
         let expires_at = self.expiry(&msg, now);
@@ -383,7 +439,7 @@ impl Queue {
         let priority = self.priority_of(&msg);
         let (msg, delivery_count) = self.carried_count(msg);
         let mut dead = Vec::new();
-        let accepted = {
+        let result = {
             let mut s = self.state.lock();
             let over = self.over_limit(&s, 1, msg.size());
             if over && self.args.overflow != Overflow::DropHead {
@@ -391,12 +447,21 @@ impl Queue {
                     let seq = s.next_seq;
                     dead.push((Entry::new(seq, msg, priority, expires_at), Reason::Maxlen));
                 }
-                false
+                Published::Rejected
             } else {
                 let seq = s.next_seq;
-                s.next_seq += 1;
                 let mut entry = Entry::new(seq, msg, priority, expires_at);
                 entry.delivery_count = delivery_count;
+                // Appending under the queue lock keeps log order equal to queue order; the
+                // store's own lock is short and never waits on I/O.
+                let logged = match self.log(&entry) {
+                    Ok(logged) => logged,
+                    Err(()) => return Published::Failed,
+                };
+                if let Some((id, _)) = logged {
+                    entry.store_id = Some(id);
+                }
+                s.next_seq += 1;
                 s.push(entry);
                 self.dispatch_locked(&mut s, &mut dead);
                 // TTL 0: delivered just now or never.
@@ -419,11 +484,58 @@ impl Queue {
                         None => break,
                     }
                 }
-                true
+                Published::Accepted(logged.map(|(_, seq)| seq))
             }
         };
         self.dead_letter(dead);
-        accepted
+        result
+    }
+
+    /// Writes a persistent message to the log (durable queues only).
+    #[allow(clippy::result_unit_err)]
+    fn log(&self, e: &Entry) -> std::result::Result<Option<(crate::store::MsgId, Seq)>, ()> {
+        let Some(store) = &self.store else {
+            return Ok(None);
+        };
+        if !e.msg.is_persistent() {
+            return Ok(None);
+        }
+        ENCODE_BUF.with_borrow_mut(|buf| {
+            crate::broker::persist::encode(&e.msg, e.expires_at, e.priority, e.delivery_count, buf);
+            match store.append_publish(&self.store_key, buf) {
+                Ok(a) => Ok(Some((a.id, a.seq))),
+                Err(err) => {
+                    // The store logs the cause once; this names the queue.
+                    tracing::debug!(queue = %self.name, "message log refused a write: {err}");
+                    Err(())
+                }
+            }
+        })
+    }
+
+    /// The message left the queue for good (acked, dropped, dead-lettered): its log record
+    /// is dead.
+    pub fn settled(&self, e: &Entry) {
+        if let (Some(store), Some(id)) = (&self.store, e.store_id) {
+            store.ack(id);
+        }
+    }
+
+    /// Puts recovered messages back, in log order, at boot.
+    pub fn restore(
+        self: &Arc<Self>,
+        entries: impl IntoIterator<Item = (crate::broker::persist::Stored, crate::store::MsgId, bool)>,
+    ) {
+        let mut s = self.state.lock();
+        for (stored, id, delivered) in entries {
+            let seq = s.next_seq;
+            s.next_seq += 1;
+            let mut e = Entry::new(seq, stored.msg, stored.priority, stored.expires_at);
+            e.delivery_count = stored.delivery_count;
+            e.redelivered = delivered;
+            e.store_id = Some(id);
+            s.push(e);
+        }
     }
 
     /// With delivery counting on, a message coming back to this queue through a dead-letter
@@ -581,6 +693,7 @@ impl Queue {
             let Some(i) = chosen else { return };
             let entry = s.pop().expect("len checked");
             let c = &s.consumers[i];
+            self.mark_delivered(&entry, c.no_ack);
             let event = QueueEvent::Deliver {
                 channel: c.channel,
                 consumer_tag: c.tag.clone(),
@@ -613,8 +726,20 @@ impl Queue {
         }
     }
 
+    /// Tells the log a message went out: no-ack deliveries are settled at once; others get a
+    /// delivered mark, so recovery can set `redelivered`.
+    fn mark_delivered(&self, e: &Entry, no_ack: bool) {
+        if let (Some(store), Some(id)) = (&self.store, e.store_id) {
+            if no_ack {
+                store.ack(id);
+            } else if !e.redelivered {
+                store.delivered(id);
+            }
+        }
+    }
+
     /// Takes the head message for `basic.get`, with the count left behind.
-    pub fn get(self: &Arc<Self>) -> Option<(Entry, u32)> {
+    pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(Entry, u32)> {
         let mut dead = Vec::new();
         let got = {
             let mut s = self.state.lock();
@@ -622,6 +747,9 @@ impl Queue {
             s.last_used = now;
             s.expire_heads(now, &mut dead);
             let got = s.pop();
+            if let Some(e) = &got {
+                self.mark_delivered(e, no_ack);
+            }
             // Taking the head exposes the next one: if it has expired, it goes now.
             s.expire_heads(now, &mut dead);
             got.map(|e| (e, s.len as u32))
@@ -689,7 +817,13 @@ impl Queue {
 
     /// Drops every ready message; returns how many.
     pub fn purge(&self) -> u32 {
-        self.state.lock().clear() as u32
+        let mut s = self.state.lock();
+        if self.store.is_some() {
+            for e in s.levels.iter().flatten() {
+                self.settled(e);
+            }
+        }
+        s.clear() as u32
     }
 
     /// Ready messages.
@@ -706,6 +840,9 @@ impl Queue {
     /// consumers, who the caller notifies.
     pub fn mark_deleted(&self) -> (u32, Vec<Consumer>) {
         self.deleted.store(true, Ordering::Release);
+        if let Some(store) = &self.store {
+            store.delete_queue(&self.store_key);
+        }
         self.timer.notify_one();
         let mut s = self.state.lock();
         let n = s.clear() as u32;
@@ -716,6 +853,9 @@ impl Queue {
     fn dead_letter(&self, dead: Vec<(Entry, Reason)>) {
         if dead.is_empty() {
             return;
+        }
+        for (e, _) in &dead {
+            self.settled(e);
         }
         if self.args.dlx.is_none() && self.args.delivery_limit_exchange.is_none() {
             return;
@@ -752,7 +892,7 @@ impl Queue {
                     tracing::debug!(queue = %q.name, "dead-letter cycle: message dropped");
                     continue;
                 }
-                q.publish(m.clone());
+                let _ = q.publish(m.clone());
             }
         }
     }
@@ -767,6 +907,7 @@ impl Entry {
             priority,
             expires_at,
             delivery_count: 0,
+            store_id: None,
         }
     }
 }
@@ -801,15 +942,16 @@ mod tests {
     }
 
     fn queue(args: QueueArgs) -> Arc<Queue> {
-        Arc::new(Queue::new(
-            "q",
-            false,
-            None,
-            false,
-            FieldTable::default(),
+        Arc::new(Queue::new(QueueInit {
+            name: "q",
+            durable: false,
+            owner: None,
+            auto_delete: false,
+            arguments: FieldTable::default(),
             args,
-            Weak::new(),
-        ))
+            vhost: Weak::new(),
+            store: None,
+        }))
     }
 
     fn consumer(
@@ -908,7 +1050,7 @@ mod tests {
         q.publish(with("high-a", 9));
         q.publish(with("high-b", 5));
         q.publish(with("none", 0));
-        let order: Vec<_> = std::iter::from_fn(|| q.get())
+        let order: Vec<_> = std::iter::from_fn(|| q.get(false))
             .map(|(e, _)| e.msg.body.clone())
             .collect();
         assert_eq!(order, [&b"high-a"[..], b"high-b", b"low", b"none"]);
@@ -920,10 +1062,12 @@ mod tests {
         for m in ["1", "2", "3"] {
             q.publish(msg(m));
         }
-        let (first, _) = q.get().unwrap();
-        let (second, _) = q.get().unwrap();
+        let (first, _) = q.get(false).unwrap();
+        let (second, _) = q.get(false).unwrap();
         q.requeue([second, first]);
-        let order: Vec<_> = std::iter::from_fn(|| q.get()).map(|(e, _)| e).collect();
+        let order: Vec<_> = std::iter::from_fn(|| q.get(false))
+            .map(|(e, _)| e)
+            .collect();
         assert_eq!(
             order.iter().map(|e| &e.msg.body[..]).collect::<Vec<_>>(),
             [b"1", b"2", b"3"]
@@ -938,16 +1082,16 @@ mod tests {
             ..Default::default()
         });
         for m in ["1", "2", "3"] {
-            assert!(q.publish(msg(m)));
+            assert_eq!(q.publish(msg(m)), Published::Accepted(None));
         }
-        assert_eq!(q.get().unwrap().0.msg.body, "2");
+        assert_eq!(q.get(false).unwrap().0.msg.body, "2");
         let r = queue(QueueArgs {
             max_length: Some(1),
             overflow: Overflow::RejectPublish,
             ..Default::default()
         });
-        assert!(r.publish(msg("1")));
-        assert!(!r.publish(msg("2")));
+        assert_eq!(r.publish(msg("1")), Published::Accepted(None));
+        assert_eq!(r.publish(msg("2")), Published::Rejected);
         assert_eq!(r.message_count(), 1);
     }
 
@@ -958,9 +1102,9 @@ mod tests {
             ..Default::default()
         });
         q.publish(msg("m"));
-        let (e, _) = q.get().unwrap();
+        let (e, _) = q.get(false).unwrap();
         q.requeue([e]);
-        let (e, _) = q.get().unwrap();
+        let (e, _) = q.get(false).unwrap();
         assert_eq!(e.delivery_count, 1);
         let h = e.msg.properties.headers().clone().unwrap();
         assert_eq!(
@@ -969,7 +1113,7 @@ mod tests {
         );
         q.requeue([e]);
         assert!(
-            q.get().is_none(),
+            q.get(false).is_none(),
             "over the limit: dead-lettered (dropped without a DLX)"
         );
     }

@@ -16,10 +16,12 @@ use parking_lot::Mutex;
 use crate::broker::args::{self, QUEUE_ARGS};
 use crate::broker::exchange::{Dest, Exchange, ExchangeKind};
 use crate::broker::message::Message;
-use crate::broker::queue::{DeliverySink, Queue, QueueEvent};
+use crate::broker::queue::{DeliverySink, Queue, QueueEvent, QueueInit};
 use crate::broker::queue_args::{QueueArgs, matching_policy};
+use crate::broker::{Persistence, blocking};
 use crate::config::Policy;
 use crate::error::{AmqpError, Result};
+use crate::store::definitions::{BindingDef, Definitions, ExchangeDef, Loaded, QueueDef};
 
 /// Exchanges every vhost has, with their types (the default exchange is `""`).
 const PREDECLARED: &[(&str, ExchangeKind)] = &[
@@ -104,6 +106,7 @@ pub struct VHost {
     queues: DashMap<Arc<str>, Arc<Queue>>,
     replies: DashMap<String, ReplyTarget>,
     topology: Mutex<()>,
+    persist: Option<Arc<Persistence>>,
 }
 
 /// Names starting with `amq.` are the broker's; clients may not create them.
@@ -113,8 +116,9 @@ pub fn reserved(name: &str) -> bool {
 
 impl VHost {
     /// A vhost with the predeclared exchanges and the configured policies.
-    pub fn new(name: &str, policies: Vec<Policy>) -> Arc<Self> {
+    pub fn new(name: &str, policies: Vec<Policy>, persist: Option<Arc<Persistence>>) -> Arc<Self> {
         let v = Arc::new_cyclic(|me| Self {
+            persist,
             name: name.into(),
             me: me.clone(),
             policies,
@@ -128,6 +132,116 @@ impl VHost {
             v.exchanges.insert(x.name.clone(), Arc::new(x));
         }
         v
+    }
+
+    /// Writes a definition change (flushed and synced) before the caller answers `*-ok`.
+    fn save(&self, f: impl FnOnce(&Definitions) -> std::io::Result<()>) -> Result<()> {
+        let Some(p) = &self.persist else {
+            return Ok(());
+        };
+        blocking(|| f(&p.defs)).map_err(|e| {
+            tracing::error!(vhost = %self.name, "cannot store definitions: {e}");
+            AmqpError::internal_error(format!("cannot store definitions: {e}"))
+        })
+    }
+
+    /// The stored form of a binding, if both ends are durable (RabbitMQ's rule).
+    fn binding_def(
+        &self,
+        source: &Exchange,
+        dest: &Dest,
+        key: &str,
+        a: &FieldTable,
+    ) -> Option<BindingDef> {
+        let (destination, to_exchange, durable) = match dest {
+            Dest::Queue(q) => (q.name.to_string(), false, q.durable && q.owner.is_none()),
+            Dest::Exchange(n) => (
+                n.to_string(),
+                true,
+                self.exchange(n).is_some_and(|x| x.durable),
+            ),
+        };
+        (source.durable && durable && !source.name.is_empty()).then(|| BindingDef {
+            vhost: self.name.clone(),
+            source: source.name.to_string(),
+            destination,
+            to_exchange,
+            key: key.into(),
+            arguments: a.clone(),
+        })
+    }
+
+    /// Rebuilds durable topology and queued messages at boot.
+    pub fn restore(&self, loaded: &Loaded, recovery: &mut crate::store::Recovery) {
+        for x in loaded.exchanges.iter().filter(|x| x.vhost == self.name) {
+            let Ok(kind) = ExchangeKind::parse(&x.kind) else {
+                continue;
+            };
+            let policy_ae = matching_policy(&self.policies, &x.name, false)
+                .and_then(|p| p.definition.alternate_exchange.clone());
+            let e = Exchange::new(
+                &x.name,
+                kind,
+                true,
+                x.auto_delete,
+                x.internal,
+                x.arguments.clone(),
+                policy_ae,
+            );
+            self.exchanges.insert(e.name.clone(), Arc::new(e));
+        }
+        for q in loaded.queues.iter().filter(|q| q.vhost == self.name) {
+            let args = QueueArgs::new(&q.arguments, matching_policy(&self.policies, &q.name, true));
+            let store = self
+                .persist
+                .as_ref()
+                .map(|p| (p.store.clone(), self.name.as_str()));
+            let queue = Arc::new(Queue::new(QueueInit {
+                name: &q.name,
+                durable: true,
+                owner: None,
+                auto_delete: q.auto_delete,
+                arguments: q.arguments.clone(),
+                args,
+                vhost: self.me.clone(),
+                store,
+            }));
+            if let Some(msgs) = recovery
+                .queues
+                .remove(&*crate::broker::queue::store_key(&self.name, &q.name))
+            {
+                let mut restored = Vec::with_capacity(msgs.len());
+                for m in msgs {
+                    match m.payload.and_then(crate::broker::persist::decode) {
+                        Some(stored) => restored.push((stored, m.id, m.delivered)),
+                        None => {
+                            tracing::warn!(queue = %q.name, "dropping an undecodable stored message");
+                            if let Some(p) = &self.persist {
+                                p.store.ack(m.id);
+                            }
+                        }
+                    }
+                }
+                tracing::info!(queue = %q.name, messages = restored.len(), "recovered queue");
+                queue.restore(restored);
+            }
+            queue.start_timer();
+            self.queues.insert(queue.name.clone(), queue);
+        }
+        for b in loaded.bindings.iter().filter(|b| b.vhost == self.name) {
+            let Some(src) = self.exchange(&b.source) else {
+                continue;
+            };
+            let dest = if b.to_exchange {
+                Dest::Exchange(b.destination.as_str().into())
+            } else {
+                match self.queues.get(b.destination.as_str()) {
+                    Some(q) => Dest::Queue(q.clone()),
+                    None => continue,
+                }
+            };
+            let _ = src.bind(dest, &b.key, &b.arguments);
+        }
     }
 
     /// Registers a direct reply-to consumer under a fresh routable name.
@@ -264,6 +378,18 @@ impl VHost {
             arguments.clone(),
             policy_ae,
         );
+        if x.durable {
+            self.save(|d| {
+                d.put_exchange(&ExchangeDef {
+                    vhost: self.name.clone(),
+                    name: name.into(),
+                    kind: kind.name().into(),
+                    auto_delete: flags.auto_delete,
+                    internal: flags.internal,
+                    arguments: arguments.clone(),
+                })
+            })?;
+        }
         self.exchanges.insert(x.name.clone(), Arc::new(x));
         Ok(())
     }
@@ -299,6 +425,9 @@ impl VHost {
     }
 
     fn remove_exchange_locked(&self, x: &Arc<Exchange>) {
+        if x.durable {
+            let _ = self.save(|d| d.delete_exchange(&self.name, &x.name));
+        }
         self.exchanges.remove(&x.name);
         self.unbind_everywhere_locked(&Dest::Exchange(x.name.clone()));
     }
@@ -344,7 +473,11 @@ impl VHost {
         }
         self.existing_exchange(destination)?;
         let src = self.bindable(source)?;
-        src.bind(Dest::Exchange(destination.into()), key, a)
+        let dest = Dest::Exchange(destination.into());
+        if let Some(def) = self.binding_def(&src, &dest, key, a) {
+            self.save(|d| d.put_binding(&def))?;
+        }
+        src.bind(dest, key, a)
     }
 
     /// `exchange.unbind`; a missing binding is fine.
@@ -366,10 +499,11 @@ impl VHost {
         }
         self.existing_exchange(destination)?;
         let src = self.bindable(source)?;
-        if src.unbind(&Dest::Exchange(destination.into()), key, a)
-            && src.auto_delete
-            && !src.has_bindings()
-        {
+        let dest = Dest::Exchange(destination.into());
+        if let Some(def) = self.binding_def(&src, &dest, key, a) {
+            self.save(|d| d.delete_binding(&def))?;
+        }
+        if src.unbind(&dest, key, a) && src.auto_delete && !src.has_bindings() {
             self.remove_exchange_locked(&src);
         }
         Ok(())
@@ -460,15 +594,32 @@ impl VHost {
         args::validate_queue_args(arguments, name, &self.name)?;
         check_queue_type(arguments, name, &self.name, flags)?;
         let args = QueueArgs::new(arguments, matching_policy(&self.policies, name, true));
-        let q = Arc::new(Queue::new(
+        // Exclusive queues never outlive their connection, restart or not: not stored.
+        let stored = flags.durable && !flags.exclusive;
+        if stored {
+            self.save(|d| {
+                d.put_queue(&QueueDef {
+                    vhost: self.name.clone(),
+                    name: name.into(),
+                    auto_delete: flags.auto_delete,
+                    arguments: arguments.clone(),
+                })
+            })?;
+        }
+        let store = match &self.persist {
+            Some(p) if stored => Some((p.store.clone(), self.name.as_str())),
+            _ => None,
+        };
+        let q = Arc::new(Queue::new(QueueInit {
             name,
-            flags.durable,
-            flags.exclusive.then_some(conn_id),
-            flags.auto_delete,
-            arguments.clone(),
+            durable: flags.durable,
+            owner: flags.exclusive.then_some(conn_id),
+            auto_delete: flags.auto_delete,
+            arguments: arguments.clone(),
             args,
-            self.me.clone(),
-        ));
+            vhost: self.me.clone(),
+            store,
+        }));
         q.start_timer();
         self.queues.insert(q.name.clone(), q.clone());
         Ok(Declared {
@@ -495,7 +646,11 @@ impl VHost {
         let _t = self.topology.lock();
         let q = self.queue(queue, conn_id)?;
         let x = self.bindable(exchange)?;
-        x.bind(Dest::Queue(q), key, a)
+        let dest = Dest::Queue(q);
+        if let Some(def) = self.binding_def(&x, &dest, key, a) {
+            self.save(|d| d.put_binding(&def))?;
+        }
+        x.bind(dest, key, a)
     }
 
     /// `queue.unbind`; a missing binding is fine.
@@ -531,6 +686,9 @@ impl VHost {
             // another connection's exclusive queue, but 405 for an existing one.
             if q.owner.is_some_and(|o| o != conn_id) {
                 return Err(self.locked(queue));
+            }
+            if let Some(def) = self.binding_def(&x, &dest, key, a) {
+                self.save(|d| d.delete_binding(&def))?;
             }
             if x.unbind(&dest, key, a) && x.auto_delete && !x.has_bindings() {
                 self.remove_exchange_locked(&x);
@@ -579,6 +737,9 @@ impl VHost {
             .queues
             .remove_if(&q.name, |_, v| std::ptr::eq(Arc::as_ptr(v), q));
         let Some((_, q)) = removed else { return 0 };
+        if q.durable && q.owner.is_none() {
+            let _ = self.save(|d| d.delete_queue(&self.name, &q.name));
+        }
         self.unbind_everywhere_locked(&Dest::Queue(q.clone()));
         let (n, consumers) = q.mark_deleted();
         for c in consumers {

@@ -5,6 +5,7 @@
 //! resolves the exchange and collects the target queues, and each queue takes its own lock to
 //! enqueue. Confirms are coalesced per batch of input into one `basic.ack multiple=true`.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -17,7 +18,7 @@ use super::{
 };
 use crate::broker::message::Message;
 use crate::broker::names;
-use crate::broker::queue::{Consumer, Credit, NO_ACK_WINDOW};
+use crate::broker::queue::{Consumer, Credit, NO_ACK_WINDOW, Published};
 use crate::broker::vhost::{REPLY_TO, ReplyTarget};
 use crate::error::{AmqpError, Result};
 use crate::protocol::{self, content::Content};
@@ -217,7 +218,7 @@ impl Channel {
             });
             return Ok(());
         }
-        let accepted = self.route(
+        let outcome = self.route(
             ctx,
             c.publish,
             c.properties,
@@ -225,22 +226,40 @@ impl Channel {
             c.body,
             &exchange,
         );
-        if let Mode::Confirm { last_seq, ack_upto } = &mut self.mode {
-            *last_seq += 1;
-            if accepted {
-                *ack_upto = Some(*last_seq);
-            } else {
-                // A nack breaks the run of acks: write what is pending, then the nack.
-                if let Some(upto) = ack_upto.take() {
-                    protocol::write_confirm(ctx.out, self.id, upto, true, true);
+        match &mut self.mode {
+            Mode::Confirm {
+                last_seq,
+                ack_upto,
+                pending,
+            } => {
+                *last_seq += 1;
+                match outcome {
+                    Published::Accepted(wait) => {
+                        // Confirms go out in order: behind a message still waiting for the
+                        // disk, everything waits.
+                        if wait.is_some() || !pending.is_empty() {
+                            pending.push_back((*last_seq, wait.unwrap_or_default()));
+                        } else {
+                            *ack_upto = Some(*last_seq);
+                        }
+                    }
+                    Published::Rejected | Published::Failed => {
+                        protocol::write_confirm(ctx.out, self.id, *last_seq, false, false);
+                    }
                 }
-                protocol::write_confirm(ctx.out, self.id, *last_seq, false, false);
             }
+            _ if outcome == Published::Failed => {
+                return Err(AmqpError::internal_error(
+                    "the message store failed; persistent messages are not accepted",
+                ));
+            }
+            _ => {}
         }
         Ok(())
     }
 
-    /// Routes and enqueues one message; false when a queue refused it (reject-publish).
+    /// Routes and enqueues one message. The outcome is the worst over its queues (a refusal
+    /// or a store failure wins), with the newest log record to wait for.
     #[must_use]
     fn route(
         &mut self,
@@ -250,7 +269,7 @@ impl Channel {
         raw_properties: Bytes,
         body: Bytes,
         exchange: &Arc<crate::broker::exchange::Exchange>,
-    ) -> bool {
+    ) -> Published {
         let msg = Arc::new(Message {
             exchange: publish.exchange,
             routing_key: publish.routing_key,
@@ -260,7 +279,7 @@ impl Channel {
         });
         let mut targets = std::mem::take(&mut self.route_buf);
         let routed = ctx.vhost.route(exchange, &msg, &mut targets);
-        let mut accepted = true;
+        let mut outcome = Published::Accepted(None);
         if targets.is_empty() && !routed.replied {
             if publish.mandatory {
                 ctx.send(
@@ -283,17 +302,23 @@ impl Channel {
         } else {
             let msg = routed.message.unwrap_or(msg);
             for q in targets.drain(..) {
-                accepted &= q.publish(msg.clone());
+                outcome = match (outcome, q.publish(msg.clone())) {
+                    (Published::Failed, _) | (_, Published::Failed) => Published::Failed,
+                    (Published::Rejected, _) | (_, Published::Rejected) => Published::Rejected,
+                    (Published::Accepted(a), Published::Accepted(b)) => {
+                        Published::Accepted(a.max(b))
+                    }
+                };
             }
         }
         self.route_buf = targets;
-        accepted
+        outcome
     }
 
     pub(super) fn basic_get(&mut self, ctx: &mut Ctx<'_>, m: b::Get) -> Result<()> {
         let name = self.queue_name(m.queue.as_str())?;
         let queue = ctx.vhost.queue(&name, ctx.conn_id)?;
-        let Some((entry, remaining)) = queue.get() else {
+        let Some((entry, remaining)) = queue.get(m.no_ack) else {
             ctx.send(
                 self.id,
                 AMQPClass::Basic(b::AMQPMethod::GetEmpty(b::GetEmpty {})),
@@ -373,6 +398,9 @@ impl Channel {
                 c.release(1);
                 ctx.kick(&u.queue);
             }
+            if how == Settle::Ack {
+                u.queue.settled(&u.entry);
+            }
         }
         if how == Settle::Discard {
             discard_grouped(taken);
@@ -416,6 +444,7 @@ impl Channel {
                 self.mode = Mode::Confirm {
                     last_seq: 0,
                     ack_upto: None,
+                    pending: VecDeque::new(),
                 }
             }
             Mode::Confirm { .. } => {}

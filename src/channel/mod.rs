@@ -23,6 +23,7 @@ use crate::broker::queue::{ChannelCredit, Credit, DeliverySink, Queue};
 use crate::broker::vhost::VHost;
 use crate::error::{AmqpError, Result};
 use crate::protocol::{self, content::Assembly};
+use crate::store::{Seq, Watermark};
 
 /// What a channel handler needs from its connection.
 pub struct Ctx<'a> {
@@ -91,6 +92,10 @@ enum Mode {
         /// Highest sequence number confirmed but not yet written (written as one
         /// multiple=true ack at the end of the batch).
         ack_upto: Option<u64>,
+        /// Publishes waiting for the message log to reach the disk, in order: (publish
+        /// sequence number, log record to wait for; `Seq(0)` = nothing, but behind one that
+        /// does).
+        pending: VecDeque<(u64, Seq)>,
     },
     Tx {
         publishes: Vec<TxPublish>,
@@ -330,12 +335,48 @@ impl Channel {
         self.consumers.remove(tag).is_some()
     }
 
-    /// Writes the pending publisher-confirm ack, coalesced for the whole batch.
-    pub fn flush_confirms(&mut self, out: &mut BytesMut) {
-        if let Mode::Confirm { ack_upto, .. } = &mut self.mode
-            && let Some(seq) = ack_upto.take()
-        {
-            protocol::write_confirm(out, self.id, seq, true, true);
+    /// Writes the publisher confirms that are due, coalesced for the whole batch: one
+    /// `basic.ack multiple=true` up to the last publish whose log record (if any) is on disk;
+    /// after a store failure, one `basic.nack multiple=true` for everything still waiting.
+    pub fn flush_confirms(&mut self, out: &mut BytesMut, wm: Option<&Watermark>) {
+        let Mode::Confirm {
+            ack_upto, pending, ..
+        } = &mut self.mode
+        else {
+            return;
+        };
+        let mut failed = false;
+        while let Some(&(tag, seq)) = pending.front() {
+            let done = match wm {
+                Some(wm) if seq.0 != 0 => match wm.status(seq) {
+                    Ok(done) => done,
+                    Err(_) => {
+                        failed = true;
+                        false
+                    }
+                },
+                _ => true,
+            };
+            if !done {
+                break;
+            }
+            *ack_upto = Some(tag);
+            pending.pop_front();
+        }
+        if let Some(tag) = ack_upto.take() {
+            protocol::write_confirm(out, self.id, tag, true, true);
+        }
+        if failed && let Some(&(last, _)) = pending.back() {
+            protocol::write_confirm(out, self.id, last, true, false);
+            pending.clear();
+        }
+    }
+
+    /// The oldest log record a confirm on this channel waits for.
+    pub fn confirm_wait(&self) -> Option<Seq> {
+        match &self.mode {
+            Mode::Confirm { pending, .. } => pending.iter().map(|p| p.1).find(|s| s.0 != 0),
+            _ => None,
         }
     }
 

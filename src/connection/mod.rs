@@ -79,6 +79,7 @@ pub async fn run(
     let (writer_tx, writer_rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write_loop(wr, writer_rx));
     let (sink, inbox) = mpsc::unbounded_channel();
+    let watermark = broker.watermark();
     let mut conn = Connection {
         id,
         peer,
@@ -91,6 +92,7 @@ pub async fn run(
         kicks: Vec::new(),
         writer_tx,
         closing: None,
+        watermark,
     };
     let mut inbox = inbox;
     conn.serve(rd, rbuf, &mut inbox, shutdown).await;
@@ -137,6 +139,8 @@ struct Connection {
     writer_tx: mpsc::UnboundedSender<Bytes>,
     /// Set once `connection.close` was sent: the deadline for the client's close-ok.
     closing: Option<Instant>,
+    /// The message log's durable watermark: confirms of persistent messages wait for it.
+    watermark: Option<crate::store::Watermark>,
 }
 
 /// Why the main loop stopped.
@@ -183,11 +187,25 @@ impl Connection {
         }
         self.flush();
         let mut events = Vec::with_capacity(INBOX_BATCH);
+        let mut watermark = self.watermark.clone();
         loop {
             let deadline = self
                 .closing
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(86400));
+            // The oldest log record a publisher confirm waits for, if any.
+            let confirm_wait = self
+                .channels
+                .values()
+                .filter_map(Channel::confirm_wait)
+                .min();
             tokio::select! {
+                // Persistent messages reached the disk: their confirms go out in `flush`.
+                _ = async {
+                    match (watermark.as_mut(), confirm_wait) {
+                        (Some(wm), Some(seq)) => { let _ = wm.wait(seq).await; }
+                        _ => std::future::pending::<()>().await,
+                    }
+                }, if confirm_wait.is_some() => {}
                 // Shutdown: tell the client why, then wait for close-ok like any close.
                 _ = shutdown.changed(), if self.closing.is_none() => {
                     self.close_connection(AmqpError::connection_forced(
@@ -239,7 +257,7 @@ impl Connection {
     /// write to the socket.
     fn flush(&mut self) {
         for chan in self.channels.values_mut() {
-            chan.flush_confirms(&mut self.out);
+            chan.flush_confirms(&mut self.out, self.watermark.as_ref());
         }
         for q in self.kicks.drain(..) {
             q.dispatch();

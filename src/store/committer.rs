@@ -488,6 +488,8 @@ impl Committer {
             "message store: I/O failed; refusing all further writes (fail-stop)"
         );
         let _ = self.shared.cause.set(Arc::new(e));
+        // Records synced before the failure (say, GC failed after a good sync) stay confirmed.
+        self.shared.synced.store(self.synced, Ordering::Release);
         self.shared.failed.store(true, Ordering::Release);
         {
             let mut st = self.shared.state.lock();
@@ -500,6 +502,7 @@ impl Committer {
             failed: true,
         });
         let mut p = self.shared.progress.lock();
+        p.synced = self.synced;
         p.failed = true;
         self.shared.progress_cv.notify_all();
     }

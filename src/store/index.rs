@@ -139,7 +139,7 @@ pub(crate) struct GcPass {
     /// directory before the next pass.
     pub(crate) deleted: Vec<u64>,
     /// Segments with live messages that block a dead segment; the caller appends a Summary
-    /// of each (see [`Index::summarize`]).
+    /// of each (see [`Index::summarize_at`]).
     pub(crate) summarize: Vec<u64>,
 }
 

@@ -40,6 +40,7 @@
 //! `committer.rs` (batching, sync, watermark, GC), `recovery.rs` (open).
 
 mod committer;
+pub mod definitions;
 mod index;
 mod recovery;
 mod segment;
@@ -48,7 +49,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -299,7 +300,13 @@ pub struct MessageStore {
     shared: Arc<Shared>,
     rx: watch::Receiver<Durable>,
     committer: Option<JoinHandle<()>>,
+    /// Held (flock) for as long as the store is open; released by drop after the committer
+    /// has stopped (fields drop after `Drop::drop` ran).
+    _lock: File,
 }
+
+/// Name of the lock file in the store's directory (not a segment, so recovery ignores it).
+const LOCK_FILE: &str = "store.lock";
 
 impl MessageStore {
     /// Opens (creating if needed) the store in `dir`, recovers it, deletes dead segments,
@@ -308,10 +315,24 @@ impl MessageStore {
     /// Damaged records do not fail the open: see [`Recovery::damage`].
     ///
     /// # Errors
-    /// The directory cannot be created or listed, a segment cannot be read, or a torn
-    /// segment cannot be truncated.
+    /// `WouldBlock` if another open store (in this or another process) holds the directory;
+    /// otherwise the directory cannot be created or listed, a segment cannot be read, or a
+    /// torn segment cannot be truncated.
     pub fn open(dir: &Path, opts: StoreOptions) -> io::Result<(MessageStore, Recovery)> {
         std::fs::create_dir_all(dir)?;
+        // Two stores appending to one directory would interleave ids and delete each other's
+        // segments. The lock is the OS's (flock), so it dies with the process.
+        let lock = File::create(dir.join(LOCK_FILE))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!("message store {} is in use by another store", dir.display()),
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
         let rec = recovery::recover(dir, &opts)?;
         let dir_file = File::open(dir)?;
         let (tx, rx) = watch::channel(Durable {
@@ -343,12 +364,13 @@ impl MessageStore {
             shared,
             rx,
             committer: Some(handle),
+            _lock: lock,
         };
         Ok((store, rec.recovery))
     }
 
     /// The directory this store owns.
-    pub fn dir(&self) -> &PathBuf {
+    pub fn dir(&self) -> &Path {
         &self.shared.dir
     }
 
@@ -442,8 +464,8 @@ impl MessageStore {
     /// [`flush`](Self::flush)) and until the message is acked or its queue deleted.
     ///
     /// # Errors
-    /// `NotFound` if the segment is gone; `UnexpectedEof` if the record is not written yet;
-    /// `InvalidData` if the bytes at `loc` are not a Publish record.
+    /// `NotFound` if the segment is gone (or not created yet); `UnexpectedEof` if the record
+    /// is not written yet; `InvalidData` if the bytes at `loc` are not a Publish record.
     pub fn read(&self, loc: Location) -> io::Result<Bytes> {
         let file = self.reader(loc.segment)?;
         let mut buf = vec![0; loc.len as usize];

@@ -40,7 +40,7 @@ impl TestBroker {
         tweak(&mut config);
         let listeners = warren::server::bind(&config.listeners).await.unwrap();
         let addr = listeners[0].local_addr().unwrap();
-        let broker = Arc::new(Broker::new(config));
+        let broker = Arc::new(Broker::open(config).unwrap());
         let (tx, rx) = oneshot::channel();
         let done = tokio::spawn(warren::server::run(listeners, broker, async move {
             let _ = rx.await;
