@@ -1,5 +1,6 @@
 //! The `warren` binary: parse flags, load `rabbit.toml`, bind, serve until SIGINT/SIGTERM.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -67,7 +68,9 @@ async fn serve(config: Config) -> ExitCode {
         if let Ok(a) = l.local_addr() {
             // Tests and scripts read this line to find a port chosen by the OS.
             tracing::info!("listening on {a}");
-            println!("warren listening on {a}");
+            // A closed stdout (the reader went away) must not take the broker down.
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "warren listening on {a}").and_then(|()| out.flush());
         }
     }
     let data_dir = config.data_dir.clone();

@@ -66,11 +66,18 @@ impl Broker {
     /// # Errors
     /// The stores could not be opened (for example, another broker uses the directory).
     pub fn open(config: Config) -> std::io::Result<Self> {
+        Self::open_with(config, StoreOptions::default())
+    }
+
+    /// [`Broker::open`] with explicit message-log options (segment size, fault injection).
+    ///
+    /// # Errors
+    /// As [`Broker::open`].
+    pub fn open_with(config: Config, options: StoreOptions) -> std::io::Result<Self> {
         let defs = Definitions::open(&config.data_dir.join("definitions"))?;
         let loaded = defs.load()?;
         let started = std::time::Instant::now();
-        let (store, mut recovery) =
-            MessageStore::open(&config.data_dir.join("messages"), StoreOptions::default())?;
+        let (store, mut recovery) = MessageStore::open(&config.data_dir.join("messages"), options)?;
         let persist = Arc::new(Persistence {
             defs,
             store: Arc::new(store),

@@ -31,6 +31,13 @@ impl TestBroker {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_with_store(tweak, warren::store::StoreOptions::default()).await
+    }
+
+    pub async fn start_with_store(
+        tweak: impl FnOnce(&mut Config),
+        store: warren::store::StoreOptions,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config {
             data_dir: dir.path().to_owned(),
@@ -40,7 +47,7 @@ impl TestBroker {
         tweak(&mut config);
         let listeners = warren::server::bind(&config.listeners).await.unwrap();
         let addr = listeners[0].local_addr().unwrap();
-        let broker = Arc::new(Broker::open(config).unwrap());
+        let broker = Arc::new(Broker::open_with(config, store).unwrap());
         let (tx, rx) = oneshot::channel();
         let done = tokio::spawn(warren::server::run(listeners, broker, async move {
             let _ = rx.await;
@@ -285,5 +292,75 @@ impl Raw {
                 _ => continue,
             }
         }
+    }
+}
+
+/// The real `warren` binary on 127.0.0.1:0 with a given data dir, for restart and crash tests.
+pub struct BinBroker {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    _stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl BinBroker {
+    pub fn start(dir: &std::path::Path) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(["--bind", "127.0.0.1:0", "--log", "warn", "--data-dir"])
+            .arg(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .expect("listening line");
+        Self {
+            child,
+            addr,
+            _stdout: stdout,
+        }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    pub async fn channel(&self) -> (lapin::Connection, Channel) {
+        let conn = Connection::connect(&self.uri(), ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        (conn, ch)
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn stop(mut self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+impl Drop for BinBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
