@@ -61,6 +61,11 @@ pub struct Config {
     pub max_message_size: u64,
     /// Seconds a client has to finish the handshake.
     pub handshake_timeout: u64,
+    /// Bytes of queued messages one queue keeps in memory; past it, bodies are paged out to
+    /// the message log and read back as consumers reach them.
+    pub queue_memory_budget: u64,
+    /// Bytes of queued messages all queues together keep in memory.
+    pub memory_budget: u64,
     /// tracing filter, e.g. `info` or `warren=debug`.
     pub log: String,
     /// Policies: queue and exchange settings applied by name pattern, as RabbitMQ's
@@ -145,6 +150,8 @@ impl Default for Config {
             heartbeat: 60,
             max_message_size: 128 * 1024 * 1024,
             handshake_timeout: 10,
+            queue_memory_budget: 128 * 1024 * 1024,
+            memory_budget: 1024 * 1024 * 1024,
             log: "info".into(),
             policies: Vec::new(),
         }

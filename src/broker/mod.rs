@@ -27,8 +27,21 @@ use vhost::VHost;
 pub struct Persistence {
     /// Durable exchanges, queues and bindings.
     pub defs: Definitions,
-    /// Persistent messages of durable queues.
+    /// Persistent messages of durable queues, and bodies paged out of memory.
     pub store: Arc<MessageStore>,
+    /// How many message bytes queues may keep in memory.
+    pub budget: Budget,
+}
+
+/// The memory budget for queued messages: past it, bodies live only in the message log.
+#[derive(Debug)]
+pub struct Budget {
+    /// Per queue, bytes.
+    pub per_queue: usize,
+    /// All queues together, bytes.
+    pub total: usize,
+    /// What all queues hold now.
+    pub resident: std::sync::atomic::AtomicUsize,
 }
 
 /// Runs blocking disk I/O from inside the runtime without stalling the other tasks on this
@@ -81,6 +94,11 @@ impl Broker {
         let persist = Arc::new(Persistence {
             defs,
             store: Arc::new(store),
+            budget: Budget {
+                per_queue: config.queue_memory_budget as usize,
+                total: config.memory_budget as usize,
+                resident: Default::default(),
+            },
         });
         let b = Self::build(config, Some(persist.clone()));
         for v in b.vhosts.iter() {

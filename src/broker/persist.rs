@@ -16,6 +16,9 @@ use nom::combinator::all_consuming;
 use crate::broker::message::Message;
 
 const VERSION: u8 = 1;
+/// Flag: the record only holds a paged-out body; the message is not persistent and must
+/// not come back after a restart.
+const TRANSIENT: u8 = 1;
 
 /// A message as read back from the log, with its place in the queue.
 #[derive(Debug)]
@@ -28,6 +31,8 @@ pub struct Stored {
     pub priority: u8,
     /// Failed deliveries so far.
     pub delivery_count: u32,
+    /// Written only to page the body out of memory: drop it at recovery.
+    pub transient: bool,
 }
 
 /// Encodes a message for the log into `out` (cleared first, so one buffer can be reused).
@@ -36,6 +41,7 @@ pub fn encode(
     expires_at: Option<u64>,
     priority: u8,
     delivery_count: u32,
+    transient: bool,
     out: &mut Vec<u8>,
 ) {
     out.clear();
@@ -46,6 +52,7 @@ pub fn encode(
             + msg.body.len(),
     );
     out.put_u8(VERSION);
+    out.put_u8(if transient { TRANSIENT } else { 0 });
     for s in [msg.exchange.as_str(), msg.routing_key.as_str()] {
         out.put_u8(s.len() as u8);
         out.put_slice(s.as_bytes());
@@ -61,9 +68,10 @@ pub fn encode(
 /// Decodes a payload written by [`encode`]; `None` for anything malformed (recovery drops
 /// such a record rather than failing the boot).
 pub fn decode(mut p: Bytes) -> Option<Stored> {
-    if p.is_empty() || p.get_u8() != VERSION {
+    if p.len() < 2 || p.get_u8() != VERSION {
         return None;
     }
+    let flags = p.get_u8();
     let shortstr = |p: &mut Bytes| -> Option<String> {
         if p.remaining() < 1 {
             return None;
@@ -101,6 +109,7 @@ pub fn decode(mut p: Bytes) -> Option<Stored> {
         expires_at: (expires != 0).then_some(expires),
         priority,
         delivery_count,
+        transient: flags & TRANSIENT != 0,
     })
 }
 
@@ -122,7 +131,7 @@ mod tests {
             body: Bytes::from_static(b"body"),
         };
         let mut buf = Vec::new();
-        encode(&msg, Some(123), 3, 2, &mut buf);
+        encode(&msg, Some(123), 3, 2, false, &mut buf);
         let s = decode(Bytes::from(buf)).unwrap();
         assert_eq!(s.msg.routing_key.as_str(), "rk");
         assert_eq!(s.msg.properties, msg.properties);
@@ -132,6 +141,6 @@ mod tests {
             (Some(123), 3, 2)
         );
         assert!(decode(Bytes::from_static(b"\x02garbage")).is_none());
-        assert!(decode(Bytes::from_static(b"\x01\x05ab")).is_none());
+        assert!(decode(Bytes::from_static(b"\x01\x00\x05ab")).is_none());
     }
 }

@@ -23,11 +23,11 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 
 use crate::broker::dead_letter::{self, Reason};
-use crate::broker::message::{Entry, Message};
+use crate::broker::message::{Entry, Logged, Message};
 use crate::broker::queue_args::{Overflow, QueueArgs};
 use crate::broker::vhost::VHost;
 use crate::error::{AmqpError, Result};
-use crate::store::{MessageStore, Seq};
+use crate::store::Seq;
 
 /// How many deliveries a no-ack consumer may have pushed but not yet written to its socket
 /// (RabbitMQ's queue-side unsent-message limit plays the same role).
@@ -85,6 +85,18 @@ pub enum Published {
     /// The message log failed (fail-stop): nack it, or close with 541.
     Failed,
 }
+
+/// What a paged-out entry points to instead of its message: one shared empty stub, so a
+/// paged-out message costs its entry and nothing else.
+static PAGED_STUB: std::sync::LazyLock<Arc<Message>> = std::sync::LazyLock::new(|| {
+    Arc::new(Message {
+        exchange: Default::default(),
+        routing_key: Default::default(),
+        properties: Default::default(),
+        raw_properties: Default::default(),
+        body: Default::default(),
+    })
+});
 
 /// The key of a queue's records in the message log.
 pub fn store_key(vhost: &str, queue: &str) -> Arc<str> {
@@ -173,12 +185,20 @@ pub struct Consumer {
     pub sink: DeliverySink,
 }
 
+/// What a message in memory costs besides its body: the entry, the shared message, its
+/// parsed properties.
+const ENTRY_OVERHEAD: usize = 256;
+
 #[derive(Debug, Default)]
 struct State {
     /// Ready messages, one FIFO per priority level (one level without `x-max-priority`).
     levels: Vec<VecDeque<Entry>>,
     len: usize,
     bytes: usize,
+    /// Memory the ready messages hold (paged-out ones count nothing).
+    resident: usize,
+    /// The broker-wide budget this queue's resident bytes count against.
+    budget: Option<Arc<crate::broker::Persistence>>,
     /// Ordered by priority (highest first), then by turn.
     consumers: Vec<Consumer>,
     next_seq: u64,
@@ -188,17 +208,43 @@ struct State {
     scheduled: Option<u64>,
 }
 
+fn cost(e: &Entry) -> usize {
+    if e.paged {
+        0
+    } else {
+        e.size as usize + ENTRY_OVERHEAD
+    }
+}
+
 impl State {
-    fn push(&mut self, e: Entry) {
+    fn account_in(&mut self, e: &Entry) {
         self.len += 1;
-        self.bytes += e.msg.size();
+        self.bytes += e.size as usize;
+        let c = cost(e);
+        self.resident += c;
+        if let Some(p) = &self.budget {
+            p.budget.resident.fetch_add(c, Ordering::Relaxed);
+        }
+    }
+
+    fn account_out(&mut self, e: &Entry) {
+        self.len -= 1;
+        self.bytes -= e.size as usize;
+        let c = cost(e);
+        self.resident -= c;
+        if let Some(p) = &self.budget {
+            p.budget.resident.fetch_sub(c, Ordering::Relaxed);
+        }
+    }
+
+    fn push(&mut self, e: Entry) {
+        self.account_in(&e);
         let level = usize::from(e.priority).min(self.levels.len() - 1);
         self.levels[level].push_back(e);
     }
 
     fn insert_by_seq(&mut self, e: Entry) {
-        self.len += 1;
-        self.bytes += e.msg.size();
+        self.account_in(&e);
         let at = usize::from(e.priority).min(self.levels.len() - 1);
         let level = &mut self.levels[at];
         // Requeued messages are usually older than everything ready: check the front first.
@@ -212,9 +258,19 @@ impl State {
 
     fn pop(&mut self) -> Option<Entry> {
         let e = self.levels.iter_mut().rev().find_map(VecDeque::pop_front)?;
-        self.len -= 1;
-        self.bytes -= e.msg.size();
+        self.account_out(&e);
         Some(e)
+    }
+
+    /// Removes the newest entry of a level if it is `seq` (a TTL-0 message nobody took).
+    fn pop_back_if(&mut self, level: usize, seq: u64) -> Option<Entry> {
+        let l = &mut self.levels[level];
+        if l.back().is_some_and(|e| e.seq == seq) {
+            let e = l.pop_back().expect("back checked");
+            self.account_out(&e);
+            return Some(e);
+        }
+        None
     }
 
     /// Moves expired messages at the head of each level to `dead` (RabbitMQ only expires at
@@ -222,14 +278,13 @@ impl State {
     /// once its deadline has passed, so a TTL-0 message can still be handed to a consumer
     /// that is waiting in the millisecond it arrives.
     fn expire_heads(&mut self, now: u64, dead: &mut Vec<(Entry, Reason)>) {
-        for level in &mut self.levels {
-            while level
+        for i in 0..self.levels.len() {
+            while self.levels[i]
                 .front()
                 .is_some_and(|e| e.expires_at.is_some_and(|t| t < now))
             {
-                let e = level.pop_front().expect("front checked");
-                self.len -= 1;
-                self.bytes -= e.msg.size();
+                let e = self.levels[i].pop_front().expect("front checked");
+                self.account_out(&e);
                 dead.push((e, Reason::Expired));
             }
         }
@@ -245,8 +300,14 @@ impl State {
     fn clear(&mut self) -> usize {
         let n = self.len;
         self.levels.iter_mut().for_each(VecDeque::clear);
+        if let Some(p) = &self.budget {
+            p.budget
+                .resident
+                .fetch_sub(self.resident, Ordering::Relaxed);
+        }
         self.len = 0;
         self.bytes = 0;
+        self.resident = 0;
         n
     }
 }
@@ -268,8 +329,8 @@ pub struct QueueInit<'a> {
     pub args: QueueArgs,
     /// Its vhost, for dead-lettering and self-deletion.
     pub vhost: Weak<VHost>,
-    /// The message log and the vhost's name, for durable queues with persistence on.
-    pub store: Option<(Arc<MessageStore>, &'a str)>,
+    /// The stores and the vhost's name, when persistence is on.
+    pub store: Option<(Arc<crate::broker::Persistence>, &'a str)>,
 }
 
 /// A queue.
@@ -288,8 +349,11 @@ pub struct Queue {
     /// Effective settings (arguments merged with the matching policy).
     pub args: QueueArgs,
     vhost: Weak<VHost>,
-    /// The message log, for durable queues when persistence is on.
-    store: Option<Arc<MessageStore>>,
+    /// The stores, when persistence is on: persistent messages of durable queues go to the
+    /// log, and any queue pages bodies out to it past its memory budget.
+    persist: Option<Arc<crate::broker::Persistence>>,
+    /// Persistent messages are kept across restarts (durable, not exclusive).
+    keeps_messages: bool,
     /// This queue's name in the log (`vhost NUL name`).
     store_key: Arc<str>,
     deleted: AtomicBool,
@@ -312,12 +376,19 @@ impl Queue {
             store,
         } = init;
         let levels = usize::from(args.max_priority.unwrap_or(0)) + 1;
-        let (store, store_key) = match store {
-            Some((s, vhost_name)) if durable => (Some(s), store_key(vhost_name, name)),
-            _ => (None, Arc::from("")),
+        let (persist, store_key) = match store {
+            Some((p, vhost_name)) => (Some(p), store_key(vhost_name, name)),
+            None => (None, Arc::from("")),
         };
         Self {
-            store,
+            keeps_messages: durable && owner.is_none(),
+            state: Mutex::new(State {
+                levels: vec![VecDeque::new(); levels],
+                last_used: now_ms(),
+                budget: persist.clone(),
+                ..State::default()
+            }),
+            persist,
             store_key,
             name: name.into(),
             durable,
@@ -328,11 +399,6 @@ impl Queue {
             vhost,
             deleted: AtomicBool::new(false),
             missing_dlx_logged: AtomicBool::new(false),
-            state: Mutex::new(State {
-                levels: vec![VecDeque::new(); levels],
-                last_used: now_ms(),
-                ..State::default()
-            }),
             timer: Arc::new(Notify::new()),
         }
     }
@@ -454,12 +520,13 @@ impl Queue {
                 entry.delivery_count = delivery_count;
                 // Appending under the queue lock keeps log order equal to queue order; the
                 // store's own lock is short and never waits on I/O.
-                let logged = match self.log(&entry) {
-                    Ok(logged) => logged,
-                    Err(()) => return Published::Failed,
-                };
-                if let Some((id, _)) = logged {
-                    entry.store_id = Some(id);
+                let persistent = self.keeps_messages && entry.msg.is_persistent();
+                if persistent && self.append(&mut entry, false).is_err() {
+                    return Published::Failed;
+                }
+                let wait = entry.log.filter(|_| persistent).map(|l| l.seq);
+                if self.over_budget(&s, &entry) {
+                    self.page_out(&mut entry);
                 }
                 s.next_seq += 1;
                 s.push(entry);
@@ -467,11 +534,7 @@ impl Queue {
                 // TTL 0: delivered just now or never.
                 if ttl_zero {
                     let at = usize::from(priority).min(s.levels.len() - 1);
-                    let level = &mut s.levels[at];
-                    if level.back().is_some_and(|e| e.seq == seq) {
-                        let e = level.pop_back().expect("back checked");
-                        s.len -= 1;
-                        s.bytes -= e.msg.size();
+                    if let Some(e) = s.pop_back_if(at, seq) {
                         dead.push((e, Reason::Expired));
                     }
                 } else if let Some(t) = expires_at {
@@ -484,58 +547,11 @@ impl Queue {
                         None => break,
                     }
                 }
-                Published::Accepted(logged.map(|(_, seq)| seq))
+                Published::Accepted(wait)
             }
         };
         self.dead_letter(dead);
         result
-    }
-
-    /// Writes a persistent message to the log (durable queues only).
-    #[allow(clippy::result_unit_err)]
-    fn log(&self, e: &Entry) -> std::result::Result<Option<(crate::store::MsgId, Seq)>, ()> {
-        let Some(store) = &self.store else {
-            return Ok(None);
-        };
-        if !e.msg.is_persistent() {
-            return Ok(None);
-        }
-        ENCODE_BUF.with_borrow_mut(|buf| {
-            crate::broker::persist::encode(&e.msg, e.expires_at, e.priority, e.delivery_count, buf);
-            match store.append_publish(&self.store_key, buf) {
-                Ok(a) => Ok(Some((a.id, a.seq))),
-                Err(err) => {
-                    // The store logs the cause once; this names the queue.
-                    tracing::debug!(queue = %self.name, "message log refused a write: {err}");
-                    Err(())
-                }
-            }
-        })
-    }
-
-    /// The message left the queue for good (acked, dropped, dead-lettered): its log record
-    /// is dead.
-    pub fn settled(&self, e: &Entry) {
-        if let (Some(store), Some(id)) = (&self.store, e.store_id) {
-            store.ack(id);
-        }
-    }
-
-    /// Puts recovered messages back, in log order, at boot.
-    pub fn restore(
-        self: &Arc<Self>,
-        entries: impl IntoIterator<Item = (crate::broker::persist::Stored, crate::store::MsgId, bool)>,
-    ) {
-        let mut s = self.state.lock();
-        for (stored, id, delivered) in entries {
-            let seq = s.next_seq;
-            s.next_seq += 1;
-            let mut e = Entry::new(seq, stored.msg, stored.priority, stored.expires_at);
-            e.delivery_count = stored.delivery_count;
-            e.redelivered = delivered;
-            e.store_id = Some(id);
-            s.push(e);
-        }
     }
 
     /// With delivery counting on, a message coming back to this queue through a dead-letter
@@ -586,6 +602,129 @@ impl Queue {
             // A priority above the maximum counts as the maximum.
             Some(max) => msg.properties.priority().unwrap_or(0).min(max),
             None => 0,
+        }
+    }
+
+    /// Appends an entry to the message log. `transient`: only to page its body out (the
+    /// record is dropped at recovery).
+    fn append(&self, e: &mut Entry, transient: bool) -> std::result::Result<(), ()> {
+        let Some(p) = &self.persist else {
+            return Err(());
+        };
+        ENCODE_BUF.with_borrow_mut(|buf| {
+            crate::broker::persist::encode(
+                &e.msg,
+                e.expires_at,
+                e.priority,
+                e.delivery_count,
+                transient,
+                buf,
+            );
+            match p.store.append_publish(&self.store_key, buf) {
+                Ok(a) => {
+                    e.log = Some(Logged {
+                        id: a.id,
+                        loc: a.loc,
+                        seq: a.seq,
+                    });
+                    Ok(())
+                }
+                Err(err) => {
+                    // The store logs the cause once; this names the queue.
+                    tracing::debug!(queue = %self.name, "message log refused a write: {err}");
+                    Err(())
+                }
+            }
+        })
+    }
+
+    /// Whether keeping this entry's body in memory would go over the queue's or the
+    /// broker's budget.
+    fn over_budget(&self, s: &State, e: &Entry) -> bool {
+        let Some(p) = &self.persist else {
+            return false;
+        };
+        let c = cost(e);
+        s.resident + c > p.budget.per_queue
+            || p.budget.resident.load(Ordering::Relaxed) + c > p.budget.total
+    }
+
+    /// Drops an entry's body from memory; it stays in the log (written now, without waiting
+    /// for the disk, if it was not there yet).
+    fn page_out(&self, e: &mut Entry) {
+        if e.log.is_none() && self.append(e, true).is_err() {
+            return; // the log refused it: keep the body in memory
+        }
+        e.msg = PAGED_STUB.clone();
+        e.paged = true;
+    }
+
+    /// Reads a paged-out body back. False if it cannot be read (logged; the message is
+    /// lost, which only happens after the log failed).
+    fn page_in(&self, e: &mut Entry) -> bool {
+        if !e.paged {
+            return true;
+        }
+        let (Some(p), Some(log)) = (&self.persist, e.log) else {
+            return false;
+        };
+        // A record is readable once written; one paged out a moment ago may not be yet.
+        let bytes = p.store.read(log.loc).or_else(|_| {
+            p.store
+                .watermark()
+                .wait_blocking(log.seq)
+                .map_err(std::io::Error::other)?;
+            p.store.read(log.loc)
+        });
+        match bytes.ok().and_then(crate::broker::persist::decode) {
+            Some(stored) => {
+                e.msg = stored.msg;
+                e.paged = false;
+                true
+            }
+            None => {
+                tracing::error!(queue = %self.name, "cannot read a paged-out message back; dropping it");
+                false
+            }
+        }
+    }
+
+    /// The message left the queue for good (acked, dropped, dead-lettered): its log record
+    /// is dead.
+    pub fn settled(&self, e: &Entry) {
+        if let (Some(p), Some(log)) = (&self.persist, e.log) {
+            p.store.ack(log.id);
+        }
+    }
+
+    /// Puts recovered messages back, in log order, at boot; past the memory budget their
+    /// bodies stay in the log.
+    pub fn restore(
+        self: &Arc<Self>,
+        entries: impl IntoIterator<
+            Item = (
+                crate::broker::persist::Stored,
+                crate::store::RecoveredMessage,
+            ),
+        >,
+    ) {
+        let mut s = self.state.lock();
+        for (stored, rec) in entries {
+            let seq = s.next_seq;
+            s.next_seq += 1;
+            let mut e = Entry::new(seq, stored.msg, stored.priority, stored.expires_at);
+            e.delivery_count = stored.delivery_count;
+            e.redelivered = rec.delivered;
+            e.log = Some(Logged {
+                id: rec.id,
+                loc: rec.loc,
+                seq: Seq(0),
+            });
+            if self.over_budget(&s, &e) {
+                e.msg = PAGED_STUB.clone();
+                e.paged = true;
+            }
+            s.push(e);
         }
     }
 
@@ -691,7 +830,12 @@ impl Queue {
                 s.consumers.iter().position(|c| c.credit.try_acquire())
             };
             let Some(i) = chosen else { return };
-            let entry = s.pop().expect("len checked");
+            let mut entry = s.pop().expect("len checked");
+            if !self.page_in(&mut entry) {
+                self.settled(&entry);
+                s.consumers[i].credit.release(1);
+                continue;
+            }
             let c = &s.consumers[i];
             self.mark_delivered(&entry, c.no_ack);
             let event = QueueEvent::Deliver {
@@ -729,11 +873,11 @@ impl Queue {
     /// Tells the log a message went out: no-ack deliveries are settled at once; others get a
     /// delivered mark, so recovery can set `redelivered`.
     fn mark_delivered(&self, e: &Entry, no_ack: bool) {
-        if let (Some(store), Some(id)) = (&self.store, e.store_id) {
+        if let (Some(p), Some(log)) = (&self.persist, e.log) {
             if no_ack {
-                store.ack(id);
+                p.store.ack(log.id);
             } else if !e.redelivered {
-                store.delivered(id);
+                p.store.delivered(log.id);
             }
         }
     }
@@ -746,9 +890,14 @@ impl Queue {
             let now = now_ms();
             s.last_used = now;
             s.expire_heads(now, &mut dead);
-            let got = s.pop();
-            if let Some(e) = &got {
-                self.mark_delivered(e, no_ack);
+            let mut got = s.pop();
+            while let Some(e) = &mut got {
+                if self.page_in(e) {
+                    self.mark_delivered(e, no_ack);
+                    break;
+                }
+                self.settled(e);
+                got = s.pop();
             }
             // Taking the head exposes the next one: if it has expired, it goes now.
             s.expire_heads(now, &mut dead);
@@ -818,7 +967,7 @@ impl Queue {
     /// Drops every ready message; returns how many.
     pub fn purge(&self) -> u32 {
         let mut s = self.state.lock();
-        if self.store.is_some() {
+        if self.persist.is_some() {
             for e in s.levels.iter().flatten() {
                 self.settled(e);
             }
@@ -840,8 +989,8 @@ impl Queue {
     /// consumers, who the caller notifies.
     pub fn mark_deleted(&self) -> (u32, Vec<Consumer>) {
         self.deleted.store(true, Ordering::Release);
-        if let Some(store) = &self.store {
-            store.delete_queue(&self.store_key);
+        if let Some(p) = &self.persist {
+            p.store.delete_queue(&self.store_key);
         }
         self.timer.notify_one();
         let mut s = self.state.lock();
@@ -864,7 +1013,10 @@ impl Queue {
             return;
         };
         let mut targets = Vec::new();
-        for (e, reason) in dead {
+        for (mut e, reason) in dead {
+            if !self.page_in(&mut e) {
+                continue;
+            }
             let dlx = match (&self.args.delivery_limit_exchange, reason) {
                 (Some(x), Reason::DeliveryLimit) => x,
                 _ => match &self.args.dlx {
@@ -900,6 +1052,7 @@ impl Queue {
 
 impl Entry {
     fn new(seq: u64, msg: Arc<Message>, priority: u8, expires_at: Option<u64>) -> Self {
+        let msg_size = u32::try_from(msg.size()).unwrap_or(u32::MAX);
         Self {
             seq,
             msg,
@@ -907,7 +1060,9 @@ impl Entry {
             priority,
             expires_at,
             delivery_count: 0,
-            store_id: None,
+            size: msg_size,
+            log: None,
+            paged: false,
         }
     }
 }

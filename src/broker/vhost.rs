@@ -195,7 +195,7 @@ impl VHost {
             let store = self
                 .persist
                 .as_ref()
-                .map(|p| (p.store.clone(), self.name.as_str()));
+                .map(|p| (p.clone(), self.name.as_str()));
             let queue = Arc::new(Queue::new(QueueInit {
                 name: &q.name,
                 durable: true,
@@ -212,8 +212,14 @@ impl VHost {
             {
                 let mut restored = Vec::with_capacity(msgs.len());
                 for m in msgs {
-                    match m.payload.and_then(crate::broker::persist::decode) {
-                        Some(stored) => restored.push((stored, m.id, m.delivered)),
+                    match m.payload.clone().and_then(crate::broker::persist::decode) {
+                        Some(stored) if !stored.transient => restored.push((stored, m)),
+                        Some(_) => {
+                            // Only paged out, never persistent: gone with the restart.
+                            if let Some(p) = &self.persist {
+                                p.store.ack(m.id);
+                            }
+                        }
                         None => {
                             tracing::warn!(queue = %q.name, "dropping an undecodable stored message");
                             if let Some(p) = &self.persist {
@@ -606,10 +612,10 @@ impl VHost {
                 })
             })?;
         }
-        let store = match &self.persist {
-            Some(p) if stored => Some((p.store.clone(), self.name.as_str())),
-            _ => None,
-        };
+        let store = self
+            .persist
+            .as_ref()
+            .map(|p| (p.clone(), self.name.as_str()));
         let q = Arc::new(Queue::new(QueueInit {
             name,
             durable: flags.durable,

@@ -304,8 +304,20 @@ pub struct BinBroker {
 
 impl BinBroker {
     pub fn start(dir: &std::path::Path) -> Self {
+        Self::spawn(dir, None)
+    }
+
+    pub fn start_with_config(dir: &std::path::Path, config: &std::path::Path) -> Self {
+        Self::spawn(dir, Some(config))
+    }
+
+    fn spawn(dir: &std::path::Path, config: Option<&std::path::Path>) -> Self {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_warren"));
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let mut child = cmd
             .args(["--bind", "127.0.0.1:0", "--log", "warn", "--data-dir"])
             .arg(dir)
             .stdout(std::process::Stdio::piped())
