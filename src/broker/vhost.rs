@@ -840,11 +840,12 @@ impl VHost {
         msg: &Message,
         out: &mut Vec<Arc<Queue>>,
     ) {
+        // Exchanges already left behind, and exchanges still to visit. Both stay empty (no
+        // allocation) on the common path: one exchange whose bindings lead to queues.
         let mut visited: Vec<Arc<str>> = Vec::new();
         let mut pending: Vec<Arc<str>> = Vec::new();
         let mut current = exchange.clone();
         loop {
-            visited.push(current.name.clone());
             let before = out.len();
             let mut hops = 0;
             let mut collect = |d: &Dest| match d {
@@ -858,10 +859,15 @@ impl VHost {
             let matched = out.len() > before || hops > 0;
             if !matched
                 && let Some(ae) = &current.alternate
+                && ae.as_str() != &*current.name
                 && !visited.iter().any(|v| &**v == ae.as_str())
             {
                 pending.push(ae.as_str().into());
             }
+            if pending.is_empty() {
+                return;
+            }
+            visited.push(current.name.clone());
             let next = loop {
                 match pending.pop() {
                     None => break None,
@@ -874,7 +880,7 @@ impl VHost {
             };
             match next {
                 Some(x) => current = x,
-                None => break,
+                None => return,
             }
         }
     }
