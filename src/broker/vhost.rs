@@ -479,11 +479,33 @@ impl VHost {
         }
         self.existing_exchange(destination)?;
         let src = self.bindable(source)?;
-        let dest = Dest::Exchange(destination.into());
-        if let Some(def) = self.binding_def(&src, &dest, key, a) {
+        self.add_binding(&src, Dest::Exchange(destination.into()), key, a)
+    }
+
+    /// Adds a binding, storing it first when both ends are durable.
+    fn add_binding(&self, src: &Exchange, dest: Dest, key: &str, a: &FieldTable) -> Result<()> {
+        if let Some(def) = self.binding_def(src, &dest, key, a) {
             self.save(|d| d.put_binding(&def))?;
         }
         src.bind(dest, key, a)
+    }
+
+    /// Removes a binding (and its stored copy); an auto-delete source left without
+    /// bindings goes too.
+    fn remove_binding(
+        &self,
+        src: &Arc<Exchange>,
+        dest: &Dest,
+        key: &str,
+        a: &FieldTable,
+    ) -> Result<()> {
+        if let Some(def) = self.binding_def(src, dest, key, a) {
+            self.save(|d| d.delete_binding(&def))?;
+        }
+        if src.unbind(dest, key, a) && src.auto_delete && !src.has_bindings() {
+            self.remove_exchange_locked(src);
+        }
+        Ok(())
     }
 
     /// `exchange.unbind`; a missing binding is fine.
@@ -505,14 +527,7 @@ impl VHost {
         }
         self.existing_exchange(destination)?;
         let src = self.bindable(source)?;
-        let dest = Dest::Exchange(destination.into());
-        if let Some(def) = self.binding_def(&src, &dest, key, a) {
-            self.save(|d| d.delete_binding(&def))?;
-        }
-        if src.unbind(&dest, key, a) && src.auto_delete && !src.has_bindings() {
-            self.remove_exchange_locked(&src);
-        }
-        Ok(())
+        self.remove_binding(&src, &Dest::Exchange(destination.into()), key, a)
     }
 
     /// Finds a queue a connection may use.
@@ -652,11 +667,7 @@ impl VHost {
         let _t = self.topology.lock();
         let q = self.queue(queue, conn_id)?;
         let x = self.bindable(exchange)?;
-        let dest = Dest::Queue(q);
-        if let Some(def) = self.binding_def(&x, &dest, key, a) {
-            self.save(|d| d.put_binding(&def))?;
-        }
-        x.bind(dest, key, a)
+        self.add_binding(&x, Dest::Queue(q), key, a)
     }
 
     /// `queue.unbind`; a missing binding is fine.
@@ -693,12 +704,7 @@ impl VHost {
             if q.owner.is_some_and(|o| o != conn_id) {
                 return Err(self.locked(queue));
             }
-            if let Some(def) = self.binding_def(&x, &dest, key, a) {
-                self.save(|d| d.delete_binding(&def))?;
-            }
-            if x.unbind(&dest, key, a) && x.auto_delete && !x.has_bindings() {
-                self.remove_exchange_locked(&x);
-            }
+            return self.remove_binding(&x, &dest, key, a);
         }
         Ok(())
     }

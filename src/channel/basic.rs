@@ -291,13 +291,7 @@ impl Channel {
                         routing_key: msg.routing_key.clone(),
                     })),
                 );
-                protocol::write_content(
-                    ctx.out,
-                    self.id,
-                    &msg.raw_properties,
-                    &msg.body,
-                    ctx.frame_max,
-                );
+                ctx.content(self.id, &msg);
             }
         } else {
             let msg = routed.message.unwrap_or(msg);
@@ -337,13 +331,7 @@ impl Channel {
             msg.routing_key.as_str(),
             remaining,
         );
-        protocol::write_content(
-            ctx.out,
-            self.id,
-            &msg.raw_properties,
-            &msg.body,
-            ctx.frame_max,
-        );
+        ctx.content(self.id, msg);
         if !m.no_ack {
             self.unacked.push_back(Unacked {
                 tag,

@@ -50,6 +50,17 @@ impl Ctx<'_> {
         protocol::write_method(self.out, channel, &method);
     }
 
+    /// Writes a message's content header and body frames.
+    fn content(&mut self, channel: u16, msg: &crate::broker::message::Message) {
+        protocol::write_content(
+            self.out,
+            channel,
+            &msg.raw_properties,
+            &msg.body,
+            self.frame_max,
+        );
+    }
+
     fn kick(&mut self, q: &Arc<Queue>) {
         if !self.kicks.iter().any(|k| Arc::ptr_eq(k, q)) {
             self.kicks.push(q.clone());
@@ -279,7 +290,7 @@ impl Channel {
             m.exchange.as_str(),
             m.routing_key.as_str(),
         );
-        protocol::write_content(ctx.out, self.id, &m.raw_properties, &m.body, ctx.frame_max);
+        ctx.content(self.id, m);
         if no_ack {
             credit.release(1);
             ctx.kick(&queue);
@@ -320,13 +331,7 @@ impl Channel {
             msg.exchange.as_str(),
             msg.routing_key.as_str(),
         );
-        protocol::write_content(
-            ctx.out,
-            self.id,
-            &msg.raw_properties,
-            &msg.body,
-            ctx.frame_max,
-        );
+        ctx.content(self.id, msg);
     }
 
     /// A queue cancelled one of this channel's consumers (it was deleted). Returns whether
