@@ -53,7 +53,7 @@ pub fn dead_lettered(
     dlx: &str,
     routing_key: Option<&str>,
 ) -> Arc<Message> {
-    let mut props = msg.properties.clone();
+    let mut props = (*msg.properties).clone();
     let mut headers = props.headers().clone().unwrap_or_default();
     let mut deaths: Vec<AMQPValue> = match headers.inner().get("x-death") {
         Some(AMQPValue::FieldArray(a)) => a.as_slice().to_vec(),
@@ -132,7 +132,7 @@ pub fn dead_lettered(
         exchange: dlx.into(),
         routing_key: routing_key.map_or_else(|| msg.routing_key.clone(), Into::into),
         raw_properties: encode_properties(&props),
-        properties: props,
+        properties: Box::new(props),
         body: msg.body.clone(),
     })
 }
@@ -217,8 +217,9 @@ mod tests {
         Message {
             exchange: "ex".into(),
             routing_key: "rk".into(),
-            properties: amq_protocol::protocol::BasicProperties::default()
-                .with_expiration("100".into()),
+            properties: Box::new(
+                amq_protocol::protocol::BasicProperties::default().with_expiration("100".into()),
+            ),
             raw_properties: Bytes::new(),
             body: Bytes::from_static(b"b"),
         }

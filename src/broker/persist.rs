@@ -102,7 +102,7 @@ pub fn decode(mut p: Bytes) -> Option<Stored> {
         msg: Arc::new(Message {
             exchange: exchange.into(),
             routing_key: routing_key.into(),
-            properties,
+            properties: Box::new(properties),
             raw_properties,
             body: p,
         }),
@@ -127,7 +127,7 @@ mod tests {
             exchange: "x".into(),
             routing_key: "rk".into(),
             raw_properties: crate::protocol::encode_properties(&props),
-            properties: props,
+            properties: Box::new(props),
             body: Bytes::from_static(b"body"),
         };
         let mut buf = Vec::new();

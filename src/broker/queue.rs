@@ -1071,12 +1071,12 @@ impl Entry {
 pub fn with_header(msg: &Message, key: &str, value: AMQPValue) -> Arc<Message> {
     let mut headers = msg.properties.headers().clone().unwrap_or_default();
     headers.insert(key.into(), value);
-    let properties = msg.properties.clone().with_headers(headers);
+    let properties = (*msg.properties).clone().with_headers(headers);
     Arc::new(Message {
         exchange: msg.exchange.clone(),
         routing_key: msg.routing_key.clone(),
         raw_properties: crate::protocol::encode_properties(&properties),
-        properties,
+        properties: Box::new(properties),
         body: msg.body.clone(),
     })
 }
@@ -1197,7 +1197,9 @@ mod tests {
         });
         let with = |b: &'static str, p: u8| {
             Arc::new(Message {
-                properties: amq_protocol::protocol::BasicProperties::default().with_priority(p),
+                properties: Box::new(
+                    amq_protocol::protocol::BasicProperties::default().with_priority(p),
+                ),
                 ..Arc::try_unwrap(msg(b)).unwrap()
             })
         };

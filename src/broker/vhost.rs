@@ -435,6 +435,7 @@ impl VHost {
             let _ = self.save(|d| d.delete_exchange(&self.name, &x.name));
         }
         self.exchanges.remove(&x.name);
+        x.mark_deleted();
         self.unbind_everywhere_locked(&Dest::Exchange(x.name.clone()));
     }
 
@@ -827,12 +828,12 @@ impl VHost {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             h = FieldTable::from(kept);
-            let properties = msg.properties.clone().with_headers(h);
+            let properties = (*msg.properties).clone().with_headers(h);
             routed.message = Some(Arc::new(Message {
                 exchange: msg.exchange.clone(),
                 routing_key: msg.routing_key.clone(),
                 raw_properties: crate::protocol::encode_properties(&properties),
-                properties,
+                properties: Box::new(properties),
                 body: msg.body.clone(),
             }));
         }

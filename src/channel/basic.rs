@@ -196,13 +196,20 @@ impl Channel {
                     "fast reply consumer does not exist",
                 )));
             };
-            c.properties = c.properties.with_reply_to(name.as_str().into());
+            *c.properties = std::mem::take(&mut *c.properties).with_reply_to(name.as_str().into());
             c.raw_properties = protocol::encode_properties(&c.properties);
         }
-        let exchange = ctx
-            .vhost
-            .existing_exchange(c.publish.exchange.as_str())
-            .map_err(fail)?;
+        let exchange = match &self.last_exchange {
+            Some(x) if &*x.name == c.publish.exchange.as_str() && !x.is_deleted() => x.clone(),
+            _ => {
+                let x = ctx
+                    .vhost
+                    .existing_exchange(c.publish.exchange.as_str())
+                    .map_err(fail)?;
+                self.last_exchange = Some(x.clone());
+                x
+            }
+        };
         if exchange.internal {
             return Err(fail(AmqpError::access_refused(format!(
                 "cannot publish to internal exchange '{}' in vhost '{}'",
@@ -265,7 +272,7 @@ impl Channel {
         &mut self,
         ctx: &mut Ctx<'_>,
         publish: b::Publish,
-        properties: BasicProperties,
+        properties: Box<BasicProperties>,
         raw_properties: Bytes,
         body: Bytes,
         exchange: &Arc<crate::broker::exchange::Exchange>,

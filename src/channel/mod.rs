@@ -87,7 +87,7 @@ struct ConsumerInfo {
 #[derive(Debug)]
 struct TxPublish {
     publish: b::Publish,
-    properties: BasicProperties,
+    properties: Box<BasicProperties>,
     raw_properties: Bytes,
     body: Bytes,
 }
@@ -138,6 +138,9 @@ pub struct Channel {
     route_buf: Vec<Arc<Queue>>,
     /// The direct reply-to consumer: its tag and the routable name replies use.
     reply: Option<(Arc<str>, String)>,
+    /// The exchange of the last publish: publishers usually stick to one, and this saves a
+    /// hashed lookup per message.
+    last_exchange: Option<Arc<crate::broker::exchange::Exchange>>,
 }
 
 impl Channel {
@@ -156,6 +159,7 @@ impl Channel {
             last_queue: None,
             route_buf: Vec::new(),
             reply: None,
+            last_exchange: None,
         }
     }
 
@@ -235,7 +239,7 @@ impl Channel {
     pub fn handle_header(
         &mut self,
         ctx: &mut Ctx<'_>,
-        properties: BasicProperties,
+        properties: Box<BasicProperties>,
         raw_properties: Bytes,
         body_size: u64,
     ) -> Result<()> {

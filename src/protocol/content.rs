@@ -14,7 +14,7 @@ pub struct Content {
     /// The publish method that opened the content.
     pub publish: Publish,
     /// Decoded properties.
-    pub properties: BasicProperties,
+    pub properties: Box<BasicProperties>,
     /// Encoded properties, for re-sending verbatim.
     pub raw_properties: Bytes,
     /// The whole body.
@@ -30,7 +30,7 @@ enum State {
     AwaitHeader(Publish),
     AwaitBody {
         publish: Publish,
-        properties: BasicProperties,
+        properties: Box<BasicProperties>,
         raw_properties: Bytes,
         size: u64,
         body: Option<Bytes>,
@@ -67,7 +67,7 @@ impl Assembly {
     /// `max_message_size`.
     pub fn header(
         &mut self,
-        properties: BasicProperties,
+        properties: Box<BasicProperties>,
         raw_properties: Bytes,
         size: u64,
         max_message_size: u64,

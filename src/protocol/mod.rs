@@ -53,8 +53,9 @@ pub enum Frame {
         class_id: u16,
         /// Declared total body size.
         body_size: u64,
-        /// Decoded properties (routing decisions read them).
-        properties: BasicProperties,
+        /// Decoded properties (routing decisions read them), boxed: they are large and
+        /// move from frame to message several times.
+        properties: Box<BasicProperties>,
         /// The encoded property flags and list, re-sent verbatim on delivery.
         raw_properties: Bytes,
     },
@@ -190,7 +191,7 @@ fn decode_header(channel: u16, payload: Bytes) -> Result<Frame, DecodeError> {
     let body_size = u64::from_be_bytes(payload[4..12].try_into().expect("8 bytes checked"));
     let raw_properties = payload.slice(12..);
     let properties = match all_consuming(parse_properties).parse(&raw_properties[..]) {
-        Ok((_, p)) => p,
+        Ok((_, p)) => Box::new(p),
         Err(_) => {
             return Err(AmqpError::frame_error("malformed content header properties").into());
         }

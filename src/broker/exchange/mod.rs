@@ -127,6 +127,7 @@ pub struct Exchange {
     /// `alternate-exchange` argument, if any.
     pub alternate: Option<String>,
     bindings: RwLock<Bindings>,
+    deleted: std::sync::atomic::AtomicBool,
 }
 
 impl Exchange {
@@ -156,7 +157,19 @@ impl Exchange {
             arguments,
             alternate,
             bindings: RwLock::default(),
+            deleted: Default::default(),
         }
+    }
+
+    /// Marks the exchange deleted, for holders of a cached `Arc` (publishing channels).
+    pub fn mark_deleted(&self) {
+        self.deleted
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether it was deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Adds a binding; binding twice is a no-op.
