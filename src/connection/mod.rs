@@ -101,6 +101,22 @@ pub async fn run(
     let _ = writer.await;
 }
 
+/// After a framing error: the close frame is on its way, but the input can no longer be
+/// parsed. Read and discard until the client closes (or a timeout), because closing a socket
+/// with unread input makes the kernel reset it, and a reset can destroy the close frame
+/// before the client reads it.
+async fn linger(rd: &mut tokio::net::tcp::OwnedReadHalf) {
+    let mut scratch = vec![0u8; 16 * 1024];
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        while let Ok(n) = rd.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Bytes>) {
     let mut batch = Vec::with_capacity(64);
     while rx.recv_many(&mut batch, 64).await > 0 {
@@ -144,8 +160,12 @@ struct Connection {
 }
 
 /// Why the main loop stopped.
+#[derive(PartialEq, Eq)]
 enum Stop {
+    /// Closed normally (close / close-ok, or the peer went away).
     Done,
+    /// The input could not be decoded: `connection.close` was sent, the rest is unreadable.
+    Broken,
 }
 
 macro_rules! ctx {
@@ -228,8 +248,14 @@ impl Connection {
                         }
                         Ok(_) => {
                             last_read = Instant::now();
-                            if self.drain_frames(&mut rbuf).is_err() {
+                            if let Err(stop) = self.drain_frames(&mut rbuf) {
                                 self.flush();
+                                if stop == Stop::Broken {
+                                    // Let the writer send the close and a FIN, so a client
+                                    // waiting for the socket to close sees it at once.
+                                    self.writer_tx = mpsc::unbounded_channel().0;
+                                    linger(&mut rd).await;
+                                }
                                 break;
                             }
                         }
@@ -277,7 +303,7 @@ impl Connection {
                         self.close_connection(e);
                     }
                     // Nothing after a framing error can be trusted.
-                    return Err(Stop::Done);
+                    return Err(Stop::Broken);
                 }
                 Err(DecodeError::Drop(why)) => {
                     tracing::warn!(peer = %self.peer, "closing connection: {why}");
