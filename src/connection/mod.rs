@@ -34,6 +34,13 @@ use handshake::{Opened, Refused};
 
 /// How long to wait for `close-ok` after sending `connection.close`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Read buffer sizes: an idle connection keeps a small buffer (memory per connection
+/// matters), one whose reads fill it gets the full size. Reads are capped at 16 KiB on
+/// purpose: bigger ones let a publisher outrun its consumer onto another worker, and on two
+/// cores the cross-core hand-off per message cost more than it gained (measured: S1 780k →
+/// 180k msg/s with 256 KiB reads).
+const MIN_READ: usize = 2 * 1024;
+const MAX_READ: usize = 16 * 1024;
 /// Deliveries taken from the inbox per wake-up before input gets a turn again.
 const INBOX_BATCH: usize = 512;
 
@@ -46,7 +53,7 @@ pub async fn run(
 ) {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
-    let mut rbuf = BytesMut::with_capacity(16 * 1024);
+    let mut rbuf = BytesMut::with_capacity(MIN_READ);
     let limit = Duration::from_secs(broker.config.handshake_timeout);
     let opened = match tokio::time::timeout(
         limit,
@@ -87,7 +94,8 @@ pub async fn run(
         vhost: opened.vhost.clone(),
         opened,
         channels: HashMap::new(),
-        out: BytesMut::with_capacity(16 * 1024),
+        // Grows with the first batch of output; idle connections keep nothing.
+        out: BytesMut::new(),
         sink,
         kicks: Vec::new(),
         writer_tx,
@@ -118,7 +126,7 @@ async fn linger(rd: &mut tokio::net::tcp::OwnedReadHalf) {
 }
 
 async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Bytes>) {
-    let mut batch = Vec::with_capacity(64);
+    let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 64).await > 0 {
         for chunk in batch.drain(..) {
             if wr.write_all(&chunk).await.is_err() {
@@ -206,8 +214,9 @@ impl Connection {
             return;
         }
         self.flush();
-        let mut events = Vec::with_capacity(INBOX_BATCH);
+        let mut events = Vec::new();
         let mut watermark = self.watermark.clone();
+        let mut read_size = MIN_READ;
         loop {
             let deadline = self
                 .closing
@@ -218,6 +227,10 @@ impl Connection {
                 .values()
                 .filter_map(Channel::confirm_wait)
                 .min();
+            if rbuf.capacity() - rbuf.len() < read_size {
+                rbuf.reserve(read_size);
+            }
+            let spare = rbuf.capacity() - rbuf.len();
             tokio::select! {
                 // Persistent messages reached the disk: their confirms go out in `flush`.
                 _ = async {
@@ -246,7 +259,10 @@ impl Connection {
                             tracing::debug!(peer = %self.peer, "socket closed by peer");
                             break;
                         }
-                        Ok(_) => {
+                        Ok(n) => {
+                            if n == spare {
+                                read_size = (read_size * 2).min(MAX_READ);
+                            }
                             last_read = Instant::now();
                             if let Err(stop) = self.drain_frames(&mut rbuf) {
                                 self.flush();
@@ -289,7 +305,11 @@ impl Connection {
             q.dispatch();
         }
         if !self.out.is_empty() {
+            let written = self.out.len();
             let _ = self.writer_tx.send(self.out.split().freeze());
+            // Room for a batch like this one, so a busy connection does not grow its buffer
+            // frame by frame, while an idle one keeps only a little.
+            self.out.reserve(written.clamp(256, 64 * 1024));
         }
     }
 
