@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use amq_protocol::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+use amq_protocol::protocol::AMQPErrorKind;
 
 /// Whether an error closes the channel or the whole connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,14 +93,6 @@ impl AmqpError {
             _ => Scope::Connection,
         }
     }
-
-    /// True for the hard (connection-level) reply codes of the 0-9-1 table.
-    pub fn is_hard(&self) -> bool {
-        matches!(
-            AMQPErrorKind::from_id(self.code),
-            Some(AMQPErrorKind::Hard(_)) | None
-        )
-    }
 }
 
 impl fmt::Display for AmqpError {
@@ -121,13 +113,6 @@ pub fn truncate_shortstr(s: &mut String) {
         s.truncate(end);
     }
 }
-
-// The two reply-code enums are referenced so that a change in amq-protocol's table shows up
-// here at compile time rather than as a silent scope change.
-const _: fn() = || {
-    let _ = AMQPSoftError::PRECONDITIONFAILED;
-    let _ = AMQPHardError::INTERNALERROR;
-};
 
 #[cfg(test)]
 mod tests {

@@ -108,8 +108,7 @@ pub const QUEUE_ARGS: &[&str] = &[
     "x-delivery-limit-exchange",
 ];
 
-fn invalid(name: &str, v: &AMQPValue, why: String) -> AmqpError {
-    let _ = v;
+fn invalid(name: &str, why: String) -> AmqpError {
     AmqpError::precondition_failed(format!("invalid arg '{name}' for queue {why}"))
 }
 
@@ -125,13 +124,10 @@ pub fn validate_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> Resul
             match as_int(v) {
                 None => Err(invalid(
                     k,
-                    v,
                     format!("{target}: \"expected integer, got {}\"", type_name(v)),
                 )),
-                Some(n) if n < min => {
-                    Err(invalid(k, v, format!("{target}: {{value_negative,{n}}}")))
-                }
-                Some(0) if !zero_ok => Err(invalid(k, v, format!("{target}: {{value_zero,0}}"))),
+                Some(n) if n < min => Err(invalid(k, format!("{target}: {{value_negative,{n}}}"))),
+                Some(0) if !zero_ok => Err(invalid(k, format!("{target}: {{value_zero,0}}"))),
                 Some(_) => Ok(()),
             }
         };
@@ -143,16 +139,12 @@ pub fn validate_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> Resul
                 int(0, true)?;
                 let n = as_int(v).unwrap_or(0);
                 if n > 255 {
-                    return Err(invalid(
-                        k,
-                        v,
-                        format!("{target}: {{max_value_exceeded,{n}}}"),
-                    ));
+                    return Err(invalid(k, format!("{target}: {{max_value_exceeded,{n}}}")));
                 }
             }
             "x-overflow" => match as_bytes(v) {
                 Some(b"drop-head" | b"reject-publish" | b"reject-publish-dlx") => {}
-                _ => return Err(invalid(k, v, format!("{target}: invalid_overflow"))),
+                _ => return Err(invalid(k, format!("{target}: invalid_overflow"))),
             },
             "x-dead-letter-exchange"
             | "x-queue-mode"
@@ -181,7 +173,6 @@ pub fn validate_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> Resul
             "x-single-active-consumer" if !matches!(v, AMQPValue::Boolean(_)) => {
                 return Err(invalid(
                     k,
-                    v,
                     format!("{target}: {{unacceptable_type,{}}}", type_name(v)),
                 ));
             }

@@ -499,9 +499,11 @@ impl Queue {
         if self.is_deleted() {
             return Published::Accepted(None);
         }
-        let now = now_ms();
-        let expires_at = self.expiry(&msg, now);
-        let ttl_zero = expires_at == Some(now);
+        // The clock is read only for messages that can expire.
+        let (expires_at, ttl_zero) = match self.ttl(&msg) {
+            Some(ttl) => (Some(now_ms().saturating_add(ttl)), ttl == 0),
+            None => (None, false),
+        };
         let priority = self.priority_of(&msg);
         let (msg, delivery_count) = self.carried_count(msg);
         let mut dead = Vec::new();
@@ -584,17 +586,17 @@ impl Queue {
                 .is_some_and(|m| (s.bytes + bytes) as u64 > m)
     }
 
-    fn expiry(&self, msg: &Message, now: u64) -> Option<u64> {
+    /// The TTL that applies to `msg` here: the lower of the queue's and the message's.
+    fn ttl(&self, msg: &Message) -> Option<u64> {
         let per_message = msg
             .properties
             .expiration()
             .as_ref()
             .and_then(|e| e.as_str().parse::<u64>().ok());
-        let ttl = match (self.args.message_ttl, per_message) {
+        match (self.args.message_ttl, per_message) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
-        };
-        ttl.map(|t| now.saturating_add(t))
+        }
     }
 
     fn priority_of(&self, msg: &Message) -> u8 {

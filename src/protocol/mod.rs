@@ -169,17 +169,11 @@ fn decode_method(channel: u16, payload: &[u8]) -> Result<Frame, DecodeError> {
             channel,
             method: Box::new(method),
         }),
-        Err(_) => {
-            let utf8 = std::str::from_utf8(payload).is_err();
-            let detail = if utf8 {
-                "malformed method frame (bad field or malformed UTF-8 in shortstr)"
-            } else {
-                "malformed method frame"
-            };
-            Err(AmqpError::frame_error(detail)
-                .with_method(class_id, method_id)
-                .into())
-        }
+        Err(_) => Err(AmqpError::frame_error(
+            "malformed method frame (bad field, or malformed UTF-8 in a shortstr)",
+        )
+        .with_method(class_id, method_id)
+        .into()),
     }
 }
 
