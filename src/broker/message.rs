@@ -51,14 +51,11 @@ pub struct Entry {
     pub expires_at: Option<u64>,
     /// Failed deliveries so far (counted when the queue has a delivery limit).
     pub delivery_count: u32,
-    /// Body size in bytes (kept here because a paged-out entry has no body in memory).
+    /// Body size in bytes.
     pub size: u32,
     /// Its record in the message log: persistent messages in durable queues, and any
-    /// message paged out of memory.
+    /// message that was paged out of memory.
     pub log: Option<Logged>,
-    /// The body is not in memory (`msg` is a shared stub): read it back from the log
-    /// before handing the entry out.
-    pub paged: bool,
 }
 
 /// Where an entry's record is in the message log.

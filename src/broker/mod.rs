@@ -6,6 +6,7 @@ pub mod dead_letter;
 pub mod exchange;
 pub mod message;
 pub mod names;
+pub mod paged;
 pub mod persist;
 pub mod queue;
 pub mod queue_args;
@@ -31,6 +32,8 @@ pub struct Persistence {
     pub store: Arc<MessageStore>,
     /// How many message bytes queues may keep in memory.
     pub budget: Budget,
+    /// Where deep queues spill the index of their paged-out messages (unlinked files).
+    pub spill_dir: std::path::PathBuf,
 }
 
 /// The memory budget for queued messages: past it, bodies live only in the message log.
@@ -86,7 +89,16 @@ impl Broker {
     ///
     /// # Errors
     /// As [`Broker::open`].
-    pub fn open_with(config: Config, options: StoreOptions) -> std::io::Result<Self> {
+    pub fn open_with(config: Config, mut options: StoreOptions) -> std::io::Result<Self> {
+        // Queues read back only what fits their memory budget; the rest stays on disk.
+        options.recover_payloads = false;
+        let spill_dir = config.data_dir.join("spill");
+        // Spill files are unlinked as soon as they are created; a crash in between leaves
+        // one behind.
+        match std::fs::remove_dir_all(&spill_dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let defs = Definitions::open(&config.data_dir.join("definitions"))?;
         let loaded = defs.load()?;
         let started = std::time::Instant::now();
@@ -99,6 +111,7 @@ impl Broker {
                 total: config.memory_budget as usize,
                 resident: Default::default(),
             },
+            spill_dir,
         });
         let b = Self::build(config, Some(persist.clone()));
         for v in b.vhosts.iter() {

@@ -1,10 +1,12 @@
 //! How a queued message is written into the message log and read back at recovery: the
 //! payload the store keeps opaque.
 //!
-//! Layout (big-endian): version `1`, exchange and routing key as shortstrs, expiry deadline
-//! (ms since the Unix epoch, 0 = none), priority, failed-delivery count, properties length
-//! and the encoded properties, then the body. The properties are kept in their wire form so
-//! recovery can hand them back without re-encoding.
+//! Layout (big-endian): version `2`, flags, priority, body length (u32), exchange and routing
+//! key as shortstrs, expiry deadline (ms since the Unix epoch, 0 = none), failed-delivery
+//! count, properties length and the encoded properties, then the body. The properties are
+//! kept in their wire form so recovery can hand them back without re-encoding. The first
+//! [`HEAD`] bytes are fixed-size on purpose: recovery hands them over for every message
+//! ([`peek`]), so a message that stays paged out is placed without reading its record.
 
 use std::sync::Arc;
 
@@ -15,7 +17,9 @@ use nom::combinator::all_consuming;
 
 use crate::broker::message::Message;
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// The fixed-size start of a payload: version, flags, priority, body length.
+pub const HEAD: usize = 7;
 /// Flag: the record only holds a paged-out body; the message is not persistent and must
 /// not come back after a restart.
 const TRANSIENT: u8 = 1;
@@ -53,12 +57,13 @@ pub fn encode(
     );
     out.put_u8(VERSION);
     out.put_u8(if transient { TRANSIENT } else { 0 });
+    out.put_u8(priority);
+    out.put_u32(u32::try_from(msg.body.len()).unwrap_or(u32::MAX));
     for s in [msg.exchange.as_str(), msg.routing_key.as_str()] {
         out.put_u8(s.len() as u8);
         out.put_slice(s.as_bytes());
     }
     out.put_u64(expires_at.unwrap_or(0));
-    out.put_u8(priority);
     out.put_u32(delivery_count);
     out.put_u32(msg.raw_properties.len() as u32);
     out.put_slice(&msg.raw_properties);
@@ -68,10 +73,8 @@ pub fn encode(
 /// Decodes a payload written by [`encode`]; `None` for anything malformed (recovery drops
 /// such a record rather than failing the boot).
 pub fn decode(mut p: Bytes) -> Option<Stored> {
-    if p.len() < 2 || p.get_u8() != VERSION {
-        return None;
-    }
-    let flags = p.get_u8();
+    let head = peek(&p)?;
+    p.advance(HEAD);
     let shortstr = |p: &mut Bytes| -> Option<String> {
         if p.remaining() < 1 {
             return None;
@@ -84,17 +87,19 @@ pub fn decode(mut p: Bytes) -> Option<Stored> {
     };
     let exchange = shortstr(&mut p)?;
     let routing_key = shortstr(&mut p)?;
-    if p.remaining() < 8 + 1 + 4 + 4 {
+    if p.remaining() < 8 + 4 + 4 {
         return None;
     }
     let expires = p.get_u64();
-    let priority = p.get_u8();
     let delivery_count = p.get_u32();
     let plen = p.get_u32() as usize;
     if p.remaining() < plen {
         return None;
     }
     let raw_properties = p.split_to(plen);
+    if p.len() != head.size as usize {
+        return None;
+    }
     let (_, properties) = all_consuming(parse_properties)
         .parse(&raw_properties[..])
         .ok()?;
@@ -107,9 +112,32 @@ pub fn decode(mut p: Bytes) -> Option<Stored> {
             body: p,
         }),
         expires_at: (expires != 0).then_some(expires),
-        priority,
+        priority: head.priority,
         delivery_count,
-        transient: flags & TRANSIENT != 0,
+        transient: head.transient,
+    })
+}
+
+/// What the fixed-size start of a payload says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// Written only to page a body out: not to be recovered.
+    pub transient: bool,
+    /// Priority level.
+    pub priority: u8,
+    /// Body size in bytes.
+    pub size: u32,
+}
+
+/// Reads the start of a payload (at least [`HEAD`] bytes); `None` if it is not one of ours.
+pub fn peek(p: &[u8]) -> Option<Head> {
+    if p.len() < HEAD || p[0] != VERSION {
+        return None;
+    }
+    Some(Head {
+        transient: p[1] & TRANSIENT != 0,
+        priority: p[2],
+        size: u32::from_be_bytes(p[3..7].try_into().ok()?),
     })
 }
 
@@ -140,7 +168,22 @@ mod tests {
             (s.expires_at, s.priority, s.delivery_count),
             (Some(123), 3, 2)
         );
-        assert!(decode(Bytes::from_static(b"\x02garbage")).is_none());
-        assert!(decode(Bytes::from_static(b"\x01\x00\x05ab")).is_none());
+        assert_eq!(
+            peek(&buf_head(&msg)),
+            Some(Head {
+                transient: true,
+                priority: 3,
+                size: 4
+            })
+        );
+        assert!(decode(Bytes::from_static(b"\x01garbage")).is_none());
+        assert!(decode(Bytes::from_static(b"\x02\x00\x00\x00\x00\x00\x09\x05ab")).is_none());
+    }
+
+    fn buf_head(msg: &Message) -> Vec<u8> {
+        let mut buf = Vec::new();
+        encode(msg, None, 3, 0, true, &mut buf);
+        buf.truncate(HEAD);
+        buf
     }
 }

@@ -24,6 +24,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::broker::dead_letter::{self, Reason};
 use crate::broker::message::{Entry, Logged, Message};
+use crate::broker::paged::{Paged, PagedFifo};
 use crate::broker::queue_args::{Overflow, QueueArgs};
 use crate::broker::vhost::VHost;
 use crate::error::{AmqpError, Result};
@@ -85,18 +86,6 @@ pub enum Published {
     /// The message log failed (fail-stop): nack it, or close with 541.
     Failed,
 }
-
-/// What a paged-out entry points to instead of its message: one shared empty stub, so a
-/// paged-out message costs its entry and nothing else.
-static PAGED_STUB: std::sync::LazyLock<Arc<Message>> = std::sync::LazyLock::new(|| {
-    Arc::new(Message {
-        exchange: Default::default(),
-        routing_key: Default::default(),
-        properties: Default::default(),
-        raw_properties: Default::default(),
-        body: Default::default(),
-    })
-});
 
 /// The key of a queue's records in the message log.
 pub fn store_key(vhost: &str, queue: &str) -> Arc<str> {
@@ -189,16 +178,28 @@ pub struct Consumer {
 /// parsed properties.
 const ENTRY_OVERHEAD: usize = 256;
 
+/// Most paged messages read back into memory at once (under the queue lock).
+const REFILL_MAX: usize = 256;
+
+/// One priority level: messages in memory, then those paged out behind them. Once a level
+/// has paged messages, new ones queue behind them on disk too, so order holds; they come
+/// back to memory from the front, in batches, as `ready` empties.
+#[derive(Debug, Default)]
+struct Level {
+    ready: VecDeque<Entry>,
+    paged: PagedFifo,
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// Ready messages, one FIFO per priority level (one level without `x-max-priority`).
-    levels: Vec<VecDeque<Entry>>,
+    levels: Vec<Level>,
     len: usize,
     bytes: usize,
     /// Memory the ready messages hold (paged-out ones count nothing).
     resident: usize,
-    /// The broker-wide budget this queue's resident bytes count against.
-    budget: Option<Arc<crate::broker::Persistence>>,
+    /// The stores and the broker-wide budget this queue's resident bytes count against.
+    persist: Option<Arc<crate::broker::Persistence>>,
     /// Ordered by priority (highest first), then by turn.
     consumers: Vec<Consumer>,
     next_seq: u64,
@@ -209,44 +210,58 @@ struct State {
 }
 
 fn cost(e: &Entry) -> usize {
-    if e.paged {
-        0
-    } else {
-        e.size as usize + ENTRY_OVERHEAD
-    }
+    e.size as usize + ENTRY_OVERHEAD
 }
 
 impl State {
-    fn account_in(&mut self, e: &Entry) {
+    fn account_in(&mut self, size: u32, cost: usize) {
         self.len += 1;
-        self.bytes += e.size as usize;
-        let c = cost(e);
-        self.resident += c;
-        if let Some(p) = &self.budget {
-            p.budget.resident.fetch_add(c, Ordering::Relaxed);
+        self.bytes += size as usize;
+        self.resident += cost;
+        if let Some(p) = &self.persist {
+            p.budget.resident.fetch_add(cost, Ordering::Relaxed);
         }
     }
 
-    fn account_out(&mut self, e: &Entry) {
+    fn account_out(&mut self, size: u32, cost: usize) {
         self.len -= 1;
-        self.bytes -= e.size as usize;
-        let c = cost(e);
-        self.resident -= c;
-        if let Some(p) = &self.budget {
-            p.budget.resident.fetch_sub(c, Ordering::Relaxed);
+        self.bytes -= size as usize;
+        self.resident -= cost;
+        if let Some(p) = &self.persist {
+            p.budget.resident.fetch_sub(cost, Ordering::Relaxed);
         }
     }
 
+    fn level_of(&self, priority: u8) -> usize {
+        usize::from(priority).min(self.levels.len() - 1)
+    }
+
+    /// Whether a message of this priority must be paged out to keep its place.
+    fn pages(&self, priority: u8) -> bool {
+        !self.levels[self.level_of(priority)].paged.is_empty()
+    }
+
+    /// Appends a message kept in memory.
     fn push(&mut self, e: Entry) {
-        self.account_in(&e);
-        let level = usize::from(e.priority).min(self.levels.len() - 1);
-        self.levels[level].push_back(e);
+        self.account_in(e.size, cost(&e));
+        let level = self.level_of(e.priority);
+        self.levels[level].ready.push_back(e);
+    }
+
+    /// Appends a paged-out message.
+    fn push_paged(&mut self, priority: u8, p: Paged) {
+        self.account_in(p.size(), 0);
+        let level = self.level_of(priority);
+        let dir = self.persist.as_ref().map(|p| p.spill_dir.as_path());
+        self.levels[level].paged.push_back(p, dir);
     }
 
     fn insert_by_seq(&mut self, e: Entry) {
-        self.account_in(&e);
-        let at = usize::from(e.priority).min(self.levels.len() - 1);
-        let level = &mut self.levels[at];
+        self.account_in(e.size, cost(&e));
+        let at = self.level_of(e.priority);
+        // Delivered messages came from the front, so they belong in `ready`, before every
+        // paged one.
+        let level = &mut self.levels[at].ready;
         // Requeued messages are usually older than everything ready: check the front first.
         let at = if level.front().is_none_or(|f| e.seq < f.seq) {
             0
@@ -256,21 +271,93 @@ impl State {
         level.insert(at, e);
     }
 
-    fn pop(&mut self) -> Option<Entry> {
-        let e = self.levels.iter_mut().rev().find_map(VecDeque::pop_front)?;
-        self.account_out(&e);
+    /// The oldest message of a level, reading paged ones back first if none is in memory.
+    fn front(&mut self, level: usize) -> Option<&Entry> {
+        if self.levels[level].ready.is_empty() && !self.levels[level].paged.is_empty() {
+            self.refill(level);
+        }
+        self.levels[level].ready.front()
+    }
+
+    fn pop_front(&mut self, level: usize) -> Option<Entry> {
+        self.front(level)?;
+        let l = &mut self.levels[level].ready;
+        let e = l.pop_front()?;
+        if l.is_empty() && l.capacity() > 1 << 16 {
+            // A deep queue drained: give the memory back.
+            l.shrink_to(1024);
+        }
+        self.account_out(e.size, cost(&e));
         Some(e)
+    }
+
+    fn pop(&mut self) -> Option<Entry> {
+        loop {
+            let level = (0..self.levels.len())
+                .rev()
+                .find(|&i| !self.levels[i].ready.is_empty() || !self.levels[i].paged.is_empty())?;
+            // None only when every paged message read back was unreadable (and dropped).
+            if let Some(e) = self.pop_front(level) {
+                return Some(e);
+            }
+        }
+    }
+
+    /// Brings paged messages of `level` back into memory: as many as the budget allows,
+    /// at least one, at most [`REFILL_MAX`]. A message that cannot be read back (only after
+    /// the log failed) is dropped with an error log.
+    fn refill(&mut self, level: usize) {
+        let Some(p) = self.persist.clone() else {
+            return;
+        };
+        let mut n = 0;
+        while n < REFILL_MAX
+            && (n == 0
+                || (self.resident < p.budget.per_queue
+                    && p.budget.resident.load(Ordering::Relaxed) < p.budget.total))
+        {
+            let Some(pg) = self.levels[level].paged.pop_front() else {
+                break;
+            };
+            // It leaves the paged FIFO and comes back as a resident entry.
+            self.account_out(pg.size(), 0);
+            match read_back(&p, &pg) {
+                Some(e) => {
+                    self.account_in(e.size, cost(&e));
+                    self.levels[level].ready.push_back(e);
+                    n += 1;
+                }
+                None => {
+                    tracing::error!("cannot read a paged-out message back; dropping it");
+                    p.store.ack(pg.id());
+                }
+            }
+        }
+        // Messages whose spilled index could not be read back: they stay in the log (and
+        // come back after a restart); their sizes are unknown here.
+        let lost = self.levels[level].paged.take_lost();
+        self.len -= lost;
     }
 
     /// Removes the newest entry of a level if it is `seq` (a TTL-0 message nobody took).
     fn pop_back_if(&mut self, level: usize, seq: u64) -> Option<Entry> {
         let l = &mut self.levels[level];
-        if l.back().is_some_and(|e| e.seq == seq) {
-            let e = l.pop_back().expect("back checked");
-            self.account_out(&e);
-            return Some(e);
+        if l.paged.is_empty() {
+            if l.ready.back().is_some_and(|e| e.seq == seq) {
+                let e = l.ready.pop_back().expect("back checked");
+                self.account_out(e.size, cost(&e));
+                return Some(e);
+            }
+            return None;
         }
-        None
+        let pg = l.paged.pop_back_if(seq)?;
+        self.account_out(pg.size(), 0);
+        let p = self.persist.clone()?;
+        let e = read_back(&p, &pg);
+        if e.is_none() {
+            p.store.ack(pg.id());
+        }
+        e
     }
 
     /// Moves expired messages at the head of each level to `dead` (RabbitMQ only expires at
@@ -279,28 +366,40 @@ impl State {
     /// that is waiting in the millisecond it arrives.
     fn expire_heads(&mut self, now: u64, dead: &mut Vec<(Entry, Reason)>) {
         for i in 0..self.levels.len() {
-            while self.levels[i]
-                .front()
+            while self
+                .front(i)
                 .is_some_and(|e| e.expires_at.is_some_and(|t| t < now))
             {
-                let e = self.levels[i].pop_front().expect("front checked");
-                self.account_out(&e);
+                let e = self.pop_front(i).expect("front checked");
                 dead.push((e, Reason::Expired));
             }
         }
     }
 
-    fn next_expiry(&self) -> Option<u64> {
-        self.levels
-            .iter()
-            .filter_map(|l| l.front().and_then(|e| e.expires_at))
+    fn next_expiry(&mut self) -> Option<u64> {
+        (0..self.levels.len())
+            .filter_map(|i| self.front(i).and_then(|e| e.expires_at))
             .min()
     }
 
-    fn clear(&mut self) -> usize {
+    /// Drops every ready message; returns how many. With `settle`, each one's log record
+    /// is killed too (purge; a deleted queue's records go with the queue).
+    fn clear(&mut self, settle: bool) -> usize {
         let n = self.len;
-        self.levels.iter_mut().for_each(VecDeque::clear);
-        if let Some(p) = &self.budget {
+        let store = self.persist.as_ref().map(|p| &p.store).filter(|_| settle);
+        for l in &mut self.levels {
+            for e in l.ready.drain(..) {
+                if let (Some(store), Some(log)) = (store, e.log) {
+                    store.ack(log.id);
+                }
+            }
+            l.ready.shrink_to(0);
+            match store {
+                Some(store) => l.paged.clear_with(|p| store.ack(p.id())),
+                None => l.paged.clear(),
+            }
+        }
+        if let Some(p) = &self.persist {
             p.budget
                 .resident
                 .fetch_sub(self.resident, Ordering::Relaxed);
@@ -310,6 +409,30 @@ impl State {
         self.resident = 0;
         n
     }
+}
+
+/// Reads a paged-out message back from the log. A record is readable once written; one
+/// paged out a moment ago may not be yet, so on a miss it waits for everything appended so
+/// far to be on disk and tries once more.
+fn read_back(p: &crate::broker::Persistence, pg: &Paged) -> Option<Entry> {
+    let loc = pg.location();
+    let bytes = p.store.read(loc).or_else(|_| {
+        p.store
+            .watermark()
+            .wait_blocking(p.store.appended())
+            .map_err(std::io::Error::other)?;
+        p.store.read(loc)
+    });
+    let stored = crate::broker::persist::decode(bytes.ok()?)?;
+    let mut e = Entry::new(pg.seq(), stored.msg, stored.priority, stored.expires_at);
+    e.delivery_count = stored.delivery_count;
+    e.redelivered = pg.redelivered();
+    e.log = Some(Logged {
+        id: pg.id(),
+        loc,
+        seq: Seq(0),
+    });
+    Some(e)
 }
 
 /// Everything a queue is made from.
@@ -383,9 +506,11 @@ impl Queue {
         Self {
             keeps_messages: durable && owner.is_none(),
             state: Mutex::new(State {
-                levels: vec![VecDeque::new(); levels],
+                levels: std::iter::repeat_with(Level::default)
+                    .take(levels)
+                    .collect(),
                 last_used: now_ms(),
-                budget: persist.clone(),
+                persist: persist.clone(),
                 ..State::default()
             }),
             persist,
@@ -527,15 +652,21 @@ impl Queue {
                     return Published::Failed;
                 }
                 let wait = entry.log.filter(|_| persistent).map(|l| l.seq);
-                if self.over_budget(&s, &entry) {
-                    self.page_out(&mut entry);
-                }
                 s.next_seq += 1;
-                s.push(entry);
+                if s.pages(priority) || self.over_budget(&s, cost(&entry)) {
+                    match self.page_out(entry) {
+                        Ok(p) => s.push_paged(priority, p),
+                        // The log refused it (it failed): keep the body in memory, even if
+                        // that puts it ahead of older paged-out messages.
+                        Err(e) => s.push(e),
+                    }
+                } else {
+                    s.push(entry);
+                }
                 self.dispatch_locked(&mut s, &mut dead);
                 // TTL 0: delivered just now or never.
                 if ttl_zero {
-                    let at = usize::from(priority).min(s.levels.len() - 1);
+                    let at = s.level_of(priority);
                     if let Some(e) = s.pop_back_if(at, seq) {
                         dead.push((e, Reason::Expired));
                     }
@@ -640,55 +771,24 @@ impl Queue {
         })
     }
 
-    /// Whether keeping this entry's body in memory would go over the queue's or the
+    /// Whether keeping a message costing `c` in memory would go over the queue's or the
     /// broker's budget.
-    fn over_budget(&self, s: &State, e: &Entry) -> bool {
+    fn over_budget(&self, s: &State, c: usize) -> bool {
         let Some(p) = &self.persist else {
             return false;
         };
-        let c = cost(e);
         s.resident + c > p.budget.per_queue
             || p.budget.resident.load(Ordering::Relaxed) + c > p.budget.total
     }
 
     /// Drops an entry's body from memory; it stays in the log (written now, without waiting
-    /// for the disk, if it was not there yet).
-    fn page_out(&self, e: &mut Entry) {
-        if e.log.is_none() && self.append(e, true).is_err() {
-            return; // the log refused it: keep the body in memory
+    /// for the disk, if it was not there yet). Gives the entry back if the log refused it.
+    fn page_out(&self, mut e: Entry) -> std::result::Result<Paged, Entry> {
+        if e.log.is_none() && self.append(&mut e, true).is_err() {
+            return Err(e);
         }
-        e.msg = PAGED_STUB.clone();
-        e.paged = true;
-    }
-
-    /// Reads a paged-out body back. False if it cannot be read (logged; the message is
-    /// lost, which only happens after the log failed).
-    fn page_in(&self, e: &mut Entry) -> bool {
-        if !e.paged {
-            return true;
-        }
-        let (Some(p), Some(log)) = (&self.persist, e.log) else {
-            return false;
-        };
-        // A record is readable once written; one paged out a moment ago may not be yet.
-        let bytes = p.store.read(log.loc).or_else(|_| {
-            p.store
-                .watermark()
-                .wait_blocking(log.seq)
-                .map_err(std::io::Error::other)?;
-            p.store.read(log.loc)
-        });
-        match bytes.ok().and_then(crate::broker::persist::decode) {
-            Some(stored) => {
-                e.msg = stored.msg;
-                e.paged = false;
-                true
-            }
-            None => {
-                tracing::error!(queue = %self.name, "cannot read a paged-out message back; dropping it");
-                false
-            }
-        }
+        let log = e.log.expect("appended");
+        Paged::new(e.seq, log.id, log.loc, e.size, e.redelivered).ok_or(e)
     }
 
     /// The message left the queue for good (acked, dropped, dead-lettered): its log record
@@ -699,20 +799,42 @@ impl Queue {
         }
     }
 
-    /// Puts recovered messages back, in log order, at boot; past the memory budget their
-    /// bodies stay in the log.
-    pub fn restore(
-        self: &Arc<Self>,
-        entries: impl IntoIterator<
-            Item = (
-                crate::broker::persist::Stored,
-                crate::store::RecoveredMessage,
-            ),
-        >,
-    ) {
+    /// Puts recovered messages back, in log order, at boot; past the memory budget they
+    /// stay paged out, placed from the head of their record alone. Records written only to
+    /// page a body out are not messages to recover: they are killed. Returns how many
+    /// messages came back.
+    pub fn restore(self: &Arc<Self>, recovered: Vec<crate::store::RecoveredMessage>) -> usize {
+        let Some(p) = self.persist.clone() else {
+            return 0;
+        };
         let mut s = self.state.lock();
-        for (stored, rec) in entries {
+        let before = s.len;
+        for rec in recovered {
+            let head = crate::broker::persist::peek(&rec.head);
+            let Some(head) = head.filter(|h| !h.transient) else {
+                if head.is_none() {
+                    tracing::warn!(queue = %self.name, "dropping an undecodable stored message");
+                }
+                p.store.ack(rec.id);
+                continue;
+            };
             let seq = s.next_seq;
+            if (s.pages(head.priority) || self.over_budget(&s, head.size as usize + ENTRY_OVERHEAD))
+                && let Some(pg) = Paged::new(seq, rec.id, rec.loc, head.size, rec.delivered)
+            {
+                s.next_seq += 1;
+                s.push_paged(head.priority, pg);
+                continue;
+            }
+            let bytes = match rec.payload {
+                Some(b) => Some(b),
+                None => p.store.read(rec.loc).ok(),
+            };
+            let Some(stored) = bytes.and_then(crate::broker::persist::decode) else {
+                tracing::warn!(queue = %self.name, "dropping an unreadable stored message");
+                p.store.ack(rec.id);
+                continue;
+            };
             s.next_seq += 1;
             let mut e = Entry::new(seq, stored.msg, stored.priority, stored.expires_at);
             e.delivery_count = stored.delivery_count;
@@ -722,12 +844,9 @@ impl Queue {
                 loc: rec.loc,
                 seq: Seq(0),
             });
-            if self.over_budget(&s, &e) {
-                e.msg = PAGED_STUB.clone();
-                e.paged = true;
-            }
             s.push(e);
         }
+        s.len - before
     }
 
     /// Puts delivered messages back at their original positions, marked redelivered. With
@@ -832,12 +951,11 @@ impl Queue {
                 s.consumers.iter().position(|c| c.credit.try_acquire())
             };
             let Some(i) = chosen else { return };
-            let mut entry = s.pop().expect("len checked");
-            if !self.page_in(&mut entry) {
-                self.settled(&entry);
+            let Some(entry) = s.pop() else {
+                // Only messages that could not be read back were left.
                 s.consumers[i].credit.release(1);
-                continue;
-            }
+                return;
+            };
             let c = &s.consumers[i];
             self.mark_delivered(&entry, c.no_ack);
             let event = QueueEvent::Deliver {
@@ -892,14 +1010,9 @@ impl Queue {
             let now = now_ms();
             s.last_used = now;
             s.expire_heads(now, &mut dead);
-            let mut got = s.pop();
-            while let Some(e) = &mut got {
-                if self.page_in(e) {
-                    self.mark_delivered(e, no_ack);
-                    break;
-                }
-                self.settled(e);
-                got = s.pop();
+            let got = s.pop();
+            if let Some(e) = &got {
+                self.mark_delivered(e, no_ack);
             }
             // Taking the head exposes the next one: if it has expired, it goes now.
             s.expire_heads(now, &mut dead);
@@ -968,13 +1081,7 @@ impl Queue {
 
     /// Drops every ready message; returns how many.
     pub fn purge(&self) -> u32 {
-        let mut s = self.state.lock();
-        if self.persist.is_some() {
-            for e in s.levels.iter().flatten() {
-                self.settled(e);
-            }
-        }
-        s.clear() as u32
+        self.state.lock().clear(true) as u32
     }
 
     /// Ready messages.
@@ -996,7 +1103,7 @@ impl Queue {
         }
         self.timer.notify_one();
         let mut s = self.state.lock();
-        let n = s.clear() as u32;
+        let n = s.clear(false) as u32;
         (n, std::mem::take(&mut s.consumers))
     }
 
@@ -1015,10 +1122,7 @@ impl Queue {
             return;
         };
         let mut targets = Vec::new();
-        for (mut e, reason) in dead {
-            if !self.page_in(&mut e) {
-                continue;
-            }
+        for (e, reason) in dead {
             let dlx = match (&self.args.delivery_limit_exchange, reason) {
                 (Some(x), Reason::DeliveryLimit) => x,
                 _ => match &self.args.dlx {
@@ -1064,7 +1168,6 @@ impl Entry {
             delivery_count: 0,
             size: msg_size,
             log: None,
-            paged: false,
         }
     }
 }

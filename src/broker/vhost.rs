@@ -210,26 +210,8 @@ impl VHost {
                 .queues
                 .remove(&*crate::broker::queue::store_key(&self.name, &q.name))
             {
-                let mut restored = Vec::with_capacity(msgs.len());
-                for m in msgs {
-                    match m.payload.clone().and_then(crate::broker::persist::decode) {
-                        Some(stored) if !stored.transient => restored.push((stored, m)),
-                        Some(_) => {
-                            // Only paged out, never persistent: gone with the restart.
-                            if let Some(p) = &self.persist {
-                                p.store.ack(m.id);
-                            }
-                        }
-                        None => {
-                            tracing::warn!(queue = %q.name, "dropping an undecodable stored message");
-                            if let Some(p) = &self.persist {
-                                p.store.ack(m.id);
-                            }
-                        }
-                    }
-                }
-                tracing::info!(queue = %q.name, messages = restored.len(), "recovered queue");
-                queue.restore(restored);
+                let n = queue.restore(msgs);
+                tracing::info!(queue = %q.name, messages = n, "recovered queue");
             }
             queue.start_timer();
             self.queues.insert(queue.name.clone(), queue);

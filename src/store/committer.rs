@@ -113,7 +113,7 @@ pub(crate) struct State {
     segment_size: u64,
     next_msg: u64,
     /// Sequence number of the last record appended; one per record, from 1 at each open.
-    seq: u64,
+    pub(crate) seq: u64,
     pub(crate) failed: bool,
     pub(crate) closing: bool,
     /// Flush requests made; the committer answers through `Progress::flushed`.

@@ -135,6 +135,9 @@ pub struct Recovery {
     pub damage: Vec<Damage>,
 }
 
+/// How many leading payload bytes recovery reports for every message.
+pub const HEAD_BYTES: usize = 8;
+
 /// One live message found by recovery.
 #[derive(Clone, Debug)]
 pub struct RecoveredMessage {
@@ -146,6 +149,10 @@ pub struct RecoveredMessage {
     /// bytes as read at open, so it keeps that segment's buffer alive: copy it, or drop it
     /// and `read` it back later, if memory matters.
     pub payload: Option<Bytes>,
+    /// The payload's first [`HEAD_BYTES`] bytes (zero-padded), with or without
+    /// `recover_payloads`: room for a small fixed-size header the caller keeps there, so it
+    /// can place a message without reading its record.
+    pub head: [u8; HEAD_BYTES],
     /// A Delivered mark was written for it: deliver it with `redelivered = true`.
     pub delivered: bool,
 }
@@ -415,6 +422,12 @@ impl MessageStore {
     pub fn delete_queue(&self, queue: &str) {
         self.shared.state.lock().delete_queue(queue);
         self.shared.work.notify_one();
+    }
+
+    /// The sequence number of the newest record appended so far: once the watermark reaches
+    /// it, every record appended before this call is readable.
+    pub fn appended(&self) -> Seq {
+        Seq(self.shared.state.lock().seq)
     }
 
     /// A watermark for awaiting confirms.

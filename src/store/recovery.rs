@@ -29,7 +29,7 @@ use bytes::Bytes;
 
 use super::index::Index;
 use super::segment::{self, Record};
-use super::{Damage, Location, MsgId, RecoveredMessage, Recovery, StoreOptions};
+use super::{Damage, HEAD_BYTES, Location, MsgId, RecoveredMessage, Recovery, StoreOptions};
 
 /// What `MessageStore::open` needs to start the committer.
 pub(crate) struct Recovered {
@@ -45,6 +45,7 @@ struct ScanMsg {
     offset: u64,
     len: u32,
     payload_start: u64,
+    head: [u8; HEAD_BYTES],
 }
 
 pub(crate) fn recover(dir: &Path, opts: &StoreOptions) -> io::Result<Recovered> {
@@ -79,10 +80,14 @@ pub(crate) fn recover(dir: &Path, opts: &StoreOptions) -> io::Result<Recovered> 
                         break;
                     }
                     next_msg = id + 1;
+                    let mut head = [0; HEAD_BYTES];
+                    let n = payload.len().min(HEAD_BYTES);
+                    head[..n].copy_from_slice(&data[payload.start..payload.start + n]);
                     msgs.push(ScanMsg {
                         offset: pos as u64,
                         len: total as u32,
                         payload_start: payload.start as u64,
+                        head,
                     });
                 }
                 Record::Ack { id } => {
@@ -198,6 +203,7 @@ fn collect_live(
                         len: m.len,
                     },
                     payload,
+                    head: m.head,
                     delivered: seg.is_delivered(i),
                 });
             }
