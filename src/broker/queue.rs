@@ -19,6 +19,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use amq_protocol::types::{AMQPValue, FieldTable};
+use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 
@@ -305,28 +306,38 @@ impl State {
     }
 
     /// Brings paged messages of `level` back into memory: as many as the budget allows,
-    /// at least one, at most [`REFILL_MAX`]. A message that cannot be read back (only after
-    /// the log failed) is dropped with an error log.
+    /// at least one, at most [`REFILL_MAX`], read in runs. A message that cannot be read
+    /// back (only after the log failed) is dropped with an error log.
     fn refill(&mut self, level: usize) {
         let Some(p) = self.persist.clone() else {
             return;
         };
-        let mut n = 0;
-        while n < REFILL_MAX
-            && (n == 0
-                || (self.resident < p.budget.per_queue
-                    && p.budget.resident.load(Ordering::Relaxed) < p.budget.total))
-        {
+        let mut room = p.budget.per_queue.saturating_sub(self.resident).min(
+            p.budget
+                .total
+                .saturating_sub(p.budget.resident.load(Ordering::Relaxed)),
+        );
+        let mut batch = Vec::new();
+        while batch.len() < REFILL_MAX {
             let Some(pg) = self.levels[level].paged.pop_front() else {
                 break;
             };
+            let c = pg.size() as usize + ENTRY_OVERHEAD;
+            batch.push(pg);
+            if c > room {
+                break;
+            }
+            room -= c;
+        }
+        let locs: Vec<_> = batch.iter().map(Paged::location).collect();
+        let reads = p.store.read_many(&locs);
+        for (pg, read) in batch.iter().zip(reads) {
             // It leaves the paged FIFO and comes back as a resident entry.
             self.account_out(pg.size(), 0);
-            match read_back(&p, &pg) {
+            match read_back(&p, pg, read.ok()) {
                 Some(e) => {
                     self.account_in(e.size, cost(&e));
                     self.levels[level].ready.push_back(e);
-                    n += 1;
                 }
                 None => {
                     tracing::error!("cannot read a paged-out message back; dropping it");
@@ -354,7 +365,7 @@ impl State {
         let pg = l.paged.pop_back_if(seq)?;
         self.account_out(pg.size(), 0);
         let p = self.persist.clone()?;
-        let e = read_back(&p, &pg);
+        let e = read_back(&p, &pg, None);
         if e.is_none() {
             p.store.ack(pg.id());
         }
@@ -412,12 +423,12 @@ impl State {
     }
 }
 
-/// Reads a paged-out message back from the log. A record is readable once written; one
-/// paged out a moment ago may not be yet, so on a miss it waits for everything appended so
-/// far to be on disk and tries once more.
-fn read_back(p: &crate::broker::Persistence, pg: &Paged) -> Option<Entry> {
+/// Makes a paged-out message an entry again from its payload (`read`, or read now). A record
+/// is readable once written; one paged out a moment ago may not be yet, so on a miss it
+/// waits for everything appended so far to be on disk and tries once more.
+fn read_back(p: &crate::broker::Persistence, pg: &Paged, read: Option<Bytes>) -> Option<Entry> {
     let loc = pg.location();
-    let bytes = p.store.read(loc).or_else(|_| {
+    let bytes = read.ok_or(()).or_else(|()| {
         p.store
             .watermark()
             .wait_blocking(p.store.appended())
