@@ -696,6 +696,26 @@ async fn paged_persistent_messages_survive_a_restart_and_paged_transient_ones_do
     assert_eq!(got, want);
 }
 
+/// Publishes bodies `00000`, `00001`, ... to `queue` without waiting for anything.
+async fn publish_numbered(
+    ch: &Channel,
+    queue: &str,
+    n: usize,
+    props: impl Fn(usize) -> BasicProperties,
+) {
+    for i in 0..n {
+        ch.basic_publish(
+            "".into(),
+            queue.into(),
+            Default::default(),
+            format!("{i:05}").as_bytes(),
+            props(i),
+        )
+        .await
+        .unwrap();
+    }
+}
+
 /// How many spill files the broker process has open (they are unlinked at once, so only
 /// `/proc` shows them).
 fn open_spill_files(pid: u32) -> usize {
@@ -725,17 +745,10 @@ async fn a_deep_queue_spills_its_paged_index_and_keeps_order_requeue_purge_and_r
             .await
             .unwrap();
         ch.confirm_select(Default::default()).await.unwrap();
-        for i in 0..N {
-            ch.basic_publish(
-                "".into(),
-                "deep".into(),
-                Default::default(),
-                format!("{i:05}").as_bytes(),
-                persistent().with_priority((i % 2) as u8),
-            )
-            .await
-            .unwrap();
-        }
+        publish_numbered(&ch, "deep", N, |i| {
+            persistent().with_priority((i % 2) as u8)
+        })
+        .await;
         assert!(ch.wait_for_confirms().await.unwrap().is_empty());
         assert_eq!(count(&ch, "deep").await.unwrap(), N as u32);
         // 10,000 paged messages per level: more than the two chunks kept in memory.
@@ -793,17 +806,7 @@ async fn a_deep_queue_spills_its_paged_index_and_keeps_order_requeue_purge_and_r
     assert_eq!(open_spill_files(b.child.id()), 0);
 
     // Refill past the budget, purge, and restart: nothing comes back.
-    for i in 0..N {
-        ch.basic_publish(
-            "".into(),
-            "deep".into(),
-            Default::default(),
-            format!("{i:05}").as_bytes(),
-            persistent(),
-        )
-        .await
-        .unwrap();
-    }
+    publish_numbered(&ch, "deep", N, |_| persistent()).await;
     assert_eq!(count(&ch, "deep").await.unwrap(), N as u32);
     let purged = ch
         .queue_purge("deep".into(), Default::default())
