@@ -90,8 +90,10 @@ impl Broker {
     /// # Errors
     /// As [`Broker::open`].
     pub fn open_with(config: Config, mut options: StoreOptions) -> std::io::Result<Self> {
-        // Queues read back only what fits their memory budget; the rest stays on disk.
+        // Messages are streamed into their queues, which keep only what fits their memory
+        // budget: memory at boot stays bounded however deep the queues are.
         options.recover_payloads = false;
+        options.replay = true;
         let spill_dir = config.data_dir.join("spill");
         // Spill files are unlinked as soon as they are created; a crash in between leaves
         // one behind.
@@ -114,13 +116,26 @@ impl Broker {
             spill_dir,
         });
         let b = Self::build(config, Some(persist.clone()));
-        for v in b.vhosts.iter() {
-            v.restore(&loaded, &mut recovery);
-        }
-        // Messages of queues that no longer exist.
-        for (_, msgs) in recovery.queues {
-            for m in msgs {
-                persist.store.ack(m.id);
+        let queues: std::collections::HashMap<String, Arc<queue::Queue>> = b
+            .vhosts
+            .iter()
+            .flat_map(|v| v.restore(&loaded))
+            .map(|q| (q.store_key().to_owned(), q))
+            .collect();
+        let mut counts = std::collections::HashMap::<&str, u64>::new();
+        recovery.replay(|key, m, payload| match queues.get(key) {
+            Some(q) => {
+                if q.restore(m, payload) {
+                    *counts.entry(&q.name).or_default() += 1;
+                }
+            }
+            // A queue that no longer exists.
+            None => persist.store.ack(m.id),
+        })?;
+        for q in queues.values() {
+            q.restored();
+            if let Some(n) = counts.get(&*q.name) {
+                tracing::info!(queue = %q.name, messages = n, "recovered queue");
             }
         }
         tracing::info!(

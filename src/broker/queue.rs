@@ -811,54 +811,58 @@ impl Queue {
         }
     }
 
-    /// Puts recovered messages back, in log order, at boot; past the memory budget they
-    /// stay paged out, placed from the head of their record alone. Records written only to
-    /// page a body out are not messages to recover: they are killed. Returns how many
-    /// messages came back.
-    pub fn restore(self: &Arc<Self>, recovered: Vec<crate::store::RecoveredMessage>) -> usize {
-        let Some(p) = self.persist.clone() else {
-            return 0;
+    /// This queue's name in the message log.
+    pub fn store_key(&self) -> &str {
+        &self.store_key
+    }
+
+    /// Puts one recovered message back at boot (called in log order); past the memory
+    /// budget it stays paged out, placed from the head of its record alone. A record written
+    /// only to page a body out is not a message to recover: it is killed. Returns whether
+    /// the message came back.
+    pub fn restore(&self, rec: crate::store::RecoveredMessage, payload: &[u8]) -> bool {
+        let Some(p) = &self.persist else {
+            return false;
+        };
+        let head = crate::broker::persist::peek(&rec.head);
+        let Some(head) = head.filter(|h| !h.transient) else {
+            if head.is_none() {
+                tracing::warn!(queue = %self.name, "dropping an undecodable stored message");
+            }
+            p.store.ack(rec.id);
+            return false;
         };
         let mut s = self.state.lock();
-        let before = s.len;
-        for rec in recovered {
-            let head = crate::broker::persist::peek(&rec.head);
-            let Some(head) = head.filter(|h| !h.transient) else {
-                if head.is_none() {
-                    tracing::warn!(queue = %self.name, "dropping an undecodable stored message");
-                }
-                p.store.ack(rec.id);
-                continue;
-            };
-            let seq = s.next_seq;
-            if (s.pages(head.priority) || self.over_budget(&s, head.size as usize + ENTRY_OVERHEAD))
-                && let Some(pg) = Paged::new(seq, rec.id, rec.loc, head.size, rec.delivered)
-            {
-                s.next_seq += 1;
-                s.push_paged(head.priority, pg);
-                continue;
-            }
-            let bytes = match rec.payload {
-                Some(b) => Some(b),
-                None => p.store.read(rec.loc).ok(),
-            };
-            let Some(stored) = bytes.and_then(crate::broker::persist::decode) else {
-                tracing::warn!(queue = %self.name, "dropping an unreadable stored message");
-                p.store.ack(rec.id);
-                continue;
-            };
+        let seq = s.next_seq;
+        if (s.pages(head.priority) || self.over_budget(&s, head.size as usize + ENTRY_OVERHEAD))
+            && let Some(pg) = Paged::new(seq, rec.id, rec.loc, head.size, rec.delivered)
+        {
             s.next_seq += 1;
-            let mut e = Entry::new(seq, stored.msg, stored.priority, stored.expires_at);
-            e.delivery_count = stored.delivery_count;
-            e.redelivered = rec.delivered;
-            e.log = Some(Logged {
-                id: rec.id,
-                loc: rec.loc,
-                seq: Seq(0),
-            });
-            s.push(e);
+            s.push_paged(head.priority, pg);
+            return true;
         }
-        s.len - before
+        // A copy: the payload borrows a whole segment's buffer.
+        let Some(stored) = crate::broker::persist::decode(Bytes::copy_from_slice(payload)) else {
+            tracing::warn!(queue = %self.name, "dropping an undecodable stored message");
+            p.store.ack(rec.id);
+            return false;
+        };
+        s.next_seq += 1;
+        let mut e = Entry::new(seq, stored.msg, stored.priority, stored.expires_at);
+        e.delivery_count = stored.delivery_count;
+        e.redelivered = rec.delivered;
+        e.log = Some(Logged {
+            id: rec.id,
+            loc: rec.loc,
+            seq: Seq(0),
+        });
+        s.push(e);
+        true
+    }
+
+    /// Recovery is over: the timer looks at the restored messages' deadlines.
+    pub fn restored(&self) {
+        self.timer.notify_one();
     }
 
     /// Puts delivered messages back at their original positions, marked redelivered. With

@@ -171,8 +171,9 @@ impl VHost {
         })
     }
 
-    /// Rebuilds durable topology and queued messages at boot.
-    pub fn restore(&self, loaded: &Loaded, recovery: &mut crate::store::Recovery) {
+    /// Rebuilds durable topology at boot; returns the durable queues, for their messages.
+    pub fn restore(&self, loaded: &Loaded) -> Vec<Arc<Queue>> {
+        let mut restored = Vec::new();
         for x in loaded.exchanges.iter().filter(|x| x.vhost == self.name) {
             let Ok(kind) = ExchangeKind::parse(&x.kind) else {
                 continue;
@@ -206,14 +207,8 @@ impl VHost {
                 vhost: self.me.clone(),
                 store,
             }));
-            if let Some(msgs) = recovery
-                .queues
-                .remove(&*crate::broker::queue::store_key(&self.name, &q.name))
-            {
-                let n = queue.restore(msgs);
-                tracing::info!(queue = %q.name, messages = n, "recovered queue");
-            }
             queue.start_timer();
+            restored.push(queue.clone());
             self.queues.insert(queue.name.clone(), queue);
         }
         for b in loaded.bindings.iter().filter(|b| b.vhost == self.name) {
@@ -230,6 +225,7 @@ impl VHost {
             };
             let _ = src.bind(dest, &b.key, &b.arguments);
         }
+        restored
     }
 
     /// Registers a direct reply-to consumer under a fresh routable name.

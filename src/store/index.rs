@@ -75,6 +75,17 @@ impl SegMeta {
         get(&self.live_bits, i)
     }
 
+    /// Which of its messages are live and which were delivered, as of now (two bits per
+    /// message), for replaying recovery.
+    pub(crate) fn liveness(&self) -> Liveness {
+        Liveness {
+            segment: self.id,
+            first: self.first,
+            live: self.live_bits.clone(),
+            delivered: self.delivered_bits.clone(),
+        }
+    }
+
     pub(crate) fn is_delivered(&self, i: u64) -> bool {
         get(&self.delivered_bits, i)
     }
@@ -94,6 +105,29 @@ impl SegMeta {
         clear(&mut self.live_bits, i);
         self.live -= 1;
         true
+    }
+}
+
+/// A copy of one segment's liveness bits, taken at the end of the recovery scan.
+#[derive(Debug)]
+pub(crate) struct Liveness {
+    pub(crate) segment: u64,
+    pub(crate) first: u64,
+    live: Vec<u64>,
+    delivered: Vec<u64>,
+}
+
+impl Liveness {
+    /// Message `id` (of this segment) is live.
+    pub(crate) fn is_live(&self, id: u64) -> bool {
+        id.checked_sub(self.first)
+            .is_some_and(|i| get(&self.live, i))
+    }
+
+    /// Message `id` (of this segment) was delivered.
+    pub(crate) fn is_delivered(&self, id: u64) -> bool {
+        id.checked_sub(self.first)
+            .is_some_and(|i| get(&self.delivered, i))
     }
 }
 

@@ -17,7 +17,9 @@
 //!   the next batch, never synced on their own account. A lost ack is a redelivery, never a
 //!   loss; a lost delivered mark is a missing `redelivered` flag.
 //! - [`MessageStore::open`] scans every segment once and returns the live messages of every
-//!   queue in append order ([`Recovery`]).
+//!   queue in append order ([`Recovery`]), or, with [`StoreOptions::replay`], only their
+//!   liveness, and [`Recovery::replay`] streams them from a second read of the segments that
+//!   hold live ones (bounded memory, which the broker uses).
 //!
 //! # Confirms: a watermark, not a future per message
 //!
@@ -101,6 +103,11 @@ pub struct StoreOptions {
     /// Whether [`RecoveredMessage::payload`] is filled in. With `false`, recovery keeps no
     /// payload in memory and the broker reads bodies back with [`MessageStore::read`].
     pub recover_payloads: bool,
+    /// Leave [`Recovery::queues`] empty and stream the live messages with
+    /// [`Recovery::replay`] instead: memory at open stays bounded (two bits per message)
+    /// however many messages there are, at the cost of reading the segments that hold live
+    /// messages a second time.
+    pub replay: bool,
     /// Fault injection for tests. Checked once per write and per sync, never per record.
     pub faults: Faults,
 }
@@ -110,6 +117,7 @@ impl Default for StoreOptions {
         StoreOptions {
             segment_size: 8 << 20,
             recover_payloads: true,
+            replay: false,
             faults: Faults::default(),
         }
     }
@@ -128,11 +136,53 @@ pub struct Faults {
 #[derive(Debug, Default)]
 pub struct Recovery {
     /// Per queue name, its live (not acked, queue not deleted) messages in append order.
-    /// Queues without live messages are absent.
+    /// Queues without live messages are absent. Empty with [`StoreOptions::replay`].
     pub queues: HashMap<String, Vec<RecoveredMessage>>,
     /// Every damaged segment, each also logged once with `warn!`. Normally empty, or one
     /// torn tail after a crash.
     pub damage: Vec<Damage>,
+    /// With [`StoreOptions::replay`]: the segments holding live messages, oldest first.
+    pub(crate) live: Vec<index::Liveness>,
+    pub(crate) dir: std::path::PathBuf,
+}
+
+impl Recovery {
+    /// With [`StoreOptions::replay`]: calls `f` with the queue name, the message and its
+    /// payload for every live message, in append order, reading each segment that holds
+    /// one again, one at a time. The payload borrows that segment's buffer: copy what is
+    /// kept. Call it once, right after open (a segment whose messages are all acked in the
+    /// meantime may be gone).
+    ///
+    /// # Errors
+    /// A segment cannot be read.
+    pub fn replay(&mut self, mut f: impl FnMut(&str, RecoveredMessage, &[u8])) -> io::Result<()> {
+        for seg in std::mem::take(&mut self.live) {
+            let data = std::fs::read(segment::path(&self.dir, seg.segment))?;
+            let mut pos = 0;
+            // The scan at open stopped at the first bad record of a segment; so does this.
+            while let Ok((rec, total)) = segment::decode(&data, pos) {
+                if let Record::Publish { id, payload, queue } = rec
+                    && seg.is_live(id)
+                {
+                    let payload = &data[payload];
+                    let m = RecoveredMessage {
+                        id: MsgId(id),
+                        loc: Location {
+                            segment: seg.segment,
+                            offset: pos as u64,
+                            len: total as u32,
+                        },
+                        payload: None,
+                        head: head_of(payload),
+                        delivered: seg.is_delivered(id),
+                    };
+                    f(queue, m, payload);
+                }
+                pos += total;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The payload of the Publish record of `len` bytes at `pos` in `buf`, checksum verified.
@@ -152,6 +202,14 @@ fn publish_payload(buf: &Bytes, pos: usize, len: u32) -> io::Result<Bytes> {
 
 /// How many leading payload bytes recovery reports for every message.
 pub const HEAD_BYTES: usize = 8;
+
+/// The first [`HEAD_BYTES`] bytes of a payload, zero-padded.
+fn head_of(payload: &[u8]) -> [u8; HEAD_BYTES] {
+    let mut head = [0; HEAD_BYTES];
+    let n = payload.len().min(HEAD_BYTES);
+    head[..n].copy_from_slice(&payload[..n]);
+    head
+}
 
 /// One live message found by recovery.
 #[derive(Clone, Debug)]

@@ -1,5 +1,7 @@
 //! Opening a store: one sequential scan of every segment, in id order, that rebuilds the
-//! liveness index and the per-queue lists of live messages, then deletes what is dead.
+//! liveness index and the per-queue lists of live messages (or, in replay mode, a copy of
+//! the liveness bits of the segments that hold live ones; see `Recovery::replay`), then
+//! deletes what is dead.
 //!
 //! Runs on the caller's thread inside `MessageStore::open`, before the committer exists, so
 //! nothing else touches the directory.
@@ -29,7 +31,9 @@ use bytes::Bytes;
 
 use super::index::Index;
 use super::segment::{self, Record};
-use super::{Damage, HEAD_BYTES, Location, MsgId, RecoveredMessage, Recovery, StoreOptions};
+use super::{
+    Damage, HEAD_BYTES, Location, MsgId, RecoveredMessage, Recovery, StoreOptions, head_of,
+};
 
 /// What `MessageStore::open` needs to start the committer.
 pub(crate) struct Recovered {
@@ -80,15 +84,14 @@ pub(crate) fn recover(dir: &Path, opts: &StoreOptions) -> io::Result<Recovered> 
                         break;
                     }
                     next_msg = id + 1;
-                    let mut head = [0; HEAD_BYTES];
-                    let n = payload.len().min(HEAD_BYTES);
-                    head[..n].copy_from_slice(&data[payload.start..payload.start + n]);
-                    msgs.push(ScanMsg {
-                        offset: pos as u64,
-                        len: total as u32,
-                        payload_start: payload.start as u64,
-                        head,
-                    });
+                    if !opts.replay {
+                        msgs.push(ScanMsg {
+                            offset: pos as u64,
+                            len: total as u32,
+                            payload_start: payload.start as u64,
+                            head: head_of(&data[payload]),
+                        });
+                    }
                 }
                 Record::Ack { id } => {
                     index.kill(id);
@@ -143,7 +146,17 @@ pub(crate) fn recover(dir: &Path, opts: &StoreOptions) -> io::Result<Recovered> 
         scans.push((data, msgs));
     }
 
-    let queues = collect_live(&index, scans);
+    let (queues, live) = if opts.replay {
+        let live = index
+            .segments()
+            .iter()
+            .filter(|s| s.live > 0)
+            .map(|s| s.liveness())
+            .collect();
+        (HashMap::new(), live)
+    } else {
+        (collect_live(&index, scans), Vec::new())
+    };
 
     let next_seg = match ids.last() {
         None => 1,
@@ -170,7 +183,12 @@ pub(crate) fn recover(dir: &Path, opts: &StoreOptions) -> io::Result<Recovered> 
         index,
         next_seg,
         next_msg,
-        recovery: Recovery { queues, damage },
+        recovery: Recovery {
+            queues,
+            damage,
+            live,
+            dir: dir.to_path_buf(),
+        },
     })
 }
 
