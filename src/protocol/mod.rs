@@ -45,6 +45,13 @@ pub enum Frame {
         /// The decoded method.
         method: Box<AMQPClass>,
     },
+    /// `basic.publish`, the hot method, decoded by hand and not boxed.
+    Publish {
+        /// Channel the method was sent on.
+        channel: u16,
+        /// The method.
+        publish: amq_protocol::protocol::basic::Publish,
+    },
     /// A content header.
     Header {
         /// Channel.
@@ -164,17 +171,46 @@ fn decode_method(channel: u16, payload: &[u8]) -> Result<Frame, DecodeError> {
             );
         }
     }
+    if (class_id, method_id) == (60, 40) {
+        return decode_publish(&payload[4..])
+            .map(|publish| Frame::Publish { channel, publish })
+            .ok_or_else(|| malformed(class_id, method_id));
+    }
     match all_consuming(parse_class).parse(payload) {
         Ok((_, method)) => Ok(Frame::Method {
             channel,
             method: Box::new(method),
         }),
-        Err(_) => Err(AmqpError::frame_error(
-            "malformed method frame (bad field, or malformed UTF-8 in a shortstr)",
-        )
-        .with_method(class_id, method_id)
-        .into()),
+        Err(_) => Err(malformed(class_id, method_id)),
     }
+}
+
+fn malformed(class_id: u16, method_id: u16) -> DecodeError {
+    AmqpError::frame_error("malformed method frame (bad field, or malformed UTF-8 in a shortstr)")
+        .with_method(class_id, method_id)
+        .into()
+}
+
+/// The arguments of `basic.publish`: reserved short, exchange and routing key (shortstrs),
+/// then the mandatory and immediate bits; nothing may follow. `None` if malformed.
+fn decode_publish(mut p: &[u8]) -> Option<amq_protocol::protocol::basic::Publish> {
+    fn shortstr<'a>(p: &mut &'a [u8]) -> Option<&'a str> {
+        let (&n, rest) = p.split_first()?;
+        let (s, rest) = rest.split_at_checked(usize::from(n))?;
+        *p = rest;
+        std::str::from_utf8(s).ok()
+    }
+    let (_ticket, rest) = p.split_at_checked(2)?;
+    p = rest;
+    let exchange = shortstr(&mut p)?;
+    let routing_key = shortstr(&mut p)?;
+    let [bits] = p else { return None };
+    Some(amq_protocol::protocol::basic::Publish {
+        exchange: exchange.into(),
+        routing_key: routing_key.into(),
+        mandatory: bits & 1 != 0,
+        immediate: bits & 2 != 0,
+    })
 }
 
 fn decode_header(channel: u16, payload: Bytes) -> Result<Frame, DecodeError> {
