@@ -819,3 +819,47 @@ async fn a_deep_queue_spills_its_paged_index_and_keeps_order_requeue_purge_and_r
     let (_c, ch) = b.channel().await;
     assert_eq!(count(&ch, "deep").await.unwrap(), 0);
 }
+
+/// A queue that goes past its budget, comes back under it and goes past it again holds
+/// runs of paged-out and in-memory messages; consumers still get every message once, in
+/// publish order.
+#[tokio::test]
+async fn alternating_paged_and_resident_runs_keep_publish_order() {
+    let b = TestBroker::start_with(|c| c.queue_memory_budget = 48 * 1024).await;
+    let (_c, ch) = b.channel().await;
+    ch.queue_declare("runs".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let body = |i: usize| format!("{i:05}-{}", "z".repeat(1000));
+    let mut next_in = 0;
+    let mut next_out = 0;
+    // Fill past the budget, drain most of it, refill, three times over.
+    for (fill, drain) in [(120, 100), (60, 70), (150, 60)] {
+        for _ in 0..fill {
+            ch.basic_publish(
+                "".into(),
+                "runs".into(),
+                Default::default(),
+                body(next_in).as_bytes(),
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+            next_in += 1;
+        }
+        for _ in 0..drain {
+            let m = ch
+                .basic_get("runs".into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(m.delivery.data, body(next_out).as_bytes());
+            next_out += 1;
+        }
+    }
+    let rest = drain(&ch, "runs").await;
+    assert_eq!(rest.len(), next_in - next_out);
+    for (i, (m, _)) in rest.into_iter().enumerate() {
+        assert_eq!(m, body(next_out + i));
+    }
+}

@@ -183,13 +183,27 @@ const ENTRY_OVERHEAD: usize = 512;
 /// Most paged messages read back into memory at once (under the queue lock).
 const REFILL_MAX: usize = 256;
 
-/// One priority level: messages in memory, then those paged out behind them. Once a level
-/// has paged messages, new ones queue behind them on disk too, so order holds; they come
-/// back to memory from the front, in batches, as `ready` empties.
+/// One priority level, oldest first: `ready` (in memory), then `rest`, runs of messages
+/// that are in memory or paged out, in the order they arrived. A message arriving under the
+/// budget stays in memory even behind paged-out ones; paged-out runs come back to memory
+/// from the front, in batches, as `ready` empties. `rest` is empty unless the queue went
+/// past its budget, so the common path only touches `ready`.
 #[derive(Debug, Default)]
 struct Level {
     ready: VecDeque<Entry>,
-    paged: PagedFifo,
+    rest: VecDeque<Run>,
+}
+
+#[derive(Debug)]
+enum Run {
+    Ready(VecDeque<Entry>),
+    Paged(PagedFifo),
+}
+
+impl Level {
+    fn is_empty(&self) -> bool {
+        self.ready.is_empty() && self.rest.is_empty()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -238,16 +252,16 @@ impl State {
         usize::from(priority).min(self.levels.len() - 1)
     }
 
-    /// Whether a message of this priority must be paged out to keep its place.
-    fn pages(&self, priority: u8) -> bool {
-        !self.levels[self.level_of(priority)].paged.is_empty()
-    }
-
     /// Appends a message kept in memory.
     fn push(&mut self, e: Entry) {
         self.account_in(e.size, cost(&e));
         let level = self.level_of(e.priority);
-        self.levels[level].ready.push_back(e);
+        let l = &mut self.levels[level];
+        match l.rest.back_mut() {
+            None => l.ready.push_back(e),
+            Some(Run::Ready(run)) => run.push_back(e),
+            Some(Run::Paged(_)) => l.rest.push_back(Run::Ready(VecDeque::from([e]))),
+        }
     }
 
     /// Appends a paged-out message.
@@ -255,14 +269,21 @@ impl State {
         self.account_in(p.size(), 0);
         let level = self.level_of(priority);
         let dir = self.persist.as_ref().map(|p| p.spill_dir.as_path());
-        self.levels[level].paged.push_back(p, dir);
+        let l = &mut self.levels[level];
+        if let Some(Run::Paged(run)) = l.rest.back_mut() {
+            run.push_back(p, dir);
+        } else {
+            let mut run = PagedFifo::default();
+            run.push_back(p, dir);
+            l.rest.push_back(Run::Paged(run));
+        }
     }
 
     fn insert_by_seq(&mut self, e: Entry) {
         self.account_in(e.size, cost(&e));
         let at = self.level_of(e.priority);
-        // Delivered messages came from the front, so they belong in `ready`, before every
-        // paged one.
+        // Delivered messages came from the front, so they belong in `ready`, before
+        // everything in `rest`.
         let level = &mut self.levels[at].ready;
         // Requeued messages are usually older than everything ready: check the front first.
         let at = if level.front().is_none_or(|f| e.seq < f.seq) {
@@ -273,10 +294,21 @@ impl State {
         level.insert(at, e);
     }
 
-    /// The oldest message of a level, reading paged ones back first if none is in memory.
+    /// The oldest message of a level, moving the next run to `ready` (reading paged ones
+    /// back) first if `ready` is empty.
     fn front(&mut self, level: usize) -> Option<&Entry> {
-        if self.levels[level].ready.is_empty() && !self.levels[level].paged.is_empty() {
-            self.refill(level);
+        while self.levels[level].ready.is_empty() {
+            let l = &mut self.levels[level];
+            match l.rest.front_mut()? {
+                Run::Ready(run) => {
+                    l.ready = std::mem::take(run);
+                    l.rest.pop_front();
+                }
+                Run::Paged(run) if run.is_empty() => {
+                    l.rest.pop_front();
+                }
+                Run::Paged(_) => self.refill(level),
+            }
         }
         self.levels[level].ready.front()
     }
@@ -297,7 +329,7 @@ impl State {
         loop {
             let level = (0..self.levels.len())
                 .rev()
-                .find(|&i| !self.levels[i].ready.is_empty() || !self.levels[i].paged.is_empty())?;
+                .find(|&i| !self.levels[i].is_empty())?;
             // None only when every paged message read back was unreadable (and dropped).
             if let Some(e) = self.pop_front(level) {
                 return Some(e);
@@ -305,9 +337,10 @@ impl State {
         }
     }
 
-    /// Brings paged messages of `level` back into memory: as many as the budget allows,
-    /// at least one, at most [`REFILL_MAX`], read in runs. A message that cannot be read
-    /// back (only after the log failed) is dropped with an error log.
+    /// Brings messages of the paged run at the front of `level`'s `rest` back into
+    /// `ready`: as many as the budget allows, at least one, at most [`REFILL_MAX`], read in
+    /// runs. A message that cannot be read back (only after the log failed) is dropped with
+    /// an error log.
     fn refill(&mut self, level: usize) {
         let Some(p) = self.persist.clone() else {
             return;
@@ -317,9 +350,12 @@ impl State {
                 .total
                 .saturating_sub(p.budget.resident.load(Ordering::Relaxed)),
         );
+        let Some(Run::Paged(run)) = self.levels[level].rest.front_mut() else {
+            return;
+        };
         let mut batch = Vec::new();
         while batch.len() < REFILL_MAX {
-            let Some(pg) = self.levels[level].paged.pop_front() else {
+            let Some(pg) = run.pop_front() else {
                 break;
             };
             let c = pg.size() as usize + ENTRY_OVERHEAD;
@@ -329,10 +365,17 @@ impl State {
             }
             room -= c;
         }
+        // Messages whose spilled index could not be read back: they stay in the log (and
+        // come back after a restart); their sizes are unknown here.
+        let lost = run.take_lost();
+        if run.is_empty() {
+            self.levels[level].rest.pop_front();
+        }
+        self.len -= lost;
         let locs: Vec<_> = batch.iter().map(Paged::location).collect();
         let reads = p.store.read_many(&locs);
         for (pg, read) in batch.iter().zip(reads) {
-            // It leaves the paged FIFO and comes back as a resident entry.
+            // It leaves the paged run and comes back as a resident entry.
             self.account_out(pg.size(), 0);
             match read_back(&p, pg, read.ok()) {
                 Some(e) => {
@@ -345,31 +388,37 @@ impl State {
                 }
             }
         }
-        // Messages whose spilled index could not be read back: they stay in the log (and
-        // come back after a restart); their sizes are unknown here.
-        let lost = self.levels[level].paged.take_lost();
-        self.len -= lost;
     }
 
     /// Removes the newest entry of a level if it is `seq` (a TTL-0 message nobody took).
     fn pop_back_if(&mut self, level: usize, seq: u64) -> Option<Entry> {
         let l = &mut self.levels[level];
-        if l.paged.is_empty() {
-            if l.ready.back().is_some_and(|e| e.seq == seq) {
-                let e = l.ready.pop_back().expect("back checked");
-                self.account_out(e.size, cost(&e));
-                return Some(e);
+        let newest = match l.rest.back_mut() {
+            None => &mut l.ready,
+            Some(Run::Ready(run)) => run,
+            Some(Run::Paged(run)) => {
+                let pg = run.pop_back_if(seq)?;
+                if run.is_empty() {
+                    l.rest.pop_back();
+                }
+                self.account_out(pg.size(), 0);
+                let p = self.persist.clone()?;
+                let e = read_back(&p, &pg, None);
+                if e.is_none() {
+                    p.store.ack(pg.id());
+                }
+                return e;
             }
-            return None;
+        };
+        if newest.back().is_some_and(|e| e.seq == seq) {
+            let e = newest.pop_back().expect("back checked");
+            if newest.is_empty() && !l.rest.is_empty() {
+                l.rest.pop_back();
+            }
+            self.account_out(e.size, cost(&e));
+            return Some(e);
         }
-        let pg = l.paged.pop_back_if(seq)?;
-        self.account_out(pg.size(), 0);
-        let p = self.persist.clone()?;
-        let e = read_back(&p, &pg, None);
-        if e.is_none() {
-            p.store.ack(pg.id());
-        }
-        e
+        None
     }
 
     /// Moves expired messages at the head of each level to `dead` (RabbitMQ only expires at
@@ -399,16 +448,22 @@ impl State {
     fn clear(&mut self, settle: bool) -> usize {
         let n = self.len;
         let store = self.persist.as_ref().map(|p| &p.store).filter(|_| settle);
-        for l in &mut self.levels {
-            for e in l.ready.drain(..) {
+        let settle_entries = |run: &mut VecDeque<Entry>| {
+            for e in run.drain(..) {
                 if let (Some(store), Some(log)) = (store, e.log) {
                     store.ack(log.id);
                 }
             }
+        };
+        for l in &mut self.levels {
+            settle_entries(&mut l.ready);
             l.ready.shrink_to(0);
-            match store {
-                Some(store) => l.paged.clear_with(|p| store.ack(p.id())),
-                None => l.paged.clear(),
+            for run in l.rest.drain(..) {
+                match (run, store) {
+                    (Run::Ready(mut run), _) => settle_entries(&mut run),
+                    (Run::Paged(mut run), Some(store)) => run.clear_with(|p| store.ack(p.id())),
+                    (Run::Paged(mut run), None) => run.clear(),
+                }
             }
         }
         if let Some(p) = &self.persist {
@@ -665,7 +720,7 @@ impl Queue {
                 }
                 let wait = entry.log.filter(|_| persistent).map(|l| l.seq);
                 s.next_seq += 1;
-                if s.pages(priority) || self.over_budget(&s, cost(&entry)) {
+                if self.over_budget(&s, cost(&entry)) {
                     match self.page_out(entry) {
                         Ok(p) => s.push_paged(priority, p),
                         // The log refused it (it failed): keep the body in memory, even if
@@ -834,7 +889,7 @@ impl Queue {
         };
         let mut s = self.state.lock();
         let seq = s.next_seq;
-        if (s.pages(head.priority) || self.over_budget(&s, head.size as usize + ENTRY_OVERHEAD))
+        if self.over_budget(&s, head.size as usize + ENTRY_OVERHEAD)
             && let Some(pg) = Paged::new(seq, rec.id, rec.loc, head.size, rec.delivered)
         {
             s.next_seq += 1;

@@ -199,14 +199,16 @@ impl Channel {
             *c.properties = std::mem::take(&mut *c.properties).with_reply_to(name.as_str().into());
             c.raw_properties = protocol::encode_properties(&c.properties);
         }
+        // The name is compared with a copy kept here rather than the exchange's own, which
+        // is shared with every other publisher's cache line.
         let exchange = match &self.last_exchange {
-            Some(x) if &*x.name == c.publish.exchange.as_str() && !x.is_deleted() => x.clone(),
+            Some((name, x)) if *name == c.publish.exchange && !x.is_deleted() => x.clone(),
             _ => {
                 let x = ctx
                     .vhost
                     .existing_exchange(c.publish.exchange.as_str())
                     .map_err(fail)?;
-                self.last_exchange = Some(x.clone());
+                self.last_exchange = Some((c.publish.exchange.clone(), x.clone()));
                 x
             }
         };

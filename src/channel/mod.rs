@@ -140,7 +140,10 @@ pub struct Channel {
     reply: Option<(Arc<str>, String)>,
     /// The exchange of the last publish: publishers usually stick to one, and this saves a
     /// hashed lookup per message.
-    last_exchange: Option<Arc<crate::broker::exchange::Exchange>>,
+    last_exchange: Option<(
+        amq_protocol::types::ShortString,
+        Arc<crate::broker::exchange::Exchange>,
+    )>,
 }
 
 impl Channel {

@@ -409,9 +409,8 @@ impl Connection {
             Frame::Method { channel: 0, method } => return self.connection_method(*method),
             Frame::Method { channel, method } => (channel, self.channel_method(channel, *method)),
             Frame::Publish { channel, publish } => {
-                let method = AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Publish(
-                    publish,
-                ));
+                let method =
+                    AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Publish(publish));
                 if channel == 0 {
                     return self.connection_method(method);
                 }

@@ -388,11 +388,9 @@ mod tests {
 
     #[test]
     fn method_round_trips() {
-        let m = AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
-            exchange: "x".into(),
-            routing_key: "rk".into(),
-            mandatory: true,
-            immediate: false,
+        let m = AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
+            prefetch_count: 7,
+            global: true,
         }));
         let mut buf = encode(&m);
         match decode(&mut buf, 4096).unwrap().unwrap() {
@@ -403,6 +401,56 @@ mod tests {
             f => panic!("{f:?}"),
         }
         assert!(buf.is_empty());
+    }
+
+    /// The hand decoder of basic.publish agrees with amq-protocol's encoder on every flag
+    /// and string, and refuses what amq-protocol's parser refuses: truncation, trailing
+    /// bytes, invalid UTF-8.
+    #[test]
+    fn publish_is_decoded_by_hand_like_amq_protocol() {
+        for (x, rk, mandatory, immediate) in [
+            ("", "", false, false),
+            ("amq.topic", "a.b.c", true, false),
+            ("x", &*"k".repeat(255), false, true),
+            ("ünï", "cödé", true, true),
+        ] {
+            let p = basic::Publish {
+                exchange: x.into(),
+                routing_key: rk.into(),
+                mandatory,
+                immediate,
+            };
+            let mut buf = encode(&AMQPClass::Basic(basic::AMQPMethod::Publish(p.clone())));
+            match decode(&mut buf, 4096).unwrap().unwrap() {
+                Frame::Publish { channel, publish } => {
+                    assert_eq!(channel, 1);
+                    assert_eq!(publish, p);
+                }
+                f => panic!("{f:?}"),
+            }
+        }
+        let frame = |args: &[u8]| {
+            let mut f = vec![FRAME_METHOD, 0, 1];
+            f.extend_from_slice(&(4 + args.len() as u32).to_be_bytes());
+            f.extend_from_slice(&[0, 60, 0, 40]);
+            f.extend_from_slice(args);
+            f.push(FRAME_END);
+            BytesMut::from(&f[..])
+        };
+        assert!(decode(&mut frame(&[0, 0, 1, b'x', 2, b'r', b'k', 1]), 4096).is_ok());
+        for bad in [
+            &[0, 0, 1, b'x', 2, b'r', b'k'][..],
+            &[0, 0, 1, b'x', 2, b'r', b'k', 1, 0],
+            &[0, 0, 5, b'x'],
+            &[0, 0, 1, 0xff, 0, 0],
+            &[0],
+        ] {
+            let e = decode(&mut frame(bad), 4096).unwrap_err();
+            assert!(
+                matches!(e, DecodeError::Amqp(ref e) if e.code == 501),
+                "{bad:?}: {e:?}"
+            );
+        }
     }
 
     #[test]
