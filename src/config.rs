@@ -66,6 +66,9 @@ pub struct Config {
     pub queue_memory_budget: u64,
     /// Bytes of queued messages all queues together keep in memory.
     pub memory_budget: u64,
+    /// Threads that run connections and queues; 0 = half the CPUs (at least one), leaving
+    /// the rest to the message log's committer, the kernel's network stack and clients.
+    pub worker_threads: usize,
     /// tracing filter, e.g. `info` or `warren=debug`.
     pub log: String,
     /// Policies: queue and exchange settings applied by name pattern, as RabbitMQ's
@@ -152,6 +155,7 @@ impl Default for Config {
             handshake_timeout: 10,
             queue_memory_budget: 128 * 1024 * 1024,
             memory_budget: 1024 * 1024 * 1024,
+            worker_threads: 0,
             log: "info".into(),
             policies: Vec::new(),
         }
@@ -162,6 +166,17 @@ impl Default for Config {
 pub const FRAME_MIN_SIZE: u32 = 4096;
 
 impl Config {
+    /// How many runtime worker threads to start (`worker_threads`, or its automatic value).
+    /// One publisher and one consumer run fastest on one worker: a second one steals the
+    /// consumer, and every hand-off then crosses cores. Measured on 2 CPUs, one worker did as
+    /// well or better in every benchmark scenario and used about half the CPU per message.
+    pub fn workers(&self) -> usize {
+        match self.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            n => n,
+        }
+    }
+
     /// Reads and checks a config file.
     ///
     /// # Errors
@@ -222,6 +237,9 @@ impl Config {
                 "max_message_size",
                 format!("{} is outside 1 ..= 536870912", self.max_message_size),
             );
+        }
+        if self.worker_threads > 1024 {
+            return invalid("worker_threads", "must be at most 1024".into());
         }
         if self.handshake_timeout == 0 {
             return invalid("handshake_timeout", "must be at least 1 second".into());
@@ -303,6 +321,18 @@ definition = { message-ttl = 500, dead-letter-exchange = "dlx" }
         assert!(!c.policies[0].applies("work.a", false));
         let e = Config::parse("[[policies]]\nname='x'\npattern='('\ndefinition={}\n").unwrap_err();
         assert!(e.to_string().contains("policies.pattern"), "{e}");
+    }
+
+    #[test]
+    fn worker_threads_is_checked_and_defaults_to_half_the_cpus() {
+        let e = Config::parse("worker_threads = 5000")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("worker_threads"), "{e}");
+        assert_eq!(Config::parse("worker_threads = 3").unwrap().workers(), 3);
+        let auto = Config::default().workers();
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(auto, (cpus / 2).max(1));
     }
 
     #[test]
