@@ -132,7 +132,7 @@ pub fn dead_lettered(
         exchange: dlx.into(),
         routing_key: routing_key.map_or_else(|| msg.routing_key.clone(), Into::into),
         raw_properties: encode_properties(&props),
-        properties: Box::new(props),
+        properties: Arc::new(props),
         body: msg.body.clone(),
     })
 }
@@ -217,7 +217,7 @@ mod tests {
         Message {
             exchange: "ex".into(),
             routing_key: "rk".into(),
-            properties: Box::new(
+            properties: Arc::new(
                 amq_protocol::protocol::BasicProperties::default().with_expiration("100".into()),
             ),
             raw_properties: Bytes::new(),

@@ -17,7 +17,7 @@ pub struct Message {
     /// The routing key it was published with.
     pub routing_key: ShortString,
     /// Decoded properties.
-    pub properties: Box<BasicProperties>,
+    pub properties: Arc<BasicProperties>,
     /// The properties as they go on the wire.
     pub raw_properties: Bytes,
     /// The body.

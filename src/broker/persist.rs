@@ -107,7 +107,7 @@ pub fn decode(mut p: Bytes) -> Option<Stored> {
         msg: Arc::new(Message {
             exchange: exchange.into(),
             routing_key: routing_key.into(),
-            properties: Box::new(properties),
+            properties: Arc::new(properties),
             raw_properties,
             body: p,
         }),
@@ -155,7 +155,7 @@ mod tests {
             exchange: "x".into(),
             routing_key: "rk".into(),
             raw_properties: crate::protocol::encode_properties(&props),
-            properties: Box::new(props),
+            properties: Arc::new(props),
             body: Bytes::from_static(b"body"),
         };
         let mut buf = Vec::new();

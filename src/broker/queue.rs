@@ -176,8 +176,9 @@ pub struct Consumer {
 }
 
 /// What a message in memory costs besides its body, measured: the entry (96 bytes, in a
-/// deque that may be half empty), the shared message (136), its parsed properties (296),
-/// and the frame bytes around the body in the read buffer it points into.
+/// deque that may be half empty), the shared message (136), its parsed properties (296;
+/// shared, so free, for a message without any), and the frame bytes around the body in the
+/// read buffer it points into.
 const ENTRY_OVERHEAD: usize = 512;
 
 /// Most paged messages read back into memory at once (under the queue lock).
@@ -1252,7 +1253,7 @@ pub fn with_header(msg: &Message, key: &str, value: AMQPValue) -> Arc<Message> {
         exchange: msg.exchange.clone(),
         routing_key: msg.routing_key.clone(),
         raw_properties: crate::protocol::encode_properties(&properties),
-        properties: Box::new(properties),
+        properties: Arc::new(properties),
         body: msg.body.clone(),
     })
 }
@@ -1373,7 +1374,7 @@ mod tests {
         });
         let with = |b: &'static str, p: u8| {
             Arc::new(Message {
-                properties: Box::new(
+                properties: Arc::new(
                     amq_protocol::protocol::BasicProperties::default().with_priority(p),
                 ),
                 ..Arc::try_unwrap(msg(b)).unwrap()

@@ -196,7 +196,7 @@ impl Channel {
                     "fast reply consumer does not exist",
                 )));
             };
-            *c.properties = std::mem::take(&mut *c.properties).with_reply_to(name.as_str().into());
+            c.properties = Arc::new((*c.properties).clone().with_reply_to(name.as_str().into()));
             c.raw_properties = protocol::encode_properties(&c.properties);
         }
         // The name is compared with a copy kept here rather than the exchange's own, which
@@ -274,7 +274,7 @@ impl Channel {
         &mut self,
         ctx: &mut Ctx<'_>,
         publish: b::Publish,
-        properties: Box<BasicProperties>,
+        properties: Arc<BasicProperties>,
         raw_properties: Bytes,
         body: Bytes,
         exchange: &Arc<crate::broker::exchange::Exchange>,

@@ -87,7 +87,7 @@ struct ConsumerInfo {
 #[derive(Debug)]
 struct TxPublish {
     publish: b::Publish,
-    properties: Box<BasicProperties>,
+    properties: Arc<BasicProperties>,
     raw_properties: Bytes,
     body: Bytes,
 }
@@ -242,7 +242,7 @@ impl Channel {
     pub fn handle_header(
         &mut self,
         ctx: &mut Ctx<'_>,
-        properties: Box<BasicProperties>,
+        properties: Arc<BasicProperties>,
         raw_properties: Bytes,
         body_size: u64,
     ) -> Result<()> {

@@ -3,6 +3,8 @@
 //!
 //! Sans I/O; the channel owns one `Assembly` and feeds it frames in arrival order.
 
+use std::sync::Arc;
+
 use amq_protocol::protocol::{BasicProperties, basic::Publish};
 use bytes::{Bytes, BytesMut};
 
@@ -14,7 +16,7 @@ pub struct Content {
     /// The publish method that opened the content.
     pub publish: Publish,
     /// Decoded properties.
-    pub properties: Box<BasicProperties>,
+    pub properties: Arc<BasicProperties>,
     /// Encoded properties, for re-sending verbatim.
     pub raw_properties: Bytes,
     /// The whole body.
@@ -30,7 +32,7 @@ enum State {
     AwaitHeader(Publish),
     AwaitBody {
         publish: Publish,
-        properties: Box<BasicProperties>,
+        properties: Arc<BasicProperties>,
         raw_properties: Bytes,
         size: u64,
         body: Option<Bytes>,
@@ -67,7 +69,7 @@ impl Assembly {
     /// `max_message_size`.
     pub fn header(
         &mut self,
-        properties: Box<BasicProperties>,
+        properties: Arc<BasicProperties>,
         raw_properties: Bytes,
         size: u64,
         max_message_size: u64,

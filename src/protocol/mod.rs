@@ -9,6 +9,8 @@
 
 pub mod content;
 
+use std::sync::Arc;
+
 use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame};
 use amq_protocol::protocol::{AMQPClass, BasicProperties, basic::parse_properties, parse_class};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -62,7 +64,7 @@ pub enum Frame {
         body_size: u64,
         /// Decoded properties (routing decisions read them), boxed: they are large and
         /// move from frame to message several times.
-        properties: Box<BasicProperties>,
+        properties: Arc<BasicProperties>,
         /// The encoded property flags and list, re-sent verbatim on delivery.
         raw_properties: Bytes,
     },
@@ -213,6 +215,10 @@ fn decode_publish(mut p: &[u8]) -> Option<amq_protocol::protocol::basic::Publish
     })
 }
 
+/// The properties of a message that has none, shared.
+static EMPTY_PROPERTIES: std::sync::LazyLock<Arc<BasicProperties>> =
+    std::sync::LazyLock::new(Default::default);
+
 fn decode_header(channel: u16, payload: Bytes) -> Result<Frame, DecodeError> {
     if payload.len() < 14 {
         return Err(AmqpError::frame_error("content header frame too short").into());
@@ -220,10 +226,15 @@ fn decode_header(channel: u16, payload: Bytes) -> Result<Frame, DecodeError> {
     let class_id = u16::from_be_bytes([payload[0], payload[1]]);
     let body_size = u64::from_be_bytes(payload[4..12].try_into().expect("8 bytes checked"));
     let raw_properties = payload.slice(12..);
-    let properties = match all_consuming(parse_properties).parse(&raw_properties[..]) {
-        Ok((_, p)) => Box::new(p),
-        Err(_) => {
-            return Err(AmqpError::frame_error("malformed content header properties").into());
+    // Most messages carry no properties at all: they share one decoded empty set.
+    let properties = if raw_properties[..] == [0, 0] {
+        EMPTY_PROPERTIES.clone()
+    } else {
+        match all_consuming(parse_properties).parse(&raw_properties[..]) {
+            Ok((_, p)) => Arc::new(p),
+            Err(_) => {
+                return Err(AmqpError::frame_error("malformed content header properties").into());
+            }
         }
     };
     Ok(Frame::Header {
