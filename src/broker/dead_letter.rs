@@ -132,7 +132,7 @@ pub fn dead_lettered(
         exchange: dlx.into(),
         routing_key: routing_key.map_or_else(|| msg.routing_key.clone(), Into::into),
         raw_properties: encode_properties(&props),
-        properties: Arc::new(props),
+        properties: crate::protocol::Properties::new(props),
         body: msg.body.clone(),
     })
 }
@@ -217,7 +217,7 @@ mod tests {
         Message {
             exchange: "ex".into(),
             routing_key: "rk".into(),
-            properties: Arc::new(
+            properties: crate::protocol::Properties::new(
                 amq_protocol::protocol::BasicProperties::default().with_expiration("100".into()),
             ),
             raw_properties: Bytes::new(),

@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::ShortString;
 use bytes::Bytes;
 
@@ -17,7 +16,7 @@ pub struct Message {
     /// The routing key it was published with.
     pub routing_key: ShortString,
     /// Decoded properties.
-    pub properties: Arc<BasicProperties>,
+    pub properties: crate::protocol::Properties,
     /// The properties as they go on the wire.
     pub raw_properties: Bytes,
     /// The body.

@@ -92,7 +92,6 @@ impl Broker {
     pub fn open_with(config: Config, mut options: StoreOptions) -> std::io::Result<Self> {
         // Messages are streamed into their queues, which keep only what fits their memory
         // budget: memory at boot stays bounded however deep the queues are.
-        options.recover_payloads = false;
         options.replay = true;
         let spill_dir = config.data_dir.join("spill");
         // Spill files are unlinked as soon as they are created; a crash in between leaves

@@ -107,7 +107,7 @@ pub fn decode(mut p: Bytes) -> Option<Stored> {
         msg: Arc::new(Message {
             exchange: exchange.into(),
             routing_key: routing_key.into(),
-            properties: Arc::new(properties),
+            properties: crate::protocol::Properties::new(properties),
             raw_properties,
             body: p,
         }),
@@ -155,7 +155,7 @@ mod tests {
             exchange: "x".into(),
             routing_key: "rk".into(),
             raw_properties: crate::protocol::encode_properties(&props),
-            properties: Arc::new(props),
+            properties: crate::protocol::Properties::new(props),
             body: Bytes::from_static(b"body"),
         };
         let mut buf = Vec::new();

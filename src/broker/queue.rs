@@ -344,6 +344,9 @@ impl State {
     /// an error log.
     fn refill(&mut self, level: usize) {
         let Some(p) = self.persist.clone() else {
+            // Unreachable (only a queue with a message log pages out), but `front` loops
+            // until the run is gone.
+            self.levels[level].rest.pop_front();
             return;
         };
         let mut room = p.budget.per_queue.saturating_sub(self.resident).min(
@@ -484,7 +487,7 @@ impl State {
 /// waits for everything appended so far to be on disk and tries once more.
 fn read_back(p: &crate::broker::Persistence, pg: &Paged, read: Option<Bytes>) -> Option<Entry> {
     let loc = pg.location();
-    let bytes = read.ok_or(()).or_else(|()| {
+    let bytes = read.map_or_else(|| p.store.read(loc), Ok).or_else(|_| {
         p.store
             .watermark()
             .wait_blocking(p.store.appended())
@@ -492,15 +495,33 @@ fn read_back(p: &crate::broker::Persistence, pg: &Paged, read: Option<Bytes>) ->
         p.store.read(loc)
     });
     let stored = crate::broker::persist::decode(bytes.ok()?)?;
-    let mut e = Entry::new(pg.seq(), stored.msg, stored.priority, stored.expires_at);
+    Some(logged_entry(
+        pg.seq(),
+        stored,
+        pg.id(),
+        loc,
+        pg.redelivered(),
+    ))
+}
+
+/// An entry for a message read from the log (paged back in, or recovered).
+fn logged_entry(
+    seq: u64,
+    stored: crate::broker::persist::Stored,
+    id: crate::store::MsgId,
+    loc: crate::store::Location,
+    redelivered: bool,
+) -> Entry {
+    let mut e = Entry::new(seq, stored.msg, stored.priority, stored.expires_at);
     e.delivery_count = stored.delivery_count;
-    e.redelivered = pg.redelivered();
+    e.redelivered = redelivered;
+    // Already durable (or only a page-out): nothing to wait for.
     e.log = Some(Logged {
-        id: pg.id(),
+        id,
         loc,
         seq: Seq(0),
     });
-    Some(e)
+    e
 }
 
 /// Everything a queue is made from.
@@ -904,15 +925,7 @@ impl Queue {
             return false;
         };
         s.next_seq += 1;
-        let mut e = Entry::new(seq, stored.msg, stored.priority, stored.expires_at);
-        e.delivery_count = stored.delivery_count;
-        e.redelivered = rec.delivered;
-        e.log = Some(Logged {
-            id: rec.id,
-            loc: rec.loc,
-            seq: Seq(0),
-        });
-        s.push(e);
+        s.push(logged_entry(seq, stored, rec.id, rec.loc, rec.delivered));
         true
     }
 
@@ -1253,7 +1266,7 @@ pub fn with_header(msg: &Message, key: &str, value: AMQPValue) -> Arc<Message> {
         exchange: msg.exchange.clone(),
         routing_key: msg.routing_key.clone(),
         raw_properties: crate::protocol::encode_properties(&properties),
-        properties: Arc::new(properties),
+        properties: crate::protocol::Properties::new(properties),
         body: msg.body.clone(),
     })
 }
@@ -1374,7 +1387,7 @@ mod tests {
         });
         let with = |b: &'static str, p: u8| {
             Arc::new(Message {
-                properties: Arc::new(
+                properties: crate::protocol::Properties::new(
                     amq_protocol::protocol::BasicProperties::default().with_priority(p),
                 ),
                 ..Arc::try_unwrap(msg(b)).unwrap()

@@ -811,7 +811,7 @@ impl VHost {
                 exchange: msg.exchange.clone(),
                 routing_key: msg.routing_key.clone(),
                 raw_properties: crate::protocol::encode_properties(&properties),
-                properties: Arc::new(properties),
+                properties: crate::protocol::Properties::new(properties),
                 body: msg.body.clone(),
             }));
         }

@@ -196,7 +196,9 @@ impl Channel {
                     "fast reply consumer does not exist",
                 )));
             };
-            c.properties = Arc::new((*c.properties).clone().with_reply_to(name.as_str().into()));
+            c.properties = protocol::Properties::new(
+                (*c.properties).clone().with_reply_to(name.as_str().into()),
+            );
             c.raw_properties = protocol::encode_properties(&c.properties);
         }
         // The name is compared with a copy kept here rather than the exchange's own, which
@@ -274,7 +276,7 @@ impl Channel {
         &mut self,
         ctx: &mut Ctx<'_>,
         publish: b::Publish,
-        properties: Arc<BasicProperties>,
+        properties: crate::protocol::Properties,
         raw_properties: Bytes,
         body: Bytes,
         exchange: &Arc<crate::broker::exchange::Exchange>,

@@ -13,9 +13,7 @@ mod declare;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use amq_protocol::protocol::{
-    AMQPClass, BasicProperties, basic as b, confirm, exchange, queue, tx,
-};
+use amq_protocol::protocol::{AMQPClass, basic as b, confirm, exchange, queue, tx};
 use bytes::{Bytes, BytesMut};
 
 use crate::broker::message::Entry;
@@ -87,7 +85,7 @@ struct ConsumerInfo {
 #[derive(Debug)]
 struct TxPublish {
     publish: b::Publish,
-    properties: Arc<BasicProperties>,
+    properties: crate::protocol::Properties,
     raw_properties: Bytes,
     body: Bytes,
 }
@@ -242,7 +240,7 @@ impl Channel {
     pub fn handle_header(
         &mut self,
         ctx: &mut Ctx<'_>,
-        properties: Arc<BasicProperties>,
+        properties: crate::protocol::Properties,
         raw_properties: Bytes,
         body_size: u64,
     ) -> Result<()> {

@@ -3,9 +3,7 @@
 //!
 //! Sans I/O; the channel owns one `Assembly` and feeds it frames in arrival order.
 
-use std::sync::Arc;
-
-use amq_protocol::protocol::{BasicProperties, basic::Publish};
+use amq_protocol::protocol::basic::Publish;
 use bytes::{Bytes, BytesMut};
 
 use crate::error::{AmqpError, Result};
@@ -16,7 +14,7 @@ pub struct Content {
     /// The publish method that opened the content.
     pub publish: Publish,
     /// Decoded properties.
-    pub properties: Arc<BasicProperties>,
+    pub properties: crate::protocol::Properties,
     /// Encoded properties, for re-sending verbatim.
     pub raw_properties: Bytes,
     /// The whole body.
@@ -32,7 +30,7 @@ enum State {
     AwaitHeader(Publish),
     AwaitBody {
         publish: Publish,
-        properties: Arc<BasicProperties>,
+        properties: crate::protocol::Properties,
         raw_properties: Bytes,
         size: u64,
         body: Option<Bytes>,
@@ -69,7 +67,7 @@ impl Assembly {
     /// `max_message_size`.
     pub fn header(
         &mut self,
-        properties: Arc<BasicProperties>,
+        properties: crate::protocol::Properties,
         raw_properties: Bytes,
         size: u64,
         max_message_size: u64,

@@ -64,7 +64,7 @@ pub enum Frame {
         body_size: u64,
         /// Decoded properties (routing decisions read them), boxed: they are large and
         /// move from frame to message several times.
-        properties: Arc<BasicProperties>,
+        properties: Properties,
         /// The encoded property flags and list, re-sent verbatim on delivery.
         raw_properties: Bytes,
     },
@@ -215,9 +215,35 @@ fn decode_publish(mut p: &[u8]) -> Option<amq_protocol::protocol::basic::Publish
     })
 }
 
-/// The properties of a message that has none, shared.
-static EMPTY_PROPERTIES: std::sync::LazyLock<Arc<BasicProperties>> =
+/// Decoded message properties, shared by every copy of a message. A message without any
+/// (the common case) holds nothing: it reads one static empty set, so it costs no parse, no
+/// allocation, and no reference count that every connection would touch.
+#[derive(Clone, Debug, Default)]
+pub struct Properties(Option<Arc<BasicProperties>>);
+
+static NO_PROPERTIES: std::sync::LazyLock<BasicProperties> =
     std::sync::LazyLock::new(Default::default);
+
+impl Properties {
+    /// Shares `p`.
+    pub fn new(p: BasicProperties) -> Self {
+        Self(Some(Arc::new(p)))
+    }
+}
+
+impl std::ops::Deref for Properties {
+    type Target = BasicProperties;
+
+    fn deref(&self) -> &BasicProperties {
+        self.0.as_deref().unwrap_or(&NO_PROPERTIES)
+    }
+}
+
+impl PartialEq for Properties {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
 
 fn decode_header(channel: u16, payload: Bytes) -> Result<Frame, DecodeError> {
     if payload.len() < 14 {
@@ -228,10 +254,10 @@ fn decode_header(channel: u16, payload: Bytes) -> Result<Frame, DecodeError> {
     let raw_properties = payload.slice(12..);
     // Most messages carry no properties at all: they share one decoded empty set.
     let properties = if raw_properties[..] == [0, 0] {
-        EMPTY_PROPERTIES.clone()
+        Properties::default()
     } else {
         match all_consuming(parse_properties).parse(&raw_properties[..]) {
-            Ok((_, p)) => Arc::new(p),
+            Ok((_, p)) => Properties::new(p),
             Err(_) => {
                 return Err(AmqpError::frame_error("malformed content header properties").into());
             }

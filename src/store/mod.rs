@@ -103,8 +103,8 @@ pub struct StoreOptions {
     /// Whether [`RecoveredMessage::payload`] is filled in. With `false`, recovery keeps no
     /// payload in memory and the broker reads bodies back with [`MessageStore::read`].
     pub recover_payloads: bool,
-    /// Leave [`Recovery::queues`] empty and stream the live messages with
-    /// [`Recovery::replay`] instead: memory at open stays bounded (two bits per message)
+    /// Leave [`Recovery::queues`] empty (`recover_payloads` is then moot) and stream the
+    /// live messages with [`Recovery::replay`] instead: memory at open stays bounded (two bits per message)
     /// however many messages there are, at the cost of reading the segments that hold live
     /// messages a second time.
     pub replay: bool,

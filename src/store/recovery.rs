@@ -142,7 +142,7 @@ pub(crate) fn recover(dir: &Path, opts: &StoreOptions) -> io::Result<Recovered> 
             // still take away.
             File::open(&path)?.sync_data()?;
         }
-        let data = opts.recover_payloads.then(|| Bytes::from(data));
+        let data = (opts.recover_payloads && !opts.replay).then(|| Bytes::from(data));
         scans.push((data, msgs));
     }
 
