@@ -1039,3 +1039,26 @@ fn replay_yields_what_collecting_recovery_returns() {
     assert!(replayed["b"].iter().any(|m| m.2));
     store.close().unwrap();
 }
+
+/// `published` names the newest Publish record, not the newest record: waiting for it
+/// returns even when only acks were appended after it (a batch of acks alone is never
+/// synced, so waiting for an ack's sequence number could block forever).
+#[test]
+fn published_is_the_newest_publish_and_waiting_for_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path(), 64 * 1024);
+    let a = store.append_publish("q", b"one").unwrap();
+    let b = store.append_publish("q", b"two").unwrap();
+    store.ack(a.id);
+    store.delivered(b.id);
+    assert_eq!(store.published(), b.seq);
+    let wm = store.watermark();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let seq = store.published();
+    std::thread::spawn(move || tx.send(wm.wait_blocking(seq)).unwrap());
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the wait returned")
+        .unwrap();
+    assert_eq!(&store.read(b.loc).unwrap()[..], b"two");
+    store.close().unwrap();
+}

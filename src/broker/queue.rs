@@ -484,13 +484,13 @@ impl State {
 
 /// Makes a paged-out message an entry again from its payload (`read`, or read now). A record
 /// is readable once written; one paged out a moment ago may not be yet, so on a miss it
-/// waits for everything appended so far to be on disk and tries once more.
+/// waits for every message appended so far to be on disk and tries once more.
 fn read_back(p: &crate::broker::Persistence, pg: &Paged, read: Option<Bytes>) -> Option<Entry> {
     let loc = pg.location();
     let bytes = read.map_or_else(|| p.store.read(loc), Ok).or_else(|_| {
         p.store
             .watermark()
-            .wait_blocking(p.store.appended())
+            .wait_blocking(p.store.published())
             .map_err(std::io::Error::other)?;
         p.store.read(loc)
     });

@@ -113,7 +113,9 @@ pub(crate) struct State {
     segment_size: u64,
     next_msg: u64,
     /// Sequence number of the last record appended; one per record, from 1 at each open.
-    pub(crate) seq: u64,
+    seq: u64,
+    /// Sequence number of the last Publish record appended (0: none since open).
+    pub(crate) last_publish: u64,
     pub(crate) failed: bool,
     pub(crate) closing: bool,
     /// Flush requests made; the committer answers through `Progress::flushed`.
@@ -135,6 +137,7 @@ impl State {
             segment_size: segment_size.max(1),
             next_msg,
             seq: 0,
+            last_publish: 0,
             failed: false,
             closing: false,
             flush_req: 0,
@@ -199,6 +202,7 @@ impl State {
         let added = self.index.add_publish(id, q);
         debug_assert!(added);
         segment::encode_publish(&mut self.pending, crc, id, queue, payload);
+        self.last_publish = self.seq;
         self.sync_needed = true;
         self.appends += 1;
         Ok(Appended {

@@ -497,10 +497,12 @@ impl MessageStore {
         self.shared.work.notify_one();
     }
 
-    /// The sequence number of the newest record appended so far: once the watermark reaches
-    /// it, every record appended before this call is readable.
-    pub fn appended(&self) -> Seq {
-        Seq(self.shared.state.lock().seq)
+    /// The sequence number of the newest Publish record appended so far: once the watermark
+    /// reaches it, every message appended before this call is readable. (Not the newest
+    /// record of any kind: a batch of only acks is never synced, so the watermark might
+    /// never reach one.)
+    pub fn published(&self) -> Seq {
+        Seq(self.shared.state.lock().last_publish)
     }
 
     /// A watermark for awaiting confirms.
