@@ -93,6 +93,65 @@ async fn default_exchange_routes_by_queue_name() {
     assert_eq!(drain(&ch, &q).await, ["hello"]);
 }
 
+/// A channel remembers the queue its last default-exchange publish went to; deleting the
+/// queue, declaring another of the same name, or adding CC must each route afresh.
+#[tokio::test]
+async fn default_exchange_routing_follows_deletes_redeclares_and_cc() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = b.channel().await;
+    let declare = |name: &'static str| {
+        let ch = ch.clone();
+        async move {
+            ch.queue_declare(name.into(), Default::default(), FieldTable::default())
+                .await
+                .unwrap();
+        }
+    };
+    declare("reused").await;
+    declare("copy").await;
+    publish(&ch, "", "reused", b"first").await;
+    ch.queue_delete("reused".into(), Default::default())
+        .await
+        .unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    let confirm = ch
+        .basic_publish(
+            "".into(),
+            "reused".into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"to nowhere",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let returned = confirm
+        .take_message()
+        .expect("the deleted queue no longer routes");
+    assert_eq!(returned.reply_code, 312);
+    declare("reused").await;
+    publish(&ch, "", "reused", b"second").await;
+    let mut cc = FieldTable::default();
+    cc.insert(
+        "CC".into(),
+        AMQPValue::FieldArray(vec![AMQPValue::LongString("copy".into())].into()),
+    );
+    publish_with(
+        &ch,
+        "",
+        "reused",
+        b"third",
+        BasicProperties::default().with_headers(cc),
+    )
+    .await;
+    assert_eq!(drain(&ch, "reused").await, ["second", "third"]);
+    assert_eq!(drain(&ch, "copy").await, ["third"]);
+}
+
 #[tokio::test]
 async fn direct_fanout_and_topic_routing() {
     let b = TestBroker::start().await;

@@ -19,7 +19,7 @@ use super::{
 use crate::broker::message::Message;
 use crate::broker::names;
 use crate::broker::queue::{Consumer, Credit, NO_ACK_WINDOW, Published};
-use crate::broker::vhost::{REPLY_TO, ReplyTarget};
+use crate::broker::vhost::{REPLY_TO, ReplyTarget, Routed};
 use crate::error::{AmqpError, Result};
 use crate::protocol::{self, content::Content};
 
@@ -289,7 +289,22 @@ impl Channel {
             body,
         });
         let mut targets = std::mem::take(&mut self.route_buf);
-        let routed = ctx.vhost.route(exchange, &msg, &mut targets);
+        // Without headers there is no CC or BCC, so the default exchange routes by the
+        // routing key alone and the queue found last time still answers, unless deleted.
+        let by_name = exchange.name.is_empty() && msg.properties.headers().is_none();
+        let routed = match &self.default_route {
+            Some((key, q)) if by_name && same_name(key, &msg.routing_key) && !q.is_deleted() => {
+                targets.push(q.clone());
+                Routed::default()
+            }
+            _ => {
+                let routed = ctx.vhost.route(exchange, &msg, &mut targets);
+                if let ([q], true) = (targets.as_slice(), by_name) {
+                    self.default_route = Some((msg.routing_key.clone(), q.clone()));
+                }
+                routed
+            }
+        };
         let mut outcome = Published::Accepted(None);
         if targets.is_empty() && !routed.replied {
             if publish.mandatory {

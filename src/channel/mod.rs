@@ -142,6 +142,9 @@ pub struct Channel {
         amq_protocol::types::ShortString,
         Arc<crate::broker::exchange::Exchange>,
     )>,
+    /// The queue the last default-exchange publish went to, by routing key: the same
+    /// saving for the common case of publishing straight to a queue by name.
+    default_route: Option<(amq_protocol::types::ShortString, Arc<Queue>)>,
 }
 
 impl Channel {
@@ -161,6 +164,7 @@ impl Channel {
             route_buf: Vec::new(),
             reply: None,
             last_exchange: None,
+            default_route: None,
         }
     }
 
