@@ -203,13 +203,14 @@ import json, statistics, sys
 
 jsonl, md, run_ids = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
 lines = [json.loads(l) for l in open(jsonl) if l.strip()]
-# For each scenario, the last listed run that has it.
+# For each scenario and broker, the last listed run that has it (so a Warren-only rerun of
+# one scenario can sit beside RabbitMQ's figure from an earlier run).
 by_run = {r: [d for d in lines if d.get("run_id") == r] for r in run_ids}
 runs, used = [], {}
 for r in reversed(run_ids):
     for d in by_run[r]:
-        s = d.get("scenario")
-        if used.setdefault(s, r) == r:
+        key = (d.get("scenario"), d.get("target"))
+        if used.setdefault(key, r) == r:
             runs.append(d)
 if not runs:
     sys.exit(f"compare.sh: no results for run(s) {','.join(run_ids)} in {jsonl}")
@@ -334,8 +335,11 @@ for r in run_ids:
     timing = (f", {get(steady, 'config.warmup'):g} s warm-up + "
               f"{get(steady, 'config.duration'):g} s measured" if steady else "")
     rounds = max(d.get("round", 1) for d in mine)
-    run_desc.append(f"`{r}` ({mine[0].get('run_mode')} mode{timing}, {rounds} round(s)): "
-                    + ", ".join(scen))
+    who = sorted({"Warren" if d.get("target") == "warren" else "RabbitMQ" for d in mine},
+                 reverse=True)
+    run_desc.append(f"`{r}` ({mine[0].get('run_mode')} mode{timing}, {rounds} round(s), "
+                    f"Warren commit {mine[0].get('commit', 'unknown')}): "
+                    + ", ".join(scen) + f" ({' and '.join(who)})")
 loads = sorted(float(d["loadavg_before"]) for d in runs if d.get("loadavg_before"))
 header = f"""# Warren vs RabbitMQ
 
@@ -345,8 +349,7 @@ Warren, RabbitMQ, Warren, RabbitMQ; each figure is the median of its rounds.
 - Runs: {'; '.join(run_desc)}
 - Machine: {first('machine')}
 - RabbitMQ {rver}, default configuration (memory high watermark 0.4), on 127.0.0.1:5673
-- Warren: commit {first('commit')}, release build, a fresh process and data directory for
-  every run
+- Warren: release build, a fresh process and data directory for every run
 - **Ratio**: throughput Warren / RabbitMQ; latency and memory RabbitMQ / Warren. In every row
   **ratio > 1 means Warren is better.**
 - CPU: user+system time over the measured window from /proc (100% = one core) of the client
