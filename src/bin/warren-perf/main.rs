@@ -748,10 +748,19 @@ async fn idle(args: &Args, t: &Target, shared: &Shared) -> Res<Map<String, Value
     if let (Some(b), Some(a)) = (rss_before, rss_after) {
         m.insert("broker_rss_kib_before".into(), json!(b));
         m.insert("broker_rss_kib".into(), json!(a));
-        m.insert(
-            "broker_rss_kib_per_conn".into(),
-            json!(round((a as f64 - b as f64) / conns.len().max(1) as f64)),
-        );
+        if a >= b {
+            m.insert(
+                "broker_rss_kib_per_conn".into(),
+                json!(round((a - b) as f64 / conns.len().max(1) as f64)),
+            );
+        } else {
+            // A garbage-collected broker can hand memory back while the connections open;
+            // a negative figure would say nothing about the connections.
+            shared.error(format!(
+                "broker RSS fell from {b} to {a} KiB while connections opened: its baseline \
+                 had not settled, no per-connection figure"
+            ));
+        }
     }
     if let Some(c) = conns.first() {
         m.insert(
