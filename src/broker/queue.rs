@@ -101,6 +101,33 @@ thread_local! {
 /// The sender half of a connection's delivery inbox.
 pub type DeliverySink = mpsc::UnboundedSender<QueueEvent>;
 
+/// A connection's delivery inbox, made when its first consumer needs it: an unbounded
+/// channel allocates a block of 32 events up front (about 4 KiB), which publishers and idle
+/// connections would otherwise each hold for nothing.
+#[derive(Debug, Default)]
+pub struct Inbox {
+    sink: Option<DeliverySink>,
+    /// The receiver, until the connection's loop takes it.
+    fresh: Option<mpsc::UnboundedReceiver<QueueEvent>>,
+}
+
+impl Inbox {
+    /// A sender for queues to deliver through, making the inbox on first use.
+    pub fn sink(&mut self) -> DeliverySink {
+        if let Some(s) = &self.sink {
+            return s.clone();
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.fresh = Some(rx);
+        self.sink.insert(tx).clone()
+    }
+
+    /// The receiver, once, after `sink` first made it.
+    pub fn take_receiver(&mut self) -> Option<mpsc::UnboundedReceiver<QueueEvent>> {
+        self.fresh.take()
+    }
+}
+
 /// Channel-wide prefetch (`basic.qos global=true`), shared by the channel's consumers.
 #[derive(Debug, Default)]
 pub struct ChannelCredit {

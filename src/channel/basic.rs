@@ -97,7 +97,7 @@ impl Channel {
             exclusive: m.exclusive,
             priority,
             credit: credit.clone(),
-            sink: ctx.sink.clone(),
+            sink: ctx.inbox.sink(),
         };
         self.consumers.insert(
             tag.clone(),
@@ -131,7 +131,7 @@ impl Channel {
             m.consumer_tag.as_str().into()
         };
         let name = ctx.vhost.register_reply(ReplyTarget {
-            sink: ctx.sink.clone(),
+            sink: ctx.inbox.sink(),
             channel: self.id,
             consumer_tag: tag.clone(),
         });

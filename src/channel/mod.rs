@@ -17,7 +17,7 @@ use amq_protocol::protocol::{AMQPClass, basic as b, confirm, exchange, queue, tx
 use bytes::{Bytes, BytesMut};
 
 use crate::broker::message::Entry;
-use crate::broker::queue::{ChannelCredit, Credit, DeliverySink, Queue};
+use crate::broker::queue::{ChannelCredit, Credit, Inbox, Queue};
 use crate::broker::vhost::VHost;
 use crate::error::{AmqpError, Result};
 use crate::protocol::{self, content::Assembly};
@@ -34,7 +34,7 @@ pub struct Ctx<'a> {
     /// Frames to send, flushed by the connection after each batch of input.
     pub out: &'a mut BytesMut,
     /// This connection's delivery inbox, handed to queues with each consumer.
-    pub sink: &'a DeliverySink,
+    pub inbox: &'a mut Inbox,
     /// Negotiated frame_max, for splitting bodies.
     pub frame_max: u32,
     /// Configured largest body.

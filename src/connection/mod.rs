@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::broker::Broker;
-use crate::broker::queue::{Queue, QueueEvent};
+use crate::broker::queue::{Inbox, Queue, QueueEvent};
 use crate::broker::vhost::VHost;
 use crate::channel::{Channel, Ctx};
 use crate::error::{AmqpError, Scope};
@@ -85,7 +85,6 @@ pub async fn run(
     tracing::info!(%peer, user = %opened.user, vhost = %opened.vhost.name, "connection opened");
     let (writer_tx, writer_rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write_loop(wr, writer_rx));
-    let (sink, inbox) = mpsc::unbounded_channel();
     let watermark = broker.watermark();
     let mut conn = Connection {
         id,
@@ -96,13 +95,13 @@ pub async fn run(
         channels: HashMap::default(),
         // Grows with the first batch of output; idle connections keep nothing.
         out: BytesMut::new(),
-        sink,
+        inbox: Inbox::default(),
         kicks: Vec::new(),
         writer_tx,
         closing: None,
         watermark,
     };
-    let mut inbox = inbox;
+    let mut inbox = None;
     conn.serve(rd, rbuf, &mut inbox, shutdown).await;
     conn.cleanup(inbox);
     drop(conn);
@@ -189,7 +188,7 @@ struct Connection {
     opened: Opened,
     channels: HashMap<u16, Channel, ChannelIds>,
     out: BytesMut,
-    sink: crate::broker::queue::DeliverySink,
+    inbox: Inbox,
     kicks: Vec<Arc<Queue>>,
     writer_tx: mpsc::UnboundedSender<Bytes>,
     /// Set once `connection.close` was sent: the deadline for the client's close-ok.
@@ -214,7 +213,7 @@ macro_rules! ctx {
             vhost: &$self.vhost,
             user: &$self.opened.user,
             out: &mut $self.out,
-            sink: &$self.sink,
+            inbox: &mut $self.inbox,
             frame_max: $self.opened.frame_max,
             max_message_size: $self.broker.config.max_message_size,
             kicks: &mut $self.kicks,
@@ -227,7 +226,7 @@ impl Connection {
         &mut self,
         mut rd: tokio::net::tcp::OwnedReadHalf,
         mut rbuf: BytesMut,
-        inbox: &mut mpsc::UnboundedReceiver<QueueEvent>,
+        inbox: &mut Option<mpsc::UnboundedReceiver<QueueEvent>>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let hb = self.opened.heartbeat;
@@ -262,6 +261,9 @@ impl Connection {
                 rbuf.reserve(read_size);
             }
             let spare = rbuf.capacity() - rbuf.len();
+            if inbox.is_none() {
+                *inbox = self.inbox.take_receiver();
+            }
             tokio::select! {
                 // Persistent messages reached the disk: their confirms go out in `flush`.
                 _ = async {
@@ -277,7 +279,12 @@ impl Connection {
                     ));
                 }
                 // Deliveries and cancellations from queues.
-                n = inbox.recv_many(&mut events, INBOX_BATCH) => {
+                n = async {
+                    match inbox.as_mut() {
+                        Some(rx) => rx.recv_many(&mut events, INBOX_BATCH).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
                     if n == 0 { break; }
                     for ev in events.drain(..) {
                         self.handle_event(ev);
@@ -649,12 +656,15 @@ impl Connection {
 
     /// Final cleanup: channels give back what they hold, deliveries still in the inbox go
     /// back to their queues unchanged, exclusive queues go.
-    fn cleanup(&mut self, mut inbox: mpsc::UnboundedReceiver<QueueEvent>) {
+    fn cleanup(&mut self, inbox: Option<mpsc::UnboundedReceiver<QueueEvent>>) {
         self.release_channels();
         // Every consumer is detached now, so nothing new arrives; what is there was never
         // written to the client.
-        inbox.close();
-        while let Ok(ev) = inbox.try_recv() {
+        let mut inbox = inbox.or_else(|| self.inbox.take_receiver());
+        if let Some(rx) = &mut inbox {
+            rx.close();
+        }
+        while let Some(Ok(ev)) = inbox.as_mut().map(|rx| rx.try_recv()) {
             if let QueueEvent::Deliver { queue, entry, .. } = ev {
                 queue.requeue_unsent(entry);
                 self.kicks.push(queue);
