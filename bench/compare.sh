@@ -106,7 +106,9 @@ rabbit_fd_limit() {
 
 MACHINE="$(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
 COMMIT=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
-if cd "$ROOT" && git status --porcelain --untracked-files=no 2>/dev/null | grep -q .; then
+# The table this script writes does not count as a change to what is measured.
+if cd "$ROOT" && git status --porcelain --untracked-files=no 2>/dev/null \
+        | grep -v ' bench/results.md$' | grep -q .; then
     COMMIT="$COMMIT + uncommitted changes"
 fi
 
