@@ -88,6 +88,18 @@ pub enum Published {
     Failed,
 }
 
+impl Published {
+    /// The outcome of a publish to several queues: a failure wins, then a rejection, else
+    /// it waits for the newest log record any of them waits for.
+    pub fn and(self, other: Published) -> Published {
+        match (self, other) {
+            (Published::Failed, _) | (_, Published::Failed) => Published::Failed,
+            (Published::Rejected, _) | (_, Published::Rejected) => Published::Rejected,
+            (Published::Accepted(a), Published::Accepted(b)) => Published::Accepted(a.max(b)),
+        }
+    }
+}
+
 /// The key of a queue's records in the message log.
 pub fn store_key(vhost: &str, queue: &str) -> Arc<str> {
     format!("{vhost}\0{queue}").into()

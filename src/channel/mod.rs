@@ -278,7 +278,7 @@ impl Channel {
         no_ack: bool,
     ) {
         let credit = match self.consumers.get(consumer_tag) {
-            Some(c) if !self.closing => c.credit.clone(),
+            Some(c) if !self.closing => &c.credit,
             _ => {
                 // Cancelled while the delivery was in flight: it was never sent, so it goes
                 // back unchanged (not marked redelivered), whatever the ack mode.
@@ -308,7 +308,7 @@ impl Channel {
                 tag,
                 queue,
                 entry,
-                credit: Some(credit),
+                credit: Some(credit.clone()),
             });
         }
     }
