@@ -22,6 +22,18 @@ use crate::store::definitions::Definitions;
 use crate::store::{MessageStore, StoreOptions};
 use vhost::VHost;
 
+/// Runs blocking disk work reached from a queue (paging bodies back in, the spilled index).
+/// On a multi-threaded runtime the worker first hands its other tasks to another thread
+/// (`block_in_place`), so connections that do not need this queue carry on while the disk
+/// answers. Elsewhere (a single-threaded runtime, no runtime) it simply runs.
+pub fn blocking_io<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// The two stores under the data directory: sled for definitions, the segment log for
 /// persistent messages.
 #[derive(Debug)]
@@ -52,9 +64,7 @@ pub struct Budget {
 /// is nothing else to move, so it just runs.
 pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => f(),
         _ => f(),
     }
 }
@@ -196,5 +206,44 @@ impl Broker {
     /// A fresh connection id (exclusive queues remember theirs).
     pub fn next_connection_id(&self) -> u64 {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::blocking_io;
+
+    /// Queues reach disk work from worker tasks, `block_on` (recovery), single-threaded test
+    /// runtimes and plain threads; none of them may panic, and on a worker the other tasks
+    /// keep running while it blocks.
+    #[test]
+    fn blocking_io_runs_in_every_context() {
+        assert_eq!(blocking_io(|| 1), 1);
+        let current = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(current.block_on(async { blocking_io(|| 2) }), 2);
+        let multi = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        assert_eq!(multi.block_on(async { blocking_io(|| 3) }), 3);
+        let got = multi.block_on(async {
+            // The single worker blocks until a task spawned after it has run: without the
+            // hand-off that task would never get a thread and this would hang.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (started, blocking) = tokio::sync::oneshot::channel();
+            let blocked = tokio::spawn(async move {
+                blocking_io(|| {
+                    started.send(()).unwrap();
+                    rx.recv_timeout(std::time::Duration::from_secs(10))
+                })
+            });
+            blocking.await.unwrap();
+            tokio::spawn(async move { tx.send(4).unwrap() });
+            blocked.await.unwrap()
+        });
+        assert_eq!(got, Ok(4));
     }
 }

@@ -245,14 +245,16 @@ impl PagedFifo {
             .ok_or_else(|| std::io::Error::other("no spill file"))?;
         spill.free.push(slot);
         let mut buf = vec![0u8; CHUNK_BYTES];
-        spill
-            .file
-            .read_exact_at(&mut buf, u64::from(slot) * CHUNK_BYTES as u64)?;
+        super::blocking_io(|| {
+            spill
+                .file
+                .read_exact_at(&mut buf, u64::from(slot) * CHUNK_BYTES as u64)
+        })?;
         Ok(buf.chunks_exact(RECORD).map(Paged::decode).collect())
     }
 
     fn spill_tail(&mut self, dir: &Path) {
-        let result = (|| {
+        let result = super::blocking_io(|| {
             if self.spill.is_none() {
                 self.spill = Some(Spill {
                     file: spill_file(dir)?,
@@ -277,7 +279,7 @@ impl PagedFifo {
                 return Err(e);
             }
             Ok(slot)
-        })();
+        });
         match result {
             Ok(slot) => {
                 self.spilled.push_back(slot);

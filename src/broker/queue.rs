@@ -416,6 +416,10 @@ impl State {
         }
         self.len -= lost;
         let locs: Vec<_> = batch.iter().map(Paged::location).collect();
+        // Left on the worker: a draining queue reads the log nearly in order, so these are
+        // page-cache hits behind the kernel's readahead, and handing the worker's tasks to
+        // another thread for each batch cost more (paged 1 KiB drain: ~1.46 -> ~1.78 µs of
+        // broker CPU per message).
         let reads = p.store.read_many(&locs);
         for (pg, read) in batch.iter().zip(reads) {
             // It leaves the paged run and comes back as a resident entry.
@@ -527,11 +531,14 @@ impl State {
 fn read_back(p: &crate::broker::Persistence, pg: &Paged, read: Option<Bytes>) -> Option<Entry> {
     let loc = pg.location();
     let bytes = read.map_or_else(|| p.store.read(loc), Ok).or_else(|_| {
-        p.store
-            .watermark()
-            .wait_blocking(p.store.published())
-            .map_err(std::io::Error::other)?;
-        p.store.read(loc)
+        // Waiting for a sync can take milliseconds: other connections go on meanwhile.
+        super::blocking_io(|| {
+            p.store
+                .watermark()
+                .wait_blocking(p.store.published())
+                .map_err(std::io::Error::other)?;
+            p.store.read(loc)
+        })
     });
     let stored = crate::broker::persist::decode(bytes.ok()?)?;
     Some(logged_entry(
