@@ -96,6 +96,9 @@ pub struct Policy {
     pub priority: i32,
     /// The settings.
     pub definition: PolicyDefinition,
+    /// `pattern`, compiled at its first use (every declare consults every policy).
+    #[serde(skip)]
+    compiled: std::sync::OnceLock<Option<regex::Regex>>,
 }
 
 impl Policy {
@@ -111,8 +114,12 @@ impl Policy {
             "exchanges" => !queue,
             _ => false,
         };
-        // The pattern was compiled once by `check`, so it is valid here.
-        kind && regex::Regex::new(&self.pattern).is_ok_and(|r| r.is_match(name))
+        // `check` refused invalid patterns at load; an invalid one here matches nothing.
+        kind && self
+            .compiled
+            .get_or_init(|| regex::Regex::new(&self.pattern).ok())
+            .as_ref()
+            .is_some_and(|r| r.is_match(name))
     }
 }
 
