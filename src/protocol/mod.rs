@@ -139,17 +139,32 @@ pub fn decode(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, Decod
         ))
         .into());
     }
-    buf.advance(7);
-    let payload = buf.split_to(size as usize).freeze();
-    buf.advance(1);
+    let inner = &buf[7..total - 1];
+    // Only a body, and properties other than none, outlive the read buffer; everything else
+    // is decoded in place, which spares a shared-buffer split and its reference count.
     let frame = match kind {
-        FRAME_METHOD => decode_method(channel, &payload)?,
-        FRAME_HEADER => decode_header(channel, payload)?,
-        FRAME_BODY => Frame::Body { channel, payload },
-        _ => Frame::Heartbeat { channel },
+        FRAME_METHOD => decode_method(channel, inner),
+        FRAME_HEADER if inner.len() == 14 && inner[12..] == NO_PROPERTY_FLAGS => {
+            decode_header(channel, inner, Bytes::from_static(&NO_PROPERTY_FLAGS))
+        }
+        FRAME_HEADER | FRAME_BODY => {
+            buf.advance(7);
+            let payload = buf.split_to(size as usize).freeze();
+            buf.advance(1);
+            return Ok(Some(if kind == FRAME_BODY {
+                Frame::Body { channel, payload }
+            } else {
+                decode_header(channel, &payload, payload.slice(12.min(payload.len())..))?
+            }));
+        }
+        _ => Ok(Frame::Heartbeat { channel }),
     };
-    Ok(Some(frame))
+    buf.advance(total);
+    frame.map(Some)
 }
+
+/// The property flags of a content header without properties.
+const NO_PROPERTY_FLAGS: [u8; 2] = [0, 0];
 
 fn decode_method(channel: u16, payload: &[u8]) -> Result<Frame, DecodeError> {
     if payload.len() < 4 {
@@ -245,15 +260,20 @@ impl PartialEq for Properties {
     }
 }
 
-fn decode_header(channel: u16, payload: Bytes) -> Result<Frame, DecodeError> {
+/// A content header from its payload; `raw_properties` is the payload from byte 12 on,
+/// kept for writing the header out again.
+fn decode_header(
+    channel: u16,
+    payload: &[u8],
+    raw_properties: Bytes,
+) -> Result<Frame, DecodeError> {
     if payload.len() < 14 {
         return Err(AmqpError::frame_error("content header frame too short").into());
     }
     let class_id = u16::from_be_bytes([payload[0], payload[1]]);
     let body_size = u64::from_be_bytes(payload[4..12].try_into().expect("8 bytes checked"));
-    let raw_properties = payload.slice(12..);
     // Most messages carry no properties at all: they share one decoded empty set.
-    let properties = if raw_properties[..] == [0, 0] {
+    let properties = if raw_properties[..] == NO_PROPERTY_FLAGS {
         Properties::default()
     } else {
         match all_consuming(parse_properties).parse(&raw_properties[..]) {
