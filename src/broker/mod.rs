@@ -22,18 +22,6 @@ use crate::store::definitions::Definitions;
 use crate::store::{MessageStore, StoreOptions};
 use vhost::VHost;
 
-/// Runs blocking disk work reached from a queue (paging bodies back in, the spilled index).
-/// On a multi-threaded runtime the worker first hands its other tasks to another thread
-/// (`block_in_place`), so connections that do not need this queue carry on while the disk
-/// answers. Elsewhere (a single-threaded runtime, no runtime) it simply runs.
-pub fn blocking_io<T>(f: impl FnOnce() -> T) -> T {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
-        _ => f(),
-    }
-}
-
 /// The two stores under the data directory: sled for definitions, the segment log for
 /// persistent messages.
 #[derive(Debug)]
@@ -59,12 +47,15 @@ pub struct Budget {
     pub resident: std::sync::atomic::AtomicUsize,
 }
 
-/// Runs blocking disk I/O from inside the runtime without stalling the other tasks on this
-/// worker thread (on the multi-threaded runtime); on a current-thread runtime (tests) there
-/// is nothing else to move, so it just runs.
+/// Runs blocking disk I/O from inside the runtime (definition writes, a queue's spilled
+/// index, waiting for a sync) without stalling the other tasks on this worker thread (on the
+/// multi-threaded runtime); on a current-thread runtime (tests) or outside a runtime there is
+/// nothing else to move, so it just runs.
 pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => f(),
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
         _ => f(),
     }
 }
@@ -211,36 +202,36 @@ impl Broker {
 
 #[cfg(test)]
 mod tests {
-    use super::blocking_io;
+    use super::blocking;
 
-    /// Queues reach disk work from worker tasks, `block_on` (recovery), single-threaded test
+    /// Disk work is reached from worker tasks, `block_on` (recovery), single-threaded test
     /// runtimes and plain threads; none of them may panic, and on a worker the other tasks
     /// keep running while it blocks.
     #[test]
-    fn blocking_io_runs_in_every_context() {
-        assert_eq!(blocking_io(|| 1), 1);
+    fn blocking_runs_in_every_context() {
+        assert_eq!(blocking(|| 1), 1);
         let current = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        assert_eq!(current.block_on(async { blocking_io(|| 2) }), 2);
+        assert_eq!(current.block_on(async { blocking(|| 2) }), 2);
         let multi = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        assert_eq!(multi.block_on(async { blocking_io(|| 3) }), 3);
+        assert_eq!(multi.block_on(async { blocking(|| 3) }), 3);
         let got = multi.block_on(async {
             // The single worker blocks until a task spawned after it has run: without the
             // hand-off that task would never get a thread and this would hang.
             let (tx, rx) = std::sync::mpsc::channel();
-            let (started, blocking) = tokio::sync::oneshot::channel();
+            let (started, is_blocking) = tokio::sync::oneshot::channel();
             let blocked = tokio::spawn(async move {
-                blocking_io(|| {
+                blocking(|| {
                     started.send(()).unwrap();
                     rx.recv_timeout(std::time::Duration::from_secs(10))
                 })
             });
-            blocking.await.unwrap();
+            is_blocking.await.unwrap();
             tokio::spawn(async move { tx.send(4).unwrap() });
             blocked.await.unwrap()
         });

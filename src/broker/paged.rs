@@ -245,7 +245,7 @@ impl PagedFifo {
             .ok_or_else(|| std::io::Error::other("no spill file"))?;
         spill.free.push(slot);
         let mut buf = vec![0u8; CHUNK_BYTES];
-        super::blocking_io(|| {
+        super::blocking(|| {
             spill
                 .file
                 .read_exact_at(&mut buf, u64::from(slot) * CHUNK_BYTES as u64)
@@ -254,7 +254,7 @@ impl PagedFifo {
     }
 
     fn spill_tail(&mut self, dir: &Path) {
-        let result = super::blocking_io(|| {
+        let result = super::blocking(|| {
             if self.spill.is_none() {
                 self.spill = Some(Spill {
                     file: spill_file(dir)?,

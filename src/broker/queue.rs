@@ -532,7 +532,7 @@ fn read_back(p: &crate::broker::Persistence, pg: &Paged, read: Option<Bytes>) ->
     let loc = pg.location();
     let bytes = read.map_or_else(|| p.store.read(loc), Ok).or_else(|_| {
         // Waiting for a sync can take milliseconds: other connections go on meanwhile.
-        super::blocking_io(|| {
+        super::blocking(|| {
             p.store
                 .watermark()
                 .wait_blocking(p.store.published())
