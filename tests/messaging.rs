@@ -57,6 +57,25 @@ async fn publish_with(
     .unwrap();
 }
 
+/// A mandatory publish through the default exchange on a channel in confirm mode, awaited
+/// until its confirm (which carries the message back if it was returned).
+async fn publish_mandatory(ch: &Channel, key: &str, body: &[u8]) -> lapin::Confirmation {
+    ch.basic_publish(
+        "".into(),
+        key.into(),
+        BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        },
+        body,
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap()
+}
+
 /// Drains a queue with basic.get (no-ack); the trailing get-empty also proves that every
 /// earlier publish on the same channel was processed.
 async fn drain(ch: &Channel, q: &str) -> Vec<String> {
@@ -114,21 +133,7 @@ async fn default_exchange_routing_follows_deletes_redeclares_and_cc() {
         .await
         .unwrap();
     ch.confirm_select(Default::default()).await.unwrap();
-    let confirm = ch
-        .basic_publish(
-            "".into(),
-            "reused".into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            b"to nowhere",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let confirm = publish_mandatory(&ch, "reused", b"to nowhere").await;
     let returned = confirm
         .take_message()
         .expect("the deleted queue no longer routes");
@@ -313,21 +318,7 @@ async fn mandatory_unroutable_is_returned_before_its_confirm() {
     let b = TestBroker::start().await;
     let (_c, ch) = b.channel().await;
     ch.confirm_select(Default::default()).await.unwrap();
-    let confirm = ch
-        .basic_publish(
-            "".into(),
-            "nowhere".into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            b"back",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let confirm = publish_mandatory(&ch, "nowhere", b"back").await;
     assert!(confirm.is_ack());
     let returned = confirm.take_message().expect("the message comes back");
     assert_eq!(returned.reply_code, 312);
