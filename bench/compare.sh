@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Warren vs RabbitMQ on a fixed scenario set (S1–S8), alternating A B A B.
+# Warren vs RabbitMQ on a fixed scenario set (S1–S8), alternating A B A B; S4 also runs
+# with no broker (warren-perf --latency-floor) to give the machine's latency floor.
 #
 #   bench/compare.sh [--quick] [--rounds N] [--s8-count N] [--only S1,S4,...]
 #                    [--rabbit-host H] [--rabbit-port P] [--no-rabbit] [--no-build]
@@ -37,7 +38,7 @@ while [ $# -gt 0 ]; do
         --no-rabbit) USE_RABBIT=0 ;;
         --no-build) BUILD=0 ;;
         --report) REPORT=$2; shift ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -133,9 +134,13 @@ SCENARIOS="S7 S1 S2 S3 S4 S5 S6 S8"
 # run_one SCENARIO BROKER ROUND: one warren-perf run, its JSON line appended to $RAW.
 run_one() {
     local s=$1 broker=$2 round=$3 host port pids out rc load
+    local extra=""
     if [ "$broker" = warren ]; then
         start_warren || return 1
         port=$WPORT; host=127.0.0.1; pids=$WPID
+    elif [ "$broker" = floor ]; then
+        # No broker: the machine's latency floor (see warren-perf's floor module).
+        port=0; host=127.0.0.1; pids=""; extra="--latency-floor"
     else
         port=$RABBIT_PORT; host=$RABBIT_HOST; pids=$(rabbit_pids)
     fi
@@ -145,7 +150,7 @@ run_one() {
     log "$s $broker round $round (load $load): warren-perf ${ARGS[$s]}"
     # shellcheck disable=SC2086
     out=$(timeout -k 10 "${TIMEOUT[$s]}" "$PERF" --host "$host" --port "$port" \
-        --label "$s" $pidargs ${ARGS[$s]})
+        --label "$s" $pidargs $extra ${ARGS[$s]})
     rc=$?
     [ "$broker" = warren ] && stop_warren
     if [ -z "$out" ]; then
@@ -191,6 +196,8 @@ if [ -z "$REPORT" ]; then
                 fi
                 run_one "$s" rabbitmq "$r"
             fi
+            # S4's latency also measured with no broker at all, to read both against.
+            [ "$s" = S4 ] && run_one S4 floor "$r"
         done
     done
 
@@ -313,6 +320,11 @@ for s, label, path, higher, scale in ROWS:
     cw, cr = cpu(s, "warren"), cpu(s, "rabbitmq")
     if cw or cr:
         notes.append(f"CPU W: {cw or '–'}; R: {cr or '–'}")
+    if s == "S4" and of("S4", "floor"):
+        f, fv, fn = figure(s, "floor", path, scale)
+        notes.append(f"floor (no broker) {fmt(f)}"
+                     + (" (rounds " + "/".join(map(fmt, fv)) + ")" if len(fv) > 1 else "")
+                     + "".join(f"; floor: {n}" for n in dict.fromkeys(fn)))
     if len(wv) > 1 or len(rv) > 1:
         notes.append("rounds W " + ("/".join(map(fmt, wv)) or "–")
                      + ", R " + ("/".join(map(fmt, rv)) or "–"))
@@ -337,8 +349,8 @@ for r in run_ids:
     timing = (f", {get(steady, 'config.warmup'):g} s warm-up + "
               f"{get(steady, 'config.duration'):g} s measured" if steady else "")
     rounds = max(d.get("round", 1) for d in mine)
-    who = sorted({"Warren" if d.get("target") == "warren" else "RabbitMQ" for d in mine},
-                 reverse=True)
+    names = {"warren": "Warren", "rabbitmq": "RabbitMQ", "floor": "the S4 floor"}
+    who = [n for t, n in names.items() if any(d.get("target") == t for d in mine)]
     run_desc.append(f"`{r}` ({mine[0].get('run_mode')} mode{timing}, {rounds} round(s), "
                     f"Warren commit {mine[0].get('commit', 'unknown')}): "
                     + ", ".join(scen) + f" ({' and '.join(who)})")
@@ -356,6 +368,9 @@ Warren, RabbitMQ, Warren, RabbitMQ; each figure is the median of its rounds.
   **ratio > 1 means Warren is better.**
 - CPU: user+system time over the measured window from /proc (100% = one core) of the client
   (`warren-perf`) and the broker; a client far below 100% was not the bottleneck.
+- S4's **floor**: the same client pacing and size through a relay process that copies bytes
+  from the producer's socket to the consumer's and does nothing else (`warren-perf
+  --latency-floor`): the latency this machine gives a broker that does no work.
 - 1-minute load average before each run: {f'{loads[0]:.2f}–{loads[-1]:.2f}' if loads else 'n/a'}
 
 """

@@ -109,11 +109,8 @@ pub async fn run(
                 RawFrame::Body { payload } => {
                     if first_body {
                         first_body = false;
-                        if measuring && payload.len() >= 8 {
-                            let ts = u64::from_be_bytes(payload[..8].try_into().expect("8"));
-                            if ts <= now {
-                                hist.record(now - ts);
-                            }
+                        if measuring {
+                            hist.record_stamp(now, payload);
                         }
                     }
                     remaining = remaining.saturating_sub(payload.len() as u64);

@@ -3,11 +3,13 @@
 //!
 //! Modes: steady (producers and consumers for `--warmup` + `--duration` seconds, figures
 //! from after the warm-up), pre-fill then drain (`--prefill N`), and idle connections
-//! (`--connections-idle N`). The client is a lean pipelined one on raw tokio sockets, so it
+//! (`--connections-idle N`), and the machine's latency floor (`--latency-floor`, see
+//! `floor`). The client is a lean pipelined one on raw tokio sockets, so it
 //! is not the bottleneck; its own CPU time is reported so a reader can check.
 
 mod client;
 mod consumer;
+mod floor;
 mod producer;
 mod stats;
 
@@ -130,6 +132,13 @@ struct Args {
     /// Free-form label copied into the JSON (e.g. the scenario name).
     #[arg(long)]
     label: Option<String>,
+    /// Measure this machine's latency floor instead of a broker: the steady mode's pacing,
+    /// --size and --rate through a relay process that does no work (no broker needed).
+    #[arg(long)]
+    latency_floor: bool,
+    /// Internal: be the --latency-floor relay.
+    #[arg(long, hide = true)]
+    relay: bool,
 }
 
 /// State shared by the orchestrator and every producer and consumer task.
@@ -549,6 +558,18 @@ async fn sleep_watching(shared: &Shared, secs: f64) {
     }
 }
 
+/// Waits out the warm-up, then the measured window (latencies are recorded only inside
+/// it); returns the snapshots at its two ends.
+async fn measured_window(args: &Args, shared: &Shared, pids: &[u32]) -> (Snap, Snap) {
+    sleep_watching(shared, args.warmup).await;
+    let s0 = snap(shared, pids);
+    shared.phase.store(1, Relaxed);
+    sleep_watching(shared, args.duration).await;
+    let s1 = snap(shared, pids);
+    shared.phase.store(2, Relaxed);
+    (s0, s1)
+}
+
 /// Producers and consumers together; figures from after the warm-up.
 async fn steady(
     args: &Args,
@@ -563,12 +584,7 @@ async fn steady(
         .into_iter()
         .map(|c| tokio::spawn(producer::run(c, pcfg.clone(), shared.clone())))
         .collect();
-    sleep_watching(shared, args.warmup).await;
-    let s0 = snap(shared, &args.broker_pid);
-    shared.phase.store(1, Relaxed);
-    sleep_watching(shared, args.duration).await;
-    let s1 = snap(shared, &args.broker_pid);
-    shared.phase.store(2, Relaxed);
+    let (s0, s1) = measured_window(args, shared, &args.broker_pid).await;
     let rss = broker_rss(&args.broker_pid);
     shared.stop_all();
     join_producers(shared, producers, Duration::from_secs(10)).await;
@@ -776,6 +792,9 @@ async fn idle(args: &Args, t: &Target, shared: &Shared) -> Res<Map<String, Value
 }
 
 async fn run(args: &Args, shared: &Arc<Shared>) -> Res<Map<String, Value>> {
+    if args.latency_floor {
+        return floor::measure(args, shared).await;
+    }
     let t = match &args.uri {
         Some(u) => Target::from_uri(u)?,
         None => Target {
@@ -859,11 +878,15 @@ fn config_json(args: &Args) -> Value {
         "warmup": args.warmup,
         "prefill": args.prefill,
         "connections_idle": args.connections_idle,
+        "latency_floor": args.latency_floor,
     })
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.relay {
+        return floor::relay();
+    }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if let Some(n) = args.threads {

@@ -73,6 +73,36 @@ impl ConfirmTracker {
     }
 }
 
+/// Spreads a producer's messages evenly over time at a fixed rate (per second; 0 = as
+/// fast as possible).
+#[derive(Debug, Clone, Copy)]
+pub struct Pacer {
+    start: Instant,
+    rate: f64,
+}
+
+impl Pacer {
+    pub fn new(rate: f64) -> Self {
+        Self {
+            start: Instant::now(),
+            rate,
+        }
+    }
+
+    /// How many of `want` may go now, `sent` having gone so far; or, when none is due yet,
+    /// the instant the next one is. The caller sleeps and re-checks its other conditions.
+    pub fn allow(&self, sent: u64, want: u64) -> Result<u64, Instant> {
+        if self.rate <= 0.0 {
+            return Ok(want);
+        }
+        let due = (self.rate * self.start.elapsed().as_secs_f64()) as u64 + 1;
+        if due <= sent {
+            return Err(self.start + Duration::from_secs_f64(sent as f64 / self.rate));
+        }
+        Ok(want.min(due - sent))
+    }
+}
+
 /// Builds one message (publish + header + body frames) and returns it with the offset of
 /// the body's first byte, where the timestamp goes (None when the body is under 8 bytes).
 fn template(cfg: &ProducerCfg, frame_max: u32) -> (BytesMut, Option<usize>) {
@@ -120,7 +150,7 @@ pub async fn run(mut conn: Conn, cfg: Arc<ProducerCfg>, shared: Arc<Shared>) -> 
 
     let max_batch = ((256 * 1024) / tpl.len()).clamp(1, 4096) as u64;
     let mut wbuf = BytesMut::with_capacity(max_batch as usize * tpl.len() + 1024);
-    let start = Instant::now();
+    let pacer = Pacer::new(cfg.rate);
     let mut sent = 0u64;
     let mut progress = (Instant::now(), 0u64);
     let mut result: Res<()> = Ok(());
@@ -160,15 +190,13 @@ pub async fn run(mut conn: Conn, cfg: Arc<ProducerCfg>, shared: Arc<Shared>) -> 
             }
             n = n.min(room);
         }
-        if cfg.rate > 0.0 {
-            let due = (cfg.rate * start.elapsed().as_secs_f64()) as u64 + 1;
-            if due <= sent {
-                let next = start + Duration::from_secs_f64(sent as f64 / cfg.rate);
+        n = match pacer.allow(sent, n) {
+            Ok(n) => n,
+            Err(next) => {
                 tokio::time::sleep_until(next.into()).await;
                 continue;
             }
-            n = n.min(due - sent);
-        }
+        };
         let ts = (shared.base.elapsed().as_nanos() as u64).to_be_bytes();
         wbuf.clear();
         for _ in 0..n {

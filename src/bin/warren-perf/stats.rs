@@ -53,6 +53,17 @@ impl Hist {
         self.max = self.max.max(ns);
     }
 
+    /// Records the time from the send timestamp that opens `body` (big-endian nanoseconds
+    /// on the run's time base) to `now`; a body too short to carry one is skipped.
+    pub fn record_stamp(&mut self, now: u64, body: &[u8]) {
+        if let Some(raw) = body.first_chunk::<8>() {
+            let ts = u64::from_be_bytes(*raw);
+            if ts <= now {
+                self.record(now - ts);
+            }
+        }
+    }
+
     pub fn merge(&mut self, o: &Hist) {
         for (a, b) in self.counts.iter_mut().zip(&o.counts) {
             *a += b;
