@@ -523,6 +523,98 @@ async fn unacked_messages_return_when_the_channel_closes() {
     assert_eq!(again.delivery.data, b"m");
 }
 
+/// A delivery still in the connection's inbox belongs to the consumer it was made for,
+/// not to whichever consumer holds the same tag by the time it is written.
+///
+/// Everything below goes in one write, so Warren handles it all before the queue's
+/// delivery to the first consumer: a publish to `qa` (on channel 2), then channel 1 (which
+/// consumes `qa` as "x") closes, reopens, and consumes `qb` as "x" with no-ack. The
+/// message must stay `qa`'s; handed to the new "x" it would be gone from `qa` for good.
+/// (RabbitMQ answers a channel.open pipelined behind that channel's close with 504 or
+/// not, depending on timing; Warren accepts it, so this is Warren's own test.)
+#[tokio::test]
+async fn a_delivery_in_flight_is_not_handed_to_a_new_consumer_with_the_same_tag() {
+    use amq_protocol::protocol::{AMQPClass, basic, channel, queue};
+    let b = TestBroker::start().await;
+    let mut raw = Raw::open(b.addr).await;
+    raw.open_channel(1).await;
+    raw.open_channel(2).await;
+    let (qa, qb) = (name("qa"), name("qb"));
+    let declare = |q: &str, passive: bool| {
+        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: q.into(),
+            passive,
+            exclusive: true,
+            ..Default::default()
+        }))
+    };
+    let consume = |q: &str, no_ack: bool| {
+        AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+            queue: q.into(),
+            consumer_tag: "x".into(),
+            no_ack,
+            ..Default::default()
+        }))
+    };
+    for q in [&qa, &qb] {
+        raw.send(1, declare(q, false)).await;
+        raw.expect_method().await;
+    }
+    raw.send(1, consume(&qa, false)).await;
+    assert!(matches!(
+        raw.expect_method().await,
+        AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_))
+    ));
+
+    let mut out = bytes::BytesMut::new();
+    let publish = basic::Publish {
+        routing_key: qa.as_str().into(),
+        ..Default::default()
+    };
+    let m = AMQPClass::Basic(basic::AMQPMethod::Publish(publish));
+    warren::protocol::write_method(&mut out, 2, &m);
+    let props = warren::protocol::encode_properties(&Default::default());
+    warren::protocol::write_content(&mut out, 2, &props, b"for qa", 131072);
+    let close = channel::Close {
+        reply_code: 200,
+        reply_text: "bye".into(),
+        class_id: 0,
+        method_id: 0,
+    };
+    warren::protocol::write_method(
+        &mut out,
+        1,
+        &AMQPClass::Channel(channel::AMQPMethod::Close(close)),
+    );
+    let open = AMQPClass::Channel(channel::AMQPMethod::Open(Default::default()));
+    warren::protocol::write_method(&mut out, 1, &open);
+    warren::protocol::write_method(&mut out, 1, &consume(&qb, true));
+    raw.send_raw(&out).await;
+
+    // The message goes back to qa (the closed channel's consumer never had it written),
+    // and nothing reaches the new consumer.
+    let mut ready = 0;
+    for _ in 0..100 {
+        raw.send(2, declare(&qa, true)).await;
+        loop {
+            match raw.expect_method().await {
+                AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)) => {
+                    ready = ok.message_count;
+                    break;
+                }
+                AMQPClass::Basic(basic::AMQPMethod::Deliver(d)) => {
+                    panic!("qa's message was delivered to the new consumer: {d:?}")
+                }
+                _ => {}
+            }
+        }
+        if ready == 1 {
+            break;
+        }
+    }
+    assert_eq!(ready, 1, "qa's message never came back");
+}
+
 #[tokio::test]
 async fn recover_redelivers_everything_unacked() {
     let b = TestBroker::start().await;

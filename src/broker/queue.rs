@@ -50,14 +50,12 @@ pub enum QueueEvent {
     Deliver {
         /// Channel of the consumer.
         channel: u16,
-        /// The consumer.
-        consumer_tag: Arc<str>,
+        /// The consumer: its tag, ack mode and credit, and whether its channel still has it.
+        consumer: Arc<ConsumerHandle>,
         /// The queue it came from, to ack or requeue into.
         queue: Arc<Queue>,
         /// The message.
         entry: Entry,
-        /// Whether the consumer acks.
-        no_ack: bool,
     },
     /// A direct reply-to message for the channel's reply consumer.
     Reply {
@@ -72,8 +70,8 @@ pub enum QueueEvent {
     Cancelled {
         /// Channel of the consumer.
         channel: u16,
-        /// The consumer.
-        consumer_tag: Arc<str>,
+        /// The consumer (a new one may have taken its tag since).
+        consumer: Arc<ConsumerHandle>,
     },
 }
 
@@ -149,18 +147,55 @@ pub struct ChannelCredit {
     pub in_flight: AtomicU32,
 }
 
-/// One consumer's credit: prefetch for acking consumers, a write window for no-ack ones.
+/// One consumer as its queue and its channel both see it. Every delivery carries it, so
+/// the channel writes the delivery without looking the consumer up by tag, and can tell a
+/// delivery for a consumer it has since dropped even when a new one took the same tag.
 #[derive(Debug)]
-pub struct Credit {
-    /// Per-consumer prefetch (0 = unlimited); fixed at consume time as in RabbitMQ.
+pub struct ConsumerHandle {
+    /// Consumer tag.
+    pub tag: Arc<str>,
+    /// No-ack mode.
+    pub no_ack: bool,
+    /// Per-consumer prefetch (0 = unlimited), fixed at consume time as in RabbitMQ; for
+    /// no-ack consumers, a write window.
     pub limit: u32,
     /// Deliveries not yet acked (or, for no-ack, not yet written).
     pub in_flight: AtomicU32,
     /// The channel's shared limit, for acking consumers.
     pub channel: Option<Arc<ChannelCredit>>,
+    /// Cleared when the channel drops the consumer (cancel, queue deleted, channel closed).
+    /// Only the consumer's own connection task touches it, hence `Relaxed`.
+    attached: AtomicBool,
 }
 
-impl Credit {
+impl ConsumerHandle {
+    /// A new consumer, attached, holding no credit.
+    pub fn new(
+        tag: Arc<str>,
+        no_ack: bool,
+        limit: u32,
+        channel: Option<Arc<ChannelCredit>>,
+    ) -> Self {
+        Self {
+            tag,
+            no_ack,
+            limit,
+            in_flight: AtomicU32::new(0),
+            channel,
+            attached: AtomicBool::new(true),
+        }
+    }
+
+    /// Whether the channel still has this consumer.
+    pub fn is_attached(&self) -> bool {
+        self.attached.load(Ordering::Relaxed)
+    }
+
+    /// The channel dropped the consumer: deliveries still in flight to it go back.
+    pub fn detach(&self) {
+        self.attached.store(false, Ordering::Relaxed);
+    }
+
     /// Takes one unit of credit if the consumer and its channel have room.
     fn try_acquire(&self) -> bool {
         let n = self.in_flight.load(Ordering::Acquire);
@@ -196,20 +231,16 @@ impl Credit {
 /// A consumer as the queue sees it.
 #[derive(Debug, Clone)]
 pub struct Consumer {
-    /// Consumer tag.
-    pub tag: Arc<str>,
+    /// Tag, ack mode and credit, shared with the channel.
+    pub handle: Arc<ConsumerHandle>,
     /// Channel it is on.
     pub channel: u16,
     /// Owning connection.
     pub conn_id: u64,
-    /// No-ack mode.
-    pub no_ack: bool,
     /// Exclusive consumer.
     pub exclusive: bool,
     /// `x-priority`: higher-priority consumers are served first while they have credit.
     pub priority: i64,
-    /// Its credit.
-    pub credit: Arc<Credit>,
     /// Where deliveries go.
     pub sink: DeliverySink,
 }
@@ -1077,24 +1108,23 @@ impl Queue {
             }
             let chosen = if self.args.single_active {
                 // Only the first registered consumer is active.
-                s.consumers[0].credit.try_acquire().then_some(0)
+                s.consumers[0].handle.try_acquire().then_some(0)
             } else {
-                s.consumers.iter().position(|c| c.credit.try_acquire())
+                s.consumers.iter().position(|c| c.handle.try_acquire())
             };
             let Some(i) = chosen else { return };
             let Some(entry) = s.pop() else {
                 // Only messages that could not be read back were left.
-                s.consumers[i].credit.release(1);
+                s.consumers[i].handle.release(1);
                 return;
             };
             let c = &s.consumers[i];
-            self.mark_delivered(&entry, c.no_ack);
+            self.mark_delivered(&entry, c.handle.no_ack);
             let event = QueueEvent::Deliver {
                 channel: c.channel,
-                consumer_tag: c.tag.clone(),
+                consumer: c.handle.clone(),
                 queue: self.clone(),
                 entry,
-                no_ack: c.no_ack,
             };
             if let Err(mpsc::error::SendError(event)) = c.sink.send(event) {
                 // The connection is gone but has not cancelled yet: keep the message, drop
@@ -1192,8 +1222,9 @@ impl Queue {
         let mut dead = Vec::new();
         let unused = {
             let mut s = self.state.lock();
-            s.consumers
-                .retain(|c| !(c.conn_id == conn_id && c.channel == channel && &*c.tag == tag));
+            s.consumers.retain(|c| {
+                !(c.conn_id == conn_id && c.channel == channel && &*c.handle.tag == tag)
+            });
             s.last_used = now_ms();
             if s.consumers.is_empty() {
                 if let Some(ms) = self.args.expires {
@@ -1353,17 +1384,11 @@ mod tests {
         let (tx, rx) = mpsc::unbounded_channel();
         (
             Consumer {
-                tag: tag.into(),
+                handle: Arc::new(ConsumerHandle::new(tag.into(), false, limit, None)),
                 channel: 1,
                 conn_id: 1,
-                no_ack: false,
                 exclusive: false,
                 priority,
-                credit: Arc::new(Credit {
-                    limit,
-                    in_flight: AtomicU32::new(0),
-                    channel: None,
-                }),
                 sink: tx,
             },
             rx,

@@ -736,7 +736,7 @@ impl VHost {
         for c in consumers {
             let _ = c.sink.send(QueueEvent::Cancelled {
                 channel: c.channel,
-                consumer_tag: c.tag,
+                consumer: c.handle,
             });
         }
         n

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 
 use amq_protocol::protocol::{AMQPClass, BasicProperties, basic as b, confirm, tx};
 use amq_protocol::types::{AMQPValue, ShortString};
@@ -18,7 +18,7 @@ use super::{
 };
 use crate::broker::message::Message;
 use crate::broker::names;
-use crate::broker::queue::{Consumer, Credit, NO_ACK_WINDOW, Published};
+use crate::broker::queue::{Consumer, ConsumerHandle, NO_ACK_WINDOW, Published};
 use crate::broker::vhost::{REPLY_TO, ReplyTarget};
 use crate::error::{AmqpError, Result};
 use crate::protocol::{self, content::Content};
@@ -58,15 +58,16 @@ impl Channel {
                 "attempt to reuse consumer tag '{tag}'"
             )));
         }
-        let credit = Arc::new(Credit {
-            limit: if m.no_ack {
+        let handle = Arc::new(ConsumerHandle::new(
+            tag.clone(),
+            m.no_ack,
+            if m.no_ack {
                 NO_ACK_WINDOW
             } else {
                 self.prefetch
             },
-            in_flight: AtomicU32::new(0),
-            channel: (!m.no_ack).then(|| self.global.clone()),
-        });
+            (!m.no_ack).then(|| self.global.clone()),
+        ));
         // consume-ok is written before the consumer is attached, so it precedes every
         // delivery (those reach this connection through its inbox, later); it is taken back
         // if attaching fails.
@@ -90,24 +91,22 @@ impl Channel {
             })?,
         };
         let consumer = Consumer {
-            tag: tag.clone(),
+            handle: handle.clone(),
             channel: self.id,
             conn_id: ctx.conn_id,
-            no_ack: m.no_ack,
             exclusive: m.exclusive,
             priority,
-            credit: credit.clone(),
             sink: ctx.inbox.sink(),
         };
         self.consumers.insert(
             tag.clone(),
             ConsumerInfo {
                 queue: queue.clone(),
-                credit,
+                handle,
             },
         );
         if let Err(e) = queue.add_consumer(consumer, &ctx.vhost.name) {
-            self.consumers.remove(&tag);
+            self.detach(&tag);
             ctx.out.truncate(mark);
             return Err(e);
         }
@@ -156,7 +155,7 @@ impl Channel {
             if let Some((_, name)) = self.reply.take() {
                 ctx.vhost.unregister_reply(&name);
             }
-        } else if let Some(c) = self.consumers.remove(m.consumer_tag.as_str())
+        } else if let Some(c) = self.detach(m.consumer_tag.as_str())
             && c.queue
                 .remove_consumer(ctx.conn_id, self.id, m.consumer_tag.as_str())
         {

@@ -17,7 +17,7 @@ use amq_protocol::protocol::{AMQPClass, basic as b, confirm, exchange, queue, tx
 use bytes::{Bytes, BytesMut};
 
 use crate::broker::message::Entry;
-use crate::broker::queue::{ChannelCredit, Credit, Inbox, Queue};
+use crate::broker::queue::{ChannelCredit, ConsumerHandle, Inbox, Queue};
 use crate::broker::vhost::VHost;
 use crate::error::{AmqpError, Result};
 use crate::protocol::{self, content::Assembly};
@@ -72,13 +72,14 @@ struct Unacked {
     tag: u64,
     queue: Arc<Queue>,
     entry: Entry,
-    credit: Option<Arc<Credit>>,
+    /// The acking consumer whose credit the delivery holds (None for `basic.get`).
+    credit: Option<Arc<ConsumerHandle>>,
 }
 
 #[derive(Debug)]
 struct ConsumerInfo {
     queue: Arc<Queue>,
-    credit: Arc<Credit>,
+    handle: Arc<ConsumerHandle>,
 }
 
 /// A publish held back until `tx.commit`.
@@ -272,43 +273,40 @@ impl Channel {
     pub fn handle_delivery(
         &mut self,
         ctx: &mut Ctx<'_>,
-        consumer_tag: &Arc<str>,
+        consumer: Arc<ConsumerHandle>,
         queue: Arc<Queue>,
         entry: Entry,
-        no_ack: bool,
     ) {
-        let credit = match self.consumers.get(consumer_tag) {
-            Some(c) if !self.closing => &c.credit,
-            _ => {
-                // Cancelled while the delivery was in flight: it was never sent, so it goes
-                // back unchanged (not marked redelivered), whatever the ack mode.
-                queue.requeue_unsent(entry);
-                ctx.kick(&queue);
-                return;
-            }
-        };
+        if self.closing || !consumer.is_attached() {
+            // Cancelled while the delivery was in flight: it was never sent, so it goes
+            // back unchanged (not marked redelivered), whatever the ack mode. A consumer
+            // that has since taken the same tag does not get it.
+            queue.requeue_unsent(entry);
+            ctx.kick(&queue);
+            return;
+        }
         let tag = self.next_tag;
         self.next_tag += 1;
         let m = &entry.msg;
         protocol::write_deliver(
             ctx.out,
             self.id,
-            consumer_tag,
+            &consumer.tag,
             tag,
             entry.redelivered,
             m.exchange.as_str(),
             m.routing_key.as_str(),
         );
         ctx.content(self.id, m);
-        if no_ack {
-            credit.release(1);
+        if consumer.no_ack {
+            consumer.release(1);
             ctx.kick(&queue);
         } else {
             self.unacked.push_back(Unacked {
                 tag,
                 queue,
                 entry,
-                credit: Some(credit.clone()),
+                credit: Some(consumer),
             });
         }
     }
@@ -344,9 +342,22 @@ impl Channel {
     }
 
     /// A queue cancelled one of this channel's consumers (it was deleted). Returns whether
-    /// the consumer existed, so the connection knows whether to notify the client.
-    pub fn consumer_cancelled(&mut self, tag: &str) -> bool {
-        self.consumers.remove(tag).is_some()
+    /// the channel still had that consumer, so the connection knows whether to notify the
+    /// client; a newer consumer with the same tag is left alone.
+    pub fn consumer_cancelled(&mut self, consumer: &Arc<ConsumerHandle>) -> bool {
+        let ours = self
+            .consumers
+            .get(&consumer.tag)
+            .is_some_and(|c| Arc::ptr_eq(&c.handle, consumer));
+        ours && self.detach(&consumer.tag).is_some()
+    }
+
+    /// Drops a consumer from the channel; deliveries still in flight to it will go back to
+    /// their queue.
+    fn detach(&mut self, tag: &str) -> Option<ConsumerInfo> {
+        let c = self.consumers.remove(tag)?;
+        c.handle.detach();
+        Some(c)
     }
 
     /// Writes the publisher confirms that are due, coalesced for the whole batch: one
@@ -412,6 +423,7 @@ impl Channel {
             ctx.vhost.unregister_reply(&name);
         }
         for (tag, c) in std::mem::take(&mut self.consumers) {
+            c.handle.detach();
             if c.queue.remove_consumer(ctx.conn_id, self.id, &tag) {
                 ctx.vhost.remove_queue(&c.queue);
             }

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amq_protocol::protocol::{AMQPClass, access, channel as ch, connection as c};
+use amq_protocol::protocol::{AMQPClass, access, basic as b, channel as ch, connection as c};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -239,7 +239,7 @@ impl Connection {
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_read = Instant::now();
         // Frames the client pipelined behind connection.open.
-        if self.drain_frames(&mut rbuf).is_err() {
+        if self.drain_frames(&mut rbuf, inbox).is_err() {
             self.flush();
             return;
         }
@@ -302,7 +302,7 @@ impl Connection {
                                 read_size = (read_size * 2).min(MAX_READ);
                             }
                             last_read = Instant::now();
-                            if let Err(stop) = self.drain_frames(&mut rbuf) {
+                            if let Err(stop) = self.drain_frames(&mut rbuf, inbox) {
                                 self.flush();
                                 if stop == Stop::Broken {
                                     // Let the writer send the close and a FIN, so a client
@@ -351,10 +351,28 @@ impl Connection {
         }
     }
 
-    fn drain_frames(&mut self, rbuf: &mut BytesMut) -> Result<(), Stop> {
+    /// Handles every whole frame in `rbuf`. `inbox` is this connection's queue events.
+    fn drain_frames(
+        &mut self,
+        rbuf: &mut BytesMut,
+        inbox: &mut Option<mpsc::UnboundedReceiver<QueueEvent>>,
+    ) -> Result<(), Stop> {
         loop {
             match protocol::decode(rbuf, self.opened.frame_max) {
-                Ok(Some(frame)) => self.handle_frame(frame)?,
+                Ok(Some(frame)) => {
+                    if let (Some(rx), Frame::Method { method, .. }) = (inbox.as_mut(), &frame)
+                        && matches!(**method, AMQPClass::Basic(b::AMQPMethod::Cancel(_)))
+                    {
+                        // Deliveries a queue already sent this way go out before the
+                        // cancel-ok, to the consumer being cancelled, as RabbitMQ does
+                        // (and the spec allows); requeueing them instead would leave
+                        // them waiting for another consumer.
+                        while let Ok(ev) = rx.try_recv() {
+                            self.handle_event(ev);
+                        }
+                    }
+                    self.handle_frame(frame)?
+                }
                 Ok(None) => return Ok(()),
                 Err(DecodeError::Amqp(e)) => {
                     if self.closing.is_none() {
@@ -375,13 +393,12 @@ impl Connection {
         match ev {
             QueueEvent::Deliver {
                 channel,
-                consumer_tag,
+                consumer,
                 queue,
                 entry,
-                no_ack,
             } => match self.channels.get_mut(&channel) {
                 Some(chan) if self.closing.is_none() => {
-                    chan.handle_delivery(&mut ctx!(self), &consumer_tag, queue, entry, no_ack);
+                    chan.handle_delivery(&mut ctx!(self), consumer, queue, entry);
                 }
                 _ => {
                     queue.requeue_unsent(entry);
@@ -397,24 +414,19 @@ impl Connection {
                     chan.handle_reply(&mut ctx!(self), &consumer_tag, &msg);
                 }
             }
-            QueueEvent::Cancelled {
-                channel,
-                consumer_tag,
-            } => {
+            QueueEvent::Cancelled { channel, consumer } => {
                 if let Some(chan) = self.channels.get_mut(&channel)
-                    && chan.consumer_cancelled(&consumer_tag)
+                    && chan.consumer_cancelled(&consumer)
                     && self.opened.cancel_notify
                     && !chan.is_closing()
                 {
                     protocol::write_method(
                         &mut self.out,
                         channel,
-                        &AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Cancel(
-                            amq_protocol::protocol::basic::Cancel {
-                                consumer_tag: consumer_tag.as_ref().into(),
-                                nowait: true,
-                            },
-                        )),
+                        &AMQPClass::Basic(b::AMQPMethod::Cancel(b::Cancel {
+                            consumer_tag: consumer.tag.as_ref().into(),
+                            nowait: true,
+                        })),
                     );
                 }
             }
@@ -447,8 +459,7 @@ impl Connection {
             Frame::Method { channel: 0, method } => return self.connection_method(*method),
             Frame::Method { channel, method } => (channel, self.channel_method(channel, *method)),
             Frame::Publish { channel, publish } => {
-                let method =
-                    AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Publish(publish));
+                let method = AMQPClass::Basic(b::AMQPMethod::Publish(publish));
                 if channel == 0 {
                     return self.connection_method(method);
                 }

@@ -5,9 +5,9 @@ import pika
 import pika.exceptions
 import pytest
 
-from helpers import (Collector, assert_channel_closed, assert_connection_closed,
-                     declare_queue, queue_depth, raw_rpc, send_raw_method, settle,
-                     sync, wait_until)
+from helpers import (Collector, RawAMQP, assert_channel_closed,
+                     assert_connection_closed, declare_queue, queue_depth, raw_rpc,
+                     send_raw_method, settle, sync, wait_until)
 
 
 def test_server_generated_consumer_tag(conn, ch, names):
@@ -81,6 +81,60 @@ def test_cancel_stops_deliveries(conn, ch, names):
     settle(conn)
     assert c.bodies == [b"1"]
     assert queue_depth(ch, q) == 1
+
+
+def _raw_rpc(raw, channel, method, reply):
+    raw.send_method(channel, method)
+    while True:
+        frame = raw.recv_method()
+        assert frame is not None, "no %s" % reply.NAME
+        if isinstance(getattr(frame, "method", None), reply):
+            return frame.method
+
+
+def test_delivery_in_flight_at_cancel_reaches_the_cancelled_consumer():
+    """A publish, a basic.cancel and a basic.consume taking the same tag on another
+    queue, pipelined in one write: the message goes to the consumer being cancelled,
+    before cancel-ok (the spec allows deliveries until cancel-ok). It is neither left in
+    the queue nor handed to the new consumer, and it stays that queue's unacked message."""
+    spec = pika.spec
+    raw = RawAMQP()
+    try:
+        raw.handshake()
+        _raw_rpc(raw, 1, spec.Channel.Open(), spec.Channel.OpenOk)
+        qa = _raw_rpc(raw, 1, spec.Queue.Declare(queue="", exclusive=True),
+                      spec.Queue.DeclareOk).queue
+        qb = _raw_rpc(raw, 1, spec.Queue.Declare(queue="", exclusive=True),
+                      spec.Queue.DeclareOk).queue
+        _raw_rpc(raw, 1, spec.Basic.Consume(queue=qa, consumer_tag="x"), spec.Basic.ConsumeOk)
+        body = b"in flight"
+        raw.send_bytes(b"".join(f.marshal() for f in (
+            pika.frame.Method(1, spec.Basic.Publish(exchange="", routing_key=qa)),
+            pika.frame.Header(1, len(body), spec.BasicProperties()),
+            pika.frame.Body(1, body),
+            pika.frame.Method(1, spec.Basic.Cancel(consumer_tag="x")),
+            pika.frame.Method(1, spec.Basic.Consume(queue=qb, consumer_tag="x",
+                                                    no_ack=True)))))
+        seen = []
+        while not (seen and seen[-1] == "ConsumeOk" and "Deliver" in seen):
+            frame = raw.recv_method()
+            assert frame is not None, "frames so far: %r" % seen
+            m = getattr(frame, "method", None)
+            if m is None:
+                continue
+            seen.append(type(m).__name__)
+            if isinstance(m, spec.Basic.Deliver):
+                assert (m.consumer_tag, m.routing_key, m.delivery_tag) == ("x", qa, 1), m
+        assert seen == ["Deliver", "CancelOk", "ConsumeOk"], seen
+        # Rejected with requeue, it goes back to the first queue: the delivery was that
+        # queue's, not the new consumer's.
+        raw.send_method(1, spec.Basic.Reject(delivery_tag=1, requeue=True))
+        assert _raw_rpc(raw, 1, spec.Queue.Declare(queue=qa, passive=True),
+                        spec.Queue.DeclareOk).message_count == 1
+        assert _raw_rpc(raw, 1, spec.Queue.Declare(queue=qb, passive=True),
+                        spec.Queue.DeclareOk).message_count == 0
+    finally:
+        raw.close()
 
 
 def test_unacked_requeued_to_other_consumer_when_channel_closes(conn, names):
