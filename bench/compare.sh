@@ -353,7 +353,7 @@ for r in run_ids:
     who = [n for t, n in names.items() if any(d.get("target") == t for d in mine)]
     run_desc.append(f"`{r}` ({mine[0].get('run_mode')} mode{timing}, {rounds} round(s), "
                     f"Warren commit {mine[0].get('commit', 'unknown')}): "
-                    + ", ".join(scen) + f" ({' and '.join(who)})")
+                    + ", ".join(scen) + f" ({' and '.join([', '.join(who[:-1]), who[-1]] if len(who) > 1 else who)})")
 loads = sorted(float(d["loadavg_before"]) for d in runs if d.get("loadavg_before"))
 header = f"""# Warren vs RabbitMQ
 
