@@ -615,6 +615,63 @@ async fn a_delivery_in_flight_is_not_handed_to_a_new_consumer_with_the_same_tag(
     assert_eq!(ready, 1, "qa's message never came back");
 }
 
+/// A no-ack consumer that stops reading its socket stops taking messages: the queue keeps
+/// them (and pages them within its budget) instead of the broker moving them all into that
+/// connection's output buffer. Once the consumer reads again, every message arrives.
+#[tokio::test]
+async fn a_no_ack_consumer_that_does_not_read_leaves_its_messages_queued() {
+    use amq_protocol::protocol::{AMQPClass, basic};
+    const N: u32 = 30_000;
+    let b = TestBroker::start().await;
+    let (_c, ch) = b.channel().await;
+    let q = name("stalled");
+    ch.queue_declare(q.as_str().into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let mut raw = Raw::open_small_window(b.addr).await;
+    raw.open_channel(1).await;
+    let consume = basic::Consume {
+        queue: q.as_str().into(),
+        consumer_tag: "stalled".into(),
+        no_ack: true,
+        ..Default::default()
+    };
+    raw.send(1, AMQPClass::Basic(basic::AMQPMethod::Consume(consume)))
+        .await;
+    assert!(matches!(
+        raw.expect_method().await,
+        AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_))
+    ));
+    // From here the raw client reads nothing until every message is published.
+    let body = vec![b'm'; 1024];
+    for _ in 0..N {
+        publish(&ch, "", &q, &body).await;
+    }
+    // Answered after every publish above (one channel keeps order). 1 MiB of backlog, the
+    // kernel's socket buffers and the 2,000-delivery no-ack window hold a few thousand
+    // messages at most; without the bound the queue would be empty.
+    let ready = ch
+        .queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+        .message_count();
+    assert!(ready >= N / 2, "only {ready} of {N} left in the queue");
+    let mut delivered = 0;
+    while delivered < N {
+        match raw.expect_method().await {
+            AMQPClass::Basic(basic::AMQPMethod::Deliver(_)) => delivered += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn recover_redelivers_everything_unacked() {
     let b = TestBroker::start().await;

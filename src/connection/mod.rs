@@ -5,7 +5,9 @@
 //! The task `select!`s over socket input, its delivery inbox (fed by queues), the heartbeat
 //! tick and the shutdown signal; after each batch it writes coalesced confirms, re-runs
 //! dispatch on queues that got credit back, and hands everything it wrote to the writer in
-//! one buffer, so socket writes are batched. It turns `AmqpError`s into `channel.close` or
+//! one buffer, so socket writes are batched. While the writer has more than
+//! [`WRITE_BACKLOG_MAX`] bytes the socket has not taken, the task takes in nothing new. It
+//! turns `AmqpError`s into `channel.close` or
 //! `connection.close` according to their scope, and on exit requeues what its channels held
 //! and deletes its exclusive queues.
 
@@ -14,6 +16,7 @@ mod handshake;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use amq_protocol::protocol::{AMQPClass, access, basic as b, channel as ch, connection as c};
@@ -21,7 +24,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::broker::Broker;
@@ -43,6 +46,27 @@ const MIN_READ: usize = 2 * 1024;
 const MAX_READ: usize = 16 * 1024;
 /// Deliveries taken from the inbox per wake-up before input gets a turn again.
 const INBOX_BATCH: usize = 512;
+/// Output the writer task may hold that the socket has not taken yet. Past it the
+/// connection reads neither client frames nor its delivery inbox until the writer is down
+/// to half: a peer that does not read cannot make the broker buffer without bound, and the
+/// queues of a stalled no-ack consumer keep their messages (paged, within their memory
+/// budget) instead of moving them all into this connection's buffer. The kernel's socket
+/// buffer comes on top, so this only needs to cover one batch.
+const WRITE_BACKLOG_MAX: usize = 1 << 20;
+
+/// Bytes handed to the writer task and not yet written to the socket.
+#[derive(Debug, Default)]
+struct Backlog {
+    bytes: AtomicUsize,
+    /// Signalled when `bytes` falls to half of [`WRITE_BACKLOG_MAX`] or below.
+    drained: Notify,
+}
+
+impl Backlog {
+    fn over(&self) -> bool {
+        self.bytes.load(Ordering::Acquire) > WRITE_BACKLOG_MAX
+    }
+}
 
 /// Serves one accepted socket until it closes.
 pub async fn run(
@@ -84,7 +108,8 @@ pub async fn run(
     let id = broker.next_connection_id();
     tracing::info!(%peer, user = %opened.user, vhost = %opened.vhost.name, "connection opened");
     let (writer_tx, writer_rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_loop(wr, writer_rx));
+    let backlog = Arc::new(Backlog::default());
+    let writer = tokio::spawn(write_loop(wr, writer_rx, backlog.clone()));
     let watermark = broker.watermark();
     let mut conn = Connection {
         id,
@@ -98,6 +123,7 @@ pub async fn run(
         inbox: Inbox::default(),
         kicks: Vec::new(),
         writer_tx,
+        backlog,
         closing: None,
         watermark,
     };
@@ -124,12 +150,20 @@ async fn linger(rd: &mut tokio::net::tcp::OwnedReadHalf) {
     .await;
 }
 
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    backlog: Arc<Backlog>,
+) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 64).await > 0 {
         for chunk in batch.drain(..) {
             if wr.write_all(&chunk).await.is_err() {
                 return;
+            }
+            let left = backlog.bytes.fetch_sub(chunk.len(), Ordering::AcqRel) - chunk.len();
+            if left <= WRITE_BACKLOG_MAX / 2 {
+                backlog.drained.notify_one();
             }
         }
     }
@@ -191,6 +225,8 @@ struct Connection {
     inbox: Inbox,
     kicks: Vec<Arc<Queue>>,
     writer_tx: mpsc::UnboundedSender<Bytes>,
+    /// What the writer holds that the socket has not taken.
+    backlog: Arc<Backlog>,
     /// Set once `connection.close` was sent: the deadline for the client's close-ok.
     closing: Option<Instant>,
     /// The message log's durable watermark: confirms of persistent messages wait for it.
@@ -247,7 +283,10 @@ impl Connection {
         let mut events = Vec::new();
         let mut watermark = self.watermark.clone();
         let mut read_size = MIN_READ;
+        let backlog = self.backlog.clone();
         loop {
+            // The peer is not reading: take in nothing until it does.
+            let backed_up = backlog.over();
             let deadline = self
                 .closing
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(86400));
@@ -278,20 +317,24 @@ impl Connection {
                         "broker forced connection closure with reason 'shutdown'",
                     ));
                 }
+                // The writer got the backlog down: the peer is reading, so it is alive.
+                _ = backlog.drained.notified(), if backed_up => {
+                    last_read = Instant::now();
+                }
                 // Deliveries and cancellations from queues.
                 n = async {
                     match inbox.as_mut() {
                         Some(rx) => rx.recv_many(&mut events, INBOX_BATCH).await,
                         None => std::future::pending().await,
                     }
-                } => {
+                }, if !backed_up => {
                     if n == 0 { break; }
                     for ev in events.drain(..) {
                         self.handle_event(ev);
                     }
                 }
                 // Client input: decode every whole frame that arrived.
-                r = rd.read_buf(&mut rbuf) => {
+                r = rd.read_buf(&mut rbuf), if !backed_up => {
                     match r {
                         Ok(0) | Err(_) => {
                             tracing::debug!(peer = %self.peer, "socket closed by peer");
@@ -317,7 +360,7 @@ impl Connection {
                 }
                 // Heartbeats: send every interval/2; a peer silent for two intervals is gone.
                 _ = tick.tick(), if hb != 0 => {
-                    if last_read.elapsed() > Duration::from_secs(u64::from(hb) * 2) {
+                    if !backed_up && last_read.elapsed() > Duration::from_secs(u64::from(hb) * 2) {
                         tracing::warn!(peer = %self.peer, "missed heartbeats from client, timeout: {hb}s");
                         break;
                     }
@@ -344,6 +387,7 @@ impl Connection {
         }
         if !self.out.is_empty() {
             let written = self.out.len();
+            self.backlog.bytes.fetch_add(written, Ordering::AcqRel);
             let _ = self.writer_tx.send(self.out.split().freeze());
             // Room for a batch like this one, so a busy connection does not grow its buffer
             // frame by frame, while an idle one keeps only a little.

@@ -126,6 +126,19 @@ impl Raw {
         }
     }
 
+    /// A client whose socket receive buffer is as small as the kernel allows: one that
+    /// stops reading is felt by the broker at once.
+    pub async fn open_small_window(addr: SocketAddr) -> Self {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let mut r = Self {
+            sock: sock.connect(addr).await.unwrap(),
+            buf: BytesMut::new(),
+        };
+        r.handshake(2047, 131072, 0).await;
+        r
+    }
+
     /// Performs the handshake with the given tune-ok values, returning the server's tune.
     pub async fn open(addr: SocketAddr) -> Self {
         let mut r = Self::connect(addr).await;
