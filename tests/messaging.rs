@@ -615,11 +615,23 @@ async fn a_delivery_in_flight_is_not_handed_to_a_new_consumer_with_the_same_tag(
     assert_eq!(ready, 1, "qa's message never came back");
 }
 
-/// A no-ack consumer that stops reading its socket stops taking messages: the queue keeps
-/// them (and pages them within its budget) instead of the broker moving them all into that
-/// connection's output buffer. Once the consumer reads again, every message arrives.
+/// A consumer that stops reading its socket stops taking messages: the queue keeps them
+/// (and pages them within its budget) instead of the broker moving them all into that
+/// connection's output buffer or inbox. Once the consumer reads again, every message
+/// arrives.
 #[tokio::test]
 async fn a_no_ack_consumer_that_does_not_read_leaves_its_messages_queued() {
+    stalled_consumer_leaves_messages_queued(true).await;
+}
+
+/// As above for an acking consumer with no prefetch limit: nothing bounds its unacked
+/// deliveries, but its queue still only pushes a window ahead of what its connection wrote.
+#[tokio::test]
+async fn an_unlimited_acking_consumer_that_does_not_read_leaves_its_messages_queued() {
+    stalled_consumer_leaves_messages_queued(false).await;
+}
+
+async fn stalled_consumer_leaves_messages_queued(no_ack: bool) {
     use amq_protocol::protocol::{AMQPClass, basic};
     const N: u32 = 30_000;
     let b = TestBroker::start().await;
@@ -633,7 +645,7 @@ async fn a_no_ack_consumer_that_does_not_read_leaves_its_messages_queued() {
     let consume = basic::Consume {
         queue: q.as_str().into(),
         consumer_tag: "stalled".into(),
-        no_ack: true,
+        no_ack,
         ..Default::default()
     };
     raw.send(1, AMQPClass::Basic(basic::AMQPMethod::Consume(consume)))
@@ -648,8 +660,8 @@ async fn a_no_ack_consumer_that_does_not_read_leaves_its_messages_queued() {
         publish(&ch, "", &q, &body).await;
     }
     // Answered after every publish above (one channel keeps order). 1 MiB of backlog, the
-    // kernel's socket buffers and the 2,000-delivery no-ack window hold a few thousand
-    // messages at most; without the bound the queue would be empty.
+    // kernel's socket buffers and the 2,000-delivery window hold a few thousand messages
+    // at most; without the bound the queue would be empty.
     let ready = ch
         .queue_declare(
             q.as_str().into(),

@@ -31,9 +31,12 @@ use crate::broker::vhost::VHost;
 use crate::error::{AmqpError, Result};
 use crate::store::Seq;
 
-/// How many deliveries a no-ack consumer may have pushed but not yet written to its socket
-/// (RabbitMQ's queue-side unsent-message limit plays the same role).
-pub const NO_ACK_WINDOW: u32 = 2000;
+/// How many deliveries a consumer may have in its connection's inbox, pushed by its queue
+/// but not yet written by the connection (RabbitMQ's queue-side unsent-message limit plays
+/// the same role). With the connection's pause while its socket is backed up, this is what
+/// keeps a consumer that stops reading from draining its queue into the broker's memory,
+/// whatever its prefetch (0 is unlimited) or ack mode.
+pub const DELIVERY_WINDOW: u32 = 2000;
 
 /// Milliseconds since the Unix epoch: expiry deadlines are absolute, so they keep counting
 /// across restarts.
@@ -156,11 +159,14 @@ pub struct ConsumerHandle {
     pub tag: Arc<str>,
     /// No-ack mode.
     pub no_ack: bool,
-    /// Per-consumer prefetch (0 = unlimited), fixed at consume time as in RabbitMQ; for
-    /// no-ack consumers, a write window.
+    /// Per-consumer prefetch for acking consumers (0 = unlimited), fixed at consume time as
+    /// in RabbitMQ.
     pub limit: u32,
-    /// Deliveries not yet acked (or, for no-ack, not yet written).
+    /// Deliveries not yet acked (acking consumers only).
     pub in_flight: AtomicU32,
+    /// Deliveries pushed to the connection and not yet taken off its inbox, at most
+    /// [`DELIVERY_WINDOW`].
+    unwritten: AtomicU32,
     /// The channel's shared limit, for acking consumers.
     pub channel: Option<Arc<ChannelCredit>>,
     /// Cleared when the channel drops the consumer (cancel, queue deleted, channel closed).
@@ -181,6 +187,7 @@ impl ConsumerHandle {
             no_ack,
             limit,
             in_flight: AtomicU32::new(0),
+            unwritten: AtomicU32::new(0),
             channel,
             attached: AtomicBool::new(true),
         }
@@ -196,25 +203,48 @@ impl ConsumerHandle {
         self.attached.store(false, Ordering::Relaxed);
     }
 
-    /// Takes one unit of credit if the consumer and its channel have room.
+    /// Takes one unit of credit if the consumer (its write window, and for an acking one
+    /// its prefetch) and its channel have room. Only the consumer's queue calls it, under
+    /// the queue's lock.
     fn try_acquire(&self) -> bool {
-        let n = self.in_flight.load(Ordering::Acquire);
-        if self.limit != 0 && n >= self.limit {
+        if self.unwritten.load(Ordering::Acquire) >= DELIVERY_WINDOW {
             return false;
         }
-        if let Some(ch) = &self.channel {
-            let limit = ch.limit.load(Ordering::Acquire);
-            // Several queues may race for the channel's last unit: add, then back out.
-            if ch.in_flight.fetch_add(1, Ordering::AcqRel) >= limit && limit != 0 {
-                ch.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if !self.no_ack {
+            let n = self.in_flight.load(Ordering::Acquire);
+            if self.limit != 0 && n >= self.limit {
                 return false;
             }
+            if let Some(ch) = &self.channel {
+                let limit = ch.limit.load(Ordering::Acquire);
+                // Several queues may race for the channel's last unit: add, then back out.
+                if ch.in_flight.fetch_add(1, Ordering::AcqRel) >= limit && limit != 0 {
+                    ch.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    return false;
+                }
+            }
+            self.in_flight.fetch_add(1, Ordering::AcqRel);
         }
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.unwritten.fetch_add(1, Ordering::AcqRel);
         true
     }
 
-    /// Gives back `n` units (acked, rejected, or written for no-ack).
+    /// Undoes a `try_acquire` whose delivery did not happen.
+    fn unacquire(&self) {
+        self.taken();
+        if !self.no_ack {
+            self.release(1);
+        }
+    }
+
+    /// The connection took a delivery off its inbox (to write it, or to send it back).
+    /// Returns whether the write window had been full, in which case the queue is waiting
+    /// for a dispatch.
+    pub fn taken(&self) -> bool {
+        self.unwritten.fetch_sub(1, Ordering::AcqRel) == DELIVERY_WINDOW
+    }
+
+    /// Gives back `n` units of an acking consumer's prefetch (acked or rejected).
     pub fn release(&self, n: u32) {
         let sub = |a: &AtomicU32| {
             let _ = a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
@@ -1115,7 +1145,7 @@ impl Queue {
             let Some(i) = chosen else { return };
             let Some(entry) = s.pop() else {
                 // Only messages that could not be read back were left.
-                s.consumers[i].handle.release(1);
+                s.consumers[i].handle.unacquire();
                 return;
             };
             let c = &s.consumers[i];

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::broker::message::Message;
 use crate::broker::names;
-use crate::broker::queue::{Consumer, ConsumerHandle, NO_ACK_WINDOW, Published};
+use crate::broker::queue::{Consumer, ConsumerHandle, Published};
 use crate::broker::vhost::{REPLY_TO, ReplyTarget};
 use crate::error::{AmqpError, Result};
 use crate::protocol::{self, content::Content};
@@ -61,11 +61,7 @@ impl Channel {
         let handle = Arc::new(ConsumerHandle::new(
             tag.clone(),
             m.no_ack,
-            if m.no_ack {
-                NO_ACK_WINDOW
-            } else {
-                self.prefetch
-            },
+            if m.no_ack { 0 } else { self.prefetch },
             (!m.no_ack).then(|| self.global.clone()),
         ));
         // consume-ok is written before the consumer is attached, so it precedes every

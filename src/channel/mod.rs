@@ -277,6 +277,9 @@ impl Channel {
         queue: Arc<Queue>,
         entry: Entry,
     ) {
+        if consumer.taken() {
+            ctx.kick(&queue);
+        }
         if self.closing || !consumer.is_attached() {
             // Cancelled while the delivery was in flight: it was never sent, so it goes
             // back unchanged (not marked redelivered), whatever the ack mode. A consumer
@@ -298,10 +301,7 @@ impl Channel {
             m.routing_key.as_str(),
         );
         ctx.content(self.id, m);
-        if consumer.no_ack {
-            consumer.release(1);
-            ctx.kick(&queue);
-        } else {
+        if !consumer.no_ack {
             self.unacked.push_back(Unacked {
                 tag,
                 queue,
