@@ -180,6 +180,42 @@ fn read_back_by_location_and_errors_never_panic() {
     }
 }
 
+/// Records the page cache no longer holds come back from `read_many_cached` as
+/// `WouldBlock` (the broker then reads them with its worker's other connections moved
+/// off), and from `read_many` as data; read once, they are cached again.
+#[cfg(target_os = "linux")]
+#[test]
+fn cached_reads_never_wait_for_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path(), 1 << 20);
+    let expect: Vec<_> = (0..64).map(|i| payload("q", i, 4096)).collect();
+    let locs: Vec<_> = expect
+        .iter()
+        .map(|p| store.append_publish("q", p).unwrap().loc)
+        .collect();
+    store.flush().unwrap();
+    let check = |reads: Vec<std::io::Result<bytes::Bytes>>| {
+        for (r, p) in reads.into_iter().zip(&expect) {
+            assert_eq!(&r.unwrap()[..], &p[..]);
+        }
+    };
+    check(store.read_many_cached(&locs));
+    // Written and synced, the pages are clean: the kernel drops them when asked.
+    for (path, _) in segments(dir.path()) {
+        let f = fs::File::open(&path).unwrap();
+        rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    }
+    let cold = store.read_many_cached(&locs);
+    assert_eq!(cold.len(), locs.len());
+    assert!(
+        cold.iter()
+            .all(|r| matches!(r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)),
+        "{cold:?}"
+    );
+    check(store.read_many(&locs));
+    check(store.read_many_cached(&locs));
+}
+
 #[test]
 fn a_directory_is_opened_by_one_store_at_a_time() {
     let dir = tempfile::tempdir().unwrap();

@@ -36,7 +36,8 @@
 //! the caller's thread, no I/O, no await; safe to call from async code. All writes, syncs and
 //! deletions happen on the `warren-store` thread (`committer.rs`). Reads (`read`) are `pread`s
 //! on the caller's thread: use `spawn_blocking` for them from async code if the page cache
-//! may be cold.
+//! may be cold, or first try [`read_many_cached`](MessageStore::read_many_cached), which
+//! never waits for the disk.
 //!
 //! Files: `segment.rs` (format), `index.rs` (liveness, and when a segment may be deleted),
 //! `committer.rs` (batching, sync, watermark, GC), `recovery.rs` (open).
@@ -186,6 +187,35 @@ impl Recovery {
 }
 
 /// The payload of the Publish record of `len` bytes at `pos` in `buf`, checksum verified.
+/// `read_exact_at` from the page cache only: `WouldBlock` when any part of the range would
+/// have to come from the disk (`preadv2` with `RWF_NOWAIT`). Where the kernel or the file
+/// system does not support the flag, it simply reads.
+#[cfg(target_os = "linux")]
+fn cached_read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    use rustix::io::{Errno, ReadWriteFlags, preadv2};
+    let mut done = 0;
+    while done < buf.len() {
+        let at = offset + done as u64;
+        let slice = &mut [io::IoSliceMut::new(&mut buf[done..])];
+        match preadv2(file, slice, at, ReadWriteFlags::NOWAIT) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => done += n,
+            Err(Errno::AGAIN) => return Err(io::ErrorKind::WouldBlock.into()),
+            Err(Errno::INTR) => {}
+            Err(Errno::OPNOTSUPP | Errno::INVAL | Errno::NOSYS) => {
+                return file.read_exact_at(&mut buf[done..], at);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn cached_read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    file.read_exact_at(buf, offset)
+}
+
 fn publish_payload(buf: &Bytes, pos: usize, len: u32) -> io::Result<Bytes> {
     let rec = buf.slice(pos..(pos + len as usize).min(buf.len()));
     match segment::decode(&rec, 0) {
@@ -555,9 +585,20 @@ impl MessageStore {
     /// `NotFound` if the segment is gone (or not created yet); `UnexpectedEof` if the record
     /// is not written yet; `InvalidData` if the bytes at `loc` are not a Publish record.
     pub fn read(&self, loc: Location) -> io::Result<Bytes> {
+        self.read_one(loc, &|file: &File, buf: &mut [u8], offset| {
+            file.read_exact_at(buf, offset)
+        })
+    }
+
+    /// [`read`](Self::read) with the `pread` supplied.
+    fn read_one(
+        &self,
+        loc: Location,
+        read_at: &impl Fn(&File, &mut [u8], u64) -> io::Result<()>,
+    ) -> io::Result<Bytes> {
         let file = self.reader(loc.segment)?;
         let mut buf = vec![0; loc.len as usize];
-        file.read_exact_at(&mut buf, loc.offset)?;
+        read_at(&file, &mut buf, loc.offset)?;
         publish_payload(&Bytes::from(buf), 0, loc.len)
     }
 
@@ -566,6 +607,23 @@ impl MessageStore {
     /// order, so their records are mostly adjacent). The payloads of one run share its
     /// buffer. One result per location, in order.
     pub fn read_many(&self, locs: &[Location]) -> Vec<io::Result<Bytes>> {
+        self.read_runs(locs, |file, buf, offset| file.read_exact_at(buf, offset))
+    }
+
+    /// As [`read_many`](Self::read_many), but only from the page cache: a run of records
+    /// not wholly cached comes back as `WouldBlock` errors (one per record) instead of
+    /// waiting for the disk, so a caller on an async worker can take those to a thread
+    /// that may block. Where the kernel cannot tell (`RWF_NOWAIT` unsupported), it reads.
+    pub fn read_many_cached(&self, locs: &[Location]) -> Vec<io::Result<Bytes>> {
+        self.read_runs(locs, cached_read_exact_at)
+    }
+
+    /// `read_many` with the `pread` of one run (the whole buffer, at an offset) supplied.
+    fn read_runs(
+        &self,
+        locs: &[Location],
+        read_at: impl Fn(&File, &mut [u8], u64) -> io::Result<()>,
+    ) -> Vec<io::Result<Bytes>> {
         /// Bytes between two records that are still read rather than skipped.
         const MAX_GAP: u64 = 16 << 10;
         /// Largest single read.
@@ -591,7 +649,7 @@ impl MessageStore {
             let run = &locs[i..j];
             let read = self.reader(first.segment).and_then(|file| {
                 let mut buf = vec![0; (end - first.offset) as usize];
-                file.read_exact_at(&mut buf, first.offset)?;
+                read_at(&file, &mut buf, first.offset)?;
                 Ok(Bytes::from(buf))
             });
             match read {
@@ -599,8 +657,12 @@ impl MessageStore {
                     run.iter()
                         .map(|l| publish_payload(&buf, (l.offset - first.offset) as usize, l.len)),
                 ),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => out.extend(
+                    run.iter()
+                        .map(|_| Err(io::Error::from(io::ErrorKind::WouldBlock))),
+                ),
                 // Part of the run may be unwritten yet: fall back to one read per record.
-                Err(_) => out.extend(run.iter().map(|&l| self.read(l))),
+                Err(_) => out.extend(run.iter().map(|&l| self.read_one(l, &read_at))),
             }
             i = j;
         }
