@@ -25,16 +25,7 @@ fn durable() -> QueueDeclareOptions {
 }
 
 async fn count(ch: &Channel, q: &str) -> Result<u32, lapin::Error> {
-    ch.queue_declare(
-        q.into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .map(|q| q.message_count())
+    passive_declare(ch, q).await.map(|q| q.message_count())
 }
 
 async fn drain(ch: &Channel, q: &str) -> Vec<(String, bool)> {

@@ -393,18 +393,7 @@ async fn prefetch_limits_unacked_deliveries_per_consumer() {
             .await
             .is_err()
     );
-    let declared = ch
-        .queue_declare(
-            q.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(declared.message_count(), 3);
+    assert_eq!(ready(&ch, &q).await, 3);
     d1.ack(BasicAckOptions::default()).await.unwrap();
     let d3 = tokio::time::timeout(WAIT, c.next())
         .await
@@ -662,19 +651,8 @@ async fn stalled_consumer_leaves_messages_queued(no_ack: bool) {
     // Answered after every publish above (one channel keeps order). 1 MiB of backlog, the
     // kernel's socket buffers and the 2,000-delivery window hold a few thousand messages
     // at most; without the bound the queue would be empty.
-    let ready = ch
-        .queue_declare(
-            q.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap()
-        .message_count();
-    assert!(ready >= N / 2, "only {ready} of {N} left in the queue");
+    let left = ready(&ch, &q).await;
+    assert!(left >= N / 2, "only {left} of {N} left in the queue");
     let mut delivered = 0;
     while delivered < N {
         match raw.expect_method().await {
@@ -766,17 +744,7 @@ async fn auto_delete_queue_goes_with_its_last_consumer() {
     ch.basic_cancel("c".into(), Default::default())
         .await
         .unwrap();
-    let e = ch
-        .queue_declare(
-            q.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_err();
+    let e = passive_declare(&ch, &q).await.unwrap_err();
     assert_eq!(code(&e), 404);
 }
 
@@ -803,17 +771,7 @@ async fn exclusive_queue_is_gone_with_its_connection() {
     assert_eq!(code(&e), 405);
     c1.close(200, "bye".into()).await.unwrap();
     let ch3 = _c2.create_channel().await.unwrap();
-    let e = ch3
-        .queue_declare(
-            q.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_err();
+    let e = passive_declare(&ch3, &q).await.unwrap_err();
     assert_eq!(code(&e), 404);
 }
 
@@ -895,20 +853,7 @@ async fn transactions_apply_publishes_and_acks_at_commit_only() {
     publish(&ch, "", &q, b"rolled-back").await;
     ch.tx_rollback().await.unwrap();
     publish(&ch, "", &q, b"committed").await;
-    let count = |declared: lapin::Queue| declared.message_count();
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    assert_eq!(
-        count(
-            observer
-                .queue_declare(q.as_str().into(), passive, FieldTable::default())
-                .await
-                .unwrap()
-        ),
-        0
-    );
+    assert_eq!(ready(&observer, &q).await, 0);
     // The rolled-back ack left the delivery outstanding: ack it again, for real this time.
     ch.basic_ack(got.delivery.delivery_tag, Default::default())
         .await

@@ -83,20 +83,6 @@ async fn get_eventually(ch: &Channel, q: &str) -> lapin::message::BasicGetMessag
     }
 }
 
-async fn count(ch: &Channel, q: &str) -> u32 {
-    ch.queue_declare(
-        q.into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap()
-    .message_count()
-}
-
 fn header<'a>(props: &'a BasicProperties, key: &str) -> Option<&'a AMQPValue> {
     props.headers().as_ref().and_then(|h| h.inner().get(key))
 }
@@ -199,8 +185,8 @@ async fn retry_via_dlx_with_ttl_then_parking_via_delivery_limit() {
     assert_eq!(d[0], (work.clone(), "delivery_limit".into(), 1));
     assert!(d.contains(&(work.clone(), "rejected".into(), 3)));
     assert!(d.contains(&(wait.clone(), "expired".into(), 3)));
-    assert_eq!(count(&ch, &work).await, 0);
-    assert_eq!(count(&ch, &wait).await, 0);
+    assert_eq!(ready(&ch, &work).await, 0);
+    assert_eq!(ready(&ch, &wait).await, 0);
 }
 
 #[tokio::test]
@@ -232,7 +218,7 @@ async fn per_queue_ttl_expires_and_dead_letters_with_reason_expired() {
         header(&m.delivery.properties, "x-first-death-reason"),
         Some(&s("expired"))
     );
-    assert_eq!(count(&ch, &q).await, 0);
+    assert_eq!(ready(&ch, &q).await, 0);
 }
 
 #[tokio::test]
@@ -276,17 +262,7 @@ async fn idle_queue_expires() {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let (_c2, probe) = b.channel().await;
-        let r = probe
-            .queue_declare(
-                q.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        if let Err(e) = r {
+        if let Err(e) = passive_declare(&probe, &q).await {
             assert_eq!(code(&e), 404);
             break;
         }
@@ -321,7 +297,7 @@ async fn max_length_drop_head_dead_letters_with_reason_maxlen() {
     let dropped = get_eventually(&ch, &dlq).await;
     assert_eq!(dropped.delivery.data, b"m1");
     assert_eq!(deaths(&dropped.delivery.properties)[0].1, "maxlen");
-    assert_eq!(count(&ch, &q).await, 2);
+    assert_eq!(ready(&ch, &q).await, 2);
 }
 
 #[tokio::test]
@@ -356,7 +332,7 @@ async fn reject_publish_overflow_nacks_in_confirm_mode() {
         outcomes.push(c.is_ack());
     }
     assert_eq!(outcomes, [true, true, false, false]);
-    assert_eq!(count(&ch, &q).await, 2);
+    assert_eq!(ready(&ch, &q).await, 2);
 }
 
 #[tokio::test]
@@ -583,8 +559,8 @@ async fn dead_letter_cycles_without_rejection_are_dropped() {
         [(q.clone(), "expired".into(), 1)]
     );
     tokio::time::sleep(Duration::from_millis(100)).await; // several TTLs: nothing loops back
-    assert_eq!(count(&ch, &q).await, 0);
-    assert_eq!(count(&ch, &spy).await, 0);
+    assert_eq!(ready(&ch, &q).await, 0);
+    assert_eq!(ready(&ch, &spy).await, 0);
 }
 
 #[tokio::test]
@@ -711,6 +687,6 @@ async fn policies_from_the_config_apply_to_matching_queues() {
         publish(&ch, "", q, b"1", BasicProperties::default()).await;
         publish(&ch, "", q, b"2", BasicProperties::default()).await;
     }
-    assert_eq!(count(&ch, "pol.a").await, 1);
-    assert_eq!(count(&ch, "other").await, 2);
+    assert_eq!(ready(&ch, "pol.a").await, 1);
+    assert_eq!(ready(&ch, "other").await, 2);
 }

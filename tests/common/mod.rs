@@ -112,6 +112,25 @@ pub fn name(prefix: &str) -> String {
 
 pub const WAIT: Duration = Duration::from_secs(5);
 
+/// A passive `queue.declare`: the queue's counts, or the broker's error (404 once it is
+/// gone).
+pub async fn passive_declare(ch: &Channel, q: &str) -> Result<lapin::Queue, lapin::Error> {
+    ch.queue_declare(
+        q.into(),
+        lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+}
+
+/// Messages ready in `q`.
+pub async fn ready(ch: &Channel, q: &str) -> u32 {
+    passive_declare(ch, q).await.unwrap().message_count()
+}
+
 /// A raw AMQP client for malformed input.
 pub struct Raw {
     pub sock: TcpStream,
