@@ -109,7 +109,8 @@ pub async fn run(
     tracing::info!(%peer, user = %opened.user, vhost = %opened.vhost.name, "connection opened");
     let (writer_tx, writer_rx) = mpsc::unbounded_channel();
     let backlog = Arc::new(Backlog::default());
-    let writer = tokio::spawn(write_loop(wr, writer_rx, backlog.clone()));
+    let wr = Arc::new(wr);
+    let writer = tokio::spawn(write_loop(wr.clone(), writer_rx, backlog.clone()));
     let watermark = broker.watermark();
     let mut conn = Connection {
         id,
@@ -123,6 +124,7 @@ pub async fn run(
         inbox: Inbox::default(),
         kicks: Vec::new(),
         writer_tx,
+        wr: Some(wr),
         backlog,
         closing: None,
         watermark,
@@ -151,15 +153,23 @@ async fn linger(rd: &mut tokio::net::tcp::OwnedReadHalf) {
 }
 
 async fn write_loop(
-    mut wr: OwnedWriteHalf,
+    wr: Arc<OwnedWriteHalf>,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
     backlog: Arc<Backlog>,
 ) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 64).await > 0 {
         for chunk in batch.drain(..) {
-            if wr.write_all(&chunk).await.is_err() {
-                return;
+            let mut at = 0;
+            while at < chunk.len() {
+                if wr.writable().await.is_err() {
+                    return;
+                }
+                match wr.try_write(&chunk[at..]) {
+                    Ok(n) => at += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
             }
             let left = backlog.bytes.fetch_sub(chunk.len(), Ordering::AcqRel) - chunk.len();
             if left <= WRITE_BACKLOG_MAX / 2 {
@@ -167,7 +177,7 @@ async fn write_loop(
             }
         }
     }
-    let _ = wr.shutdown().await;
+    // The write side shuts down (FIN) when the connection has dropped its handle too.
 }
 
 fn write_connection_close(out: &mut BytesMut, e: &AmqpError) {
@@ -225,6 +235,10 @@ struct Connection {
     inbox: Inbox,
     kicks: Vec<Arc<Queue>>,
     writer_tx: mpsc::UnboundedSender<Bytes>,
+    /// The socket's write half, shared with the writer task: a batch is written here
+    /// directly when the writer has nothing pending, saving a hand-off per batch. `None`
+    /// once the connection stopped writing (the writer finishes and the socket closes).
+    wr: Option<Arc<OwnedWriteHalf>>,
     /// What the writer holds that the socket has not taken.
     backlog: Arc<Backlog>,
     /// Set once `connection.close` was sent: the deadline for the client's close-ok.
@@ -351,6 +365,7 @@ impl Connection {
                                     // Let the writer send the close and a FIN, so a client
                                     // waiting for the socket to close sees it at once.
                                     self.writer_tx = mpsc::unbounded_channel().0;
+                                    self.wr = None;
                                     linger(&mut rd).await;
                                 }
                                 break;
@@ -386,6 +401,22 @@ impl Connection {
             q.dispatch();
         }
         if !self.out.is_empty() {
+            let written = self.out.len();
+            // With nothing pending in the writer (it subtracts what it has written), order is
+            // kept by writing here; what the socket does not take goes to the writer.
+            if self.backlog.bytes.load(Ordering::Acquire) == 0
+                && let Some(wr) = &self.wr
+                && let Ok(n) = wr.try_write(&self.out)
+            {
+                if n == written {
+                    self.out.clear();
+                    if self.out.capacity() > 64 * 1024 {
+                        self.out = BytesMut::new();
+                    }
+                    return;
+                }
+                bytes::Buf::advance(&mut self.out, n);
+            }
             let written = self.out.len();
             self.backlog.bytes.fetch_add(written, Ordering::AcqRel);
             let _ = self.writer_tx.send(self.out.split().freeze());
