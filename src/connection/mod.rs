@@ -1,15 +1,15 @@
 //! One client connection: the only code that touches a `TcpStream`.
 //!
 //! A connection is one tokio task that owns the read half, the handshake, and its channels
-//! (plain structs, driven method by method), plus one writer task that owns the write half.
-//! The task `select!`s over socket input, its delivery inbox (fed by queues), the heartbeat
-//! tick and the shutdown signal; after each batch it writes coalesced confirms, re-runs
-//! dispatch on queues that got credit back, and hands everything it wrote to the writer in
-//! one buffer, so socket writes are batched. While the writer has more than
-//! [`WRITE_BACKLOG_MAX`] bytes the socket has not taken, the task takes in nothing new. It
-//! turns `AmqpError`s into `channel.close` or
-//! `connection.close` according to their scope, and on exit requeues what its channels held
-//! and deletes its exclusive queues.
+//! (plain structs, driven method by method), plus one writer task for output the socket
+//! could not take at once. The task `select!`s over socket input, its delivery inbox (fed
+//! by queues), the heartbeat tick and the shutdown signal; after each batch it writes
+//! coalesced confirms, re-runs dispatch on queues that got credit back, and writes
+//! everything in one buffer, so socket writes are batched: itself when the writer has
+//! nothing pending, through the writer otherwise (order is kept). While the writer has more
+//! than [`WRITE_BACKLOG_MAX`] bytes the socket has not taken, the task takes in nothing new.
+//! It turns `AmqpError`s into `channel.close` or `connection.close` according to their
+//! scope, and on exit requeues what its channels held and deletes its exclusive queues.
 
 mod handshake;
 
