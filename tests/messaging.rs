@@ -512,31 +512,25 @@ async fn unacked_messages_return_when_the_channel_closes() {
     assert_eq!(again.delivery.data, b"m");
 }
 
-/// A delivery still in the connection's inbox belongs to the consumer it was made for,
-/// not to whichever consumer holds the same tag by the time it is written.
-///
-/// Everything below goes in one write, so Warren handles it all before the queue's
-/// delivery to the first consumer: a publish to `qa` (on channel 2), then channel 1 (which
-/// consumes `qa` as "x") closes, reopens, and consumes `qb` as "x" with no-ack. The
-/// message must stay `qa`'s; handed to the new "x" it would be gone from `qa` for good.
-/// (RabbitMQ answers a channel.open pipelined behind that channel's close with 504 or
-/// not, depending on timing; Warren accepts it, so this is Warren's own test.)
-#[tokio::test]
-async fn a_delivery_in_flight_is_not_handed_to_a_new_consumer_with_the_same_tag() {
-    use amq_protocol::protocol::{AMQPClass, basic, channel, queue};
-    let b = TestBroker::start().await;
+/// Channel 1 consumes `qa` as "x" (acking). Then, in one write, so that Warren handles all
+/// of it before any queue event that `on_ch2` causes: `on_ch2`'s frames on channel 2, and
+/// channel 1 closes, reopens and consumes `qb` as "x" with no-ack. (RabbitMQ answers a
+/// channel.open pipelined behind that channel's close with 504 or not, depending on
+/// timing; Warren accepts it, so these are Warren's own tests.) Returns the client, `qa`
+/// and `qb`.
+async fn retag_behind(
+    b: &TestBroker,
+    on_ch2: impl FnOnce(&mut bytes::BytesMut, &str),
+) -> (Raw, String, String) {
+    use amq_protocol::protocol::{AMQPClass, basic, channel};
     let mut raw = Raw::open(b.addr).await;
     raw.open_channel(1).await;
     raw.open_channel(2).await;
     let (qa, qb) = (name("qa"), name("qb"));
-    let declare = |q: &str, passive: bool| {
-        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
-            queue: q.into(),
-            passive,
-            exclusive: true,
-            ..Default::default()
-        }))
-    };
+    for q in [&qa, &qb] {
+        raw.send(1, exclusive_queue(q, false)).await;
+        raw.expect_method().await;
+    }
     let consume = |q: &str, no_ack: bool| {
         AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
             queue: q.into(),
@@ -545,46 +539,66 @@ async fn a_delivery_in_flight_is_not_handed_to_a_new_consumer_with_the_same_tag(
             ..Default::default()
         }))
     };
-    for q in [&qa, &qb] {
-        raw.send(1, declare(q, false)).await;
-        raw.expect_method().await;
-    }
     raw.send(1, consume(&qa, false)).await;
     assert!(matches!(
         raw.expect_method().await,
         AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_))
     ));
-
     let mut out = bytes::BytesMut::new();
-    let publish = basic::Publish {
-        routing_key: qa.as_str().into(),
-        ..Default::default()
-    };
-    let m = AMQPClass::Basic(basic::AMQPMethod::Publish(publish));
-    warren::protocol::write_method(&mut out, 2, &m);
-    let props = warren::protocol::encode_properties(&Default::default());
-    warren::protocol::write_content(&mut out, 2, &props, b"for qa", 131072);
+    on_ch2(&mut out, &qa);
     let close = channel::Close {
         reply_code: 200,
         reply_text: "bye".into(),
         class_id: 0,
         method_id: 0,
     };
-    warren::protocol::write_method(
-        &mut out,
-        1,
-        &AMQPClass::Channel(channel::AMQPMethod::Close(close)),
-    );
+    let close = AMQPClass::Channel(channel::AMQPMethod::Close(close));
+    warren::protocol::write_method(&mut out, 1, &close);
     let open = AMQPClass::Channel(channel::AMQPMethod::Open(Default::default()));
     warren::protocol::write_method(&mut out, 1, &open);
     warren::protocol::write_method(&mut out, 1, &consume(&qb, true));
     raw.send_raw(&out).await;
+    (raw, qa, qb)
+}
 
+fn exclusive_queue(q: &str, passive: bool) -> amq_protocol::protocol::AMQPClass {
+    use amq_protocol::protocol::{AMQPClass, queue};
+    AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+        queue: q.into(),
+        passive,
+        exclusive: true,
+        ..Default::default()
+    }))
+}
+
+fn raw_publish(out: &mut bytes::BytesMut, ch: u16, key: &str, body: &[u8]) {
+    use amq_protocol::protocol::{AMQPClass, basic};
+    let publish = basic::Publish {
+        routing_key: key.into(),
+        ..Default::default()
+    };
+    warren::protocol::write_method(
+        out,
+        ch,
+        &AMQPClass::Basic(basic::AMQPMethod::Publish(publish)),
+    );
+    let props = warren::protocol::encode_properties(&Default::default());
+    warren::protocol::write_content(out, ch, &props, body, 131072);
+}
+
+/// A delivery still in the connection's inbox belongs to the consumer it was made for,
+/// not to whichever consumer holds the same tag by the time it is written: the message
+/// published to `qa` must stay `qa`'s (handed to the new no-ack "x" it would be gone).
+#[tokio::test]
+async fn a_delivery_in_flight_is_not_handed_to_a_new_consumer_with_the_same_tag() {
+    use amq_protocol::protocol::{AMQPClass, basic, queue};
+    let b = TestBroker::start().await;
+    let (mut raw, qa, _qb) = retag_behind(&b, |out, qa| raw_publish(out, 2, qa, b"for qa")).await;
     // The message goes back to qa (the closed channel's consumer never had it written),
     // and nothing reaches the new consumer.
     let mut ready = 0;
     for _ in 0..100 {
-        raw.send(2, declare(&qa, true)).await;
+        raw.send(2, exclusive_queue(&qa, true)).await;
         loop {
             match raw.expect_method().await {
                 AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)) => {
@@ -602,6 +616,39 @@ async fn a_delivery_in_flight_is_not_handed_to_a_new_consumer_with_the_same_tag(
         }
     }
     assert_eq!(ready, 1, "qa's message never came back");
+}
+
+/// Likewise a cancellation in flight: deleting `qa` cancels its consumer "x", and that
+/// notice must not take down the new "x" on `qb`, which still gets `qb`'s messages.
+#[tokio::test]
+async fn a_cancel_in_flight_leaves_a_new_consumer_with_the_same_tag_alone() {
+    use amq_protocol::protocol::{AMQPClass, basic, queue};
+    let b = TestBroker::start().await;
+    let (mut raw, _qa, qb) = retag_behind(&b, |out, qa| {
+        let delete = queue::Delete {
+            queue: qa.into(),
+            ..Default::default()
+        };
+        let delete = AMQPClass::Queue(queue::AMQPMethod::Delete(delete));
+        warren::protocol::write_method(out, 2, &delete);
+    })
+    .await;
+    let mut out = bytes::BytesMut::new();
+    raw_publish(&mut out, 2, &qb, b"for qb");
+    raw.send_raw(&out).await;
+    loop {
+        match raw.next_method().await {
+            Some(AMQPClass::Basic(basic::AMQPMethod::Deliver(d))) => {
+                assert_eq!(
+                    (d.consumer_tag.as_str(), d.routing_key.as_str()),
+                    ("x", qb.as_str())
+                );
+                break;
+            }
+            Some(_) => {}
+            None => panic!("the new consumer never got qb's message"),
+        }
+    }
 }
 
 /// A consumer that stops reading its socket stops taking messages: the queue keeps them
