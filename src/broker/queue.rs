@@ -1259,13 +1259,12 @@ impl Queue {
     }
 
     /// Detaches a consumer. Returns true when the queue is auto-delete and now unused.
-    pub fn remove_consumer(self: &Arc<Self>, conn_id: u64, channel: u16, tag: &str) -> bool {
+    pub fn remove_consumer(self: &Arc<Self>, consumer: &ConsumerHandle) -> bool {
         let mut dead = Vec::new();
         let unused = {
             let mut s = self.state.lock();
-            s.consumers.retain(|c| {
-                !(c.conn_id == conn_id && c.channel == channel && &*c.handle.tag == tag)
-            });
+            s.consumers
+                .retain(|c| !std::ptr::eq(Arc::as_ptr(&c.handle), consumer));
             s.last_used = now_ms();
             if s.consumers.is_empty() {
                 if let Some(ms) = self.args.expires {
@@ -1481,12 +1480,13 @@ mod tests {
         });
         let (a, mut ra) = consumer("a", 0, 0);
         let (b, mut rb) = consumer("b", 0, 0);
+        let a_handle = a.handle.clone();
         q.add_consumer(a, "/").unwrap();
         q.add_consumer(b, "/").unwrap();
         q.publish(msg("1"));
         q.publish(msg("2"));
         assert_eq!(bodies(&mut ra), vec!["1", "2"]);
-        q.remove_consumer(1, 1, "a");
+        q.remove_consumer(&a_handle);
         q.publish(msg("3"));
         assert_eq!(bodies(&mut rb), vec!["3"]);
     }

@@ -152,8 +152,7 @@ impl Channel {
                 ctx.vhost.unregister_reply(&name);
             }
         } else if let Some(c) = self.detach(m.consumer_tag.as_str())
-            && c.queue
-                .remove_consumer(ctx.conn_id, self.id, m.consumer_tag.as_str())
+            && c.queue.remove_consumer(&c.handle)
         {
             ctx.vhost.remove_queue(&c.queue);
         }
@@ -357,7 +356,7 @@ impl Channel {
                 tag,
                 queue,
                 entry,
-                credit: None,
+                consumer: None,
             });
         }
         Ok(())
@@ -402,7 +401,7 @@ impl Channel {
             return;
         }
         for u in &taken {
-            if let Some(c) = &u.credit {
+            if let Some(c) = &u.consumer {
                 c.release(1);
                 ctx.kick(&u.queue);
             }

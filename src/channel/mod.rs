@@ -73,7 +73,7 @@ struct Unacked {
     queue: Arc<Queue>,
     entry: Entry,
     /// The acking consumer whose credit the delivery holds (None for `basic.get`).
-    credit: Option<Arc<ConsumerHandle>>,
+    consumer: Option<Arc<ConsumerHandle>>,
 }
 
 #[derive(Debug)]
@@ -306,7 +306,7 @@ impl Channel {
                 tag,
                 queue,
                 entry,
-                credit: Some(consumer),
+                consumer: Some(consumer),
             });
         }
     }
@@ -349,7 +349,10 @@ impl Channel {
             .consumers
             .get(&consumer.tag)
             .is_some_and(|c| Arc::ptr_eq(&c.handle, consumer));
-        ours && self.detach(&consumer.tag).is_some()
+        if ours {
+            self.detach(&consumer.tag);
+        }
+        ours
     }
 
     /// Drops a consumer from the channel; deliveries still in flight to it will go back to
@@ -422,9 +425,9 @@ impl Channel {
         if let Some((_, name)) = self.reply.take() {
             ctx.vhost.unregister_reply(&name);
         }
-        for (tag, c) in std::mem::take(&mut self.consumers) {
+        for c in std::mem::take(&mut self.consumers).into_values() {
             c.handle.detach();
-            if c.queue.remove_consumer(ctx.conn_id, self.id, &tag) {
+            if c.queue.remove_consumer(&c.handle) {
                 ctx.vhost.remove_queue(&c.queue);
             }
         }
@@ -434,7 +437,7 @@ impl Channel {
 /// Requeues settled-with-requeue deliveries, one call per queue, in tag order.
 fn requeue_grouped(ctx: &mut Ctx<'_>, mut items: Vec<Unacked>) {
     for u in &items {
-        if let Some(c) = &u.credit {
+        if let Some(c) = &u.consumer {
             c.release(1);
         }
     }

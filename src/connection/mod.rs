@@ -400,30 +400,31 @@ impl Connection {
         for q in self.kicks.drain(..) {
             q.dispatch();
         }
-        if !self.out.is_empty() {
-            let written = self.out.len();
-            // With nothing pending in the writer (it subtracts what it has written), order is
-            // kept by writing here; what the socket does not take goes to the writer.
-            if self.backlog.bytes.load(Ordering::Acquire) == 0
-                && let Some(wr) = &self.wr
-                && let Ok(n) = wr.try_write(&self.out)
-            {
-                if n == written {
-                    self.out.clear();
-                    if self.out.capacity() > 64 * 1024 {
-                        self.out = BytesMut::new();
-                    }
-                    return;
-                }
-                bytes::Buf::advance(&mut self.out, n);
-            }
-            let written = self.out.len();
-            self.backlog.bytes.fetch_add(written, Ordering::AcqRel);
-            let _ = self.writer_tx.send(self.out.split().freeze());
-            // Room for a batch like this one, so a busy connection does not grow its buffer
-            // frame by frame, while an idle one keeps only a little.
-            self.out.reserve(written.clamp(256, 64 * 1024));
+        if self.out.is_empty() {
+            return;
         }
+        // With nothing pending in the writer (it subtracts what it has written), order is
+        // kept by writing here; what the socket does not take goes to the writer.
+        if self.backlog.bytes.load(Ordering::Acquire) == 0
+            && let Some(wr) = &self.wr
+            && let Ok(n) = wr.try_write(&self.out)
+        {
+            if n == self.out.len() {
+                // Reused for the next batch, unless one large batch grew it.
+                self.out.clear();
+                if self.out.capacity() > 64 * 1024 {
+                    self.out = BytesMut::new();
+                }
+                return;
+            }
+            bytes::Buf::advance(&mut self.out, n);
+        }
+        let pending = self.out.len();
+        self.backlog.bytes.fetch_add(pending, Ordering::AcqRel);
+        let _ = self.writer_tx.send(self.out.split().freeze());
+        // Room for a batch like this one, so a busy connection does not grow its buffer
+        // frame by frame, while an idle one keeps only a little.
+        self.out.reserve(pending.clamp(256, 64 * 1024));
     }
 
     /// Handles every whole frame in `rbuf`. `inbox` is this connection's queue events.
