@@ -186,7 +186,6 @@ impl Recovery {
     }
 }
 
-/// The payload of the Publish record of `len` bytes at `pos` in `buf`, checksum verified.
 /// `read_exact_at` from the page cache only: `WouldBlock` when any part of the range would
 /// have to come from the disk (`preadv2` with `RWF_NOWAIT`). Where the kernel or the file
 /// system does not support the flag, it simply reads.
@@ -212,10 +211,9 @@ fn cached_read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<
 }
 
 #[cfg(not(target_os = "linux"))]
-fn cached_read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-    file.read_exact_at(buf, offset)
-}
+use FileExt::read_exact_at as cached_read_exact_at;
 
+/// The payload of the Publish record of `len` bytes at `pos` in `buf`, checksum verified.
 fn publish_payload(buf: &Bytes, pos: usize, len: u32) -> io::Result<Bytes> {
     let rec = buf.slice(pos..(pos + len as usize).min(buf.len()));
     match segment::decode(&rec, 0) {
@@ -585,9 +583,7 @@ impl MessageStore {
     /// `NotFound` if the segment is gone (or not created yet); `UnexpectedEof` if the record
     /// is not written yet; `InvalidData` if the bytes at `loc` are not a Publish record.
     pub fn read(&self, loc: Location) -> io::Result<Bytes> {
-        self.read_one(loc, &|file: &File, buf: &mut [u8], offset| {
-            file.read_exact_at(buf, offset)
-        })
+        self.read_one(loc, &FileExt::read_exact_at)
     }
 
     /// [`read`](Self::read) with the `pread` supplied.
@@ -607,7 +603,7 @@ impl MessageStore {
     /// order, so their records are mostly adjacent). The payloads of one run share its
     /// buffer. One result per location, in order.
     pub fn read_many(&self, locs: &[Location]) -> Vec<io::Result<Bytes>> {
-        self.read_runs(locs, |file, buf, offset| file.read_exact_at(buf, offset))
+        self.read_runs(locs, FileExt::read_exact_at)
     }
 
     /// As [`read_many`](Self::read_many), but only from the page cache: a run of records
