@@ -37,6 +37,24 @@ impl Reason {
     }
 }
 
+/// Most distinct (queue, reason) entries a message's `x-death` may hold before a further
+/// dead-lettering drops it: a bound on how far one publish can travel through a chain of
+/// queues that dead-letter into each other. RabbitMQ has none; no real topology comes near.
+pub const MAX_HOPS: usize = 100;
+
+/// The entries in a message's `x-death`.
+pub fn hops(msg: &Message) -> usize {
+    match msg
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-death"))
+    {
+        Some(AMQPValue::FieldArray(a)) => a.as_slice().len(),
+        _ => 0,
+    }
+}
+
 fn string(v: Option<&AMQPValue>) -> Option<&[u8]> {
     v.and_then(as_bytes)
 }

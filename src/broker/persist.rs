@@ -100,6 +100,9 @@ pub fn decode(mut p: Bytes) -> Option<Stored> {
     if p.len() != head.size as usize {
         return None;
     }
+    // Accepted at publish within the nesting bound; checked again so that a log written by
+    // an older version cannot overflow the stack at recovery.
+    crate::protocol::nesting::check_properties(&raw_properties).ok()?;
     let (_, properties) = all_consuming(parse_properties)
         .parse(&raw_properties[..])
         .ok()?;

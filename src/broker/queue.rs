@@ -753,7 +753,8 @@ impl Queue {
                 match deadline {
                     Some(at) => {
                         // Deadlines are inclusive (see `expire_heads`): wake just after.
-                        let wait = Duration::from_millis((at + 1).saturating_sub(now_ms()));
+                        let wait =
+                            Duration::from_millis(at.saturating_add(1).saturating_sub(now_ms()));
                         tokio::select! {
                             _ = wake => continue,
                             _ = tokio::time::sleep(wait) => {}
@@ -1352,9 +1353,56 @@ impl Queue {
                     tracing::debug!(queue = %q.name, "dead-letter cycle: message dropped");
                     continue;
                 }
-                let _ = q.publish(m.clone());
+                if dead_letter::hops(&m) > dead_letter::MAX_HOPS {
+                    tracing::warn!(queue = %q.name, "dead-lettered through more than {} queues: message dropped", dead_letter::MAX_HOPS);
+                    continue;
+                }
+                forward_dead_letter(q, m.clone());
             }
         }
+    }
+}
+
+/// Dead letters waiting to be published, each with its target queue.
+type DeadLetters = VecDeque<(Arc<Queue>, Arc<Message>)>;
+
+thread_local! {
+    /// Dead letters waiting to be published by the outermost dead-lettering on this thread.
+    /// `None` when no dead-lettering is running here.
+    static DEAD_LETTERS: std::cell::RefCell<Option<DeadLetters>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Publishes a dead letter into `q`. Publishing can dead-letter again (a full target with
+/// `x-max-length: 0` and a dead-letter exchange of its own), and doing that by recursion
+/// would take a stack frame per hop: a chain of a few thousand such queues would overflow
+/// the stack with one publish. So a dead-lettering that starts while another runs on the
+/// same thread only queues its message, and the outermost one publishes them all in order.
+fn forward_dead_letter(q: Arc<Queue>, m: Arc<Message>) {
+    let nested = DEAD_LETTERS.with_borrow_mut(|w| match w {
+        Some(w) => {
+            w.push_back((q.clone(), m.clone()));
+            true
+        }
+        None => {
+            *w = Some(VecDeque::new());
+            false
+        }
+    });
+    if nested {
+        return;
+    }
+    // Ends this thread's dead-lettering however the loop ends, a panic included.
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            DEAD_LETTERS.with_borrow_mut(|w| *w = None);
+        }
+    }
+    let _done = Done;
+    let _ = q.publish(m);
+    while let Some((q, m)) = DEAD_LETTERS.with_borrow_mut(|w| w.as_mut()?.pop_front()) {
+        let _ = q.publish(m);
     }
 }
 

@@ -140,6 +140,10 @@ impl VHost {
             return Ok(());
         };
         blocking(|| f(&p.defs)).map_err(|e| {
+            // A definition the store refuses is the client's to fix, not a broker fault.
+            if e.kind() == std::io::ErrorKind::InvalidInput {
+                return AmqpError::precondition_failed(e);
+            }
             tracing::error!(vhost = %self.name, "cannot store definitions: {e}");
             AmqpError::internal_error(format!("cannot store definitions: {e}"))
         })

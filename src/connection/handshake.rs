@@ -96,6 +96,9 @@ async fn read_frame(
             Ok(None) => {}
             Err(DecodeError::Amqp(e)) => return Err(silent(e.text)),
             Err(DecodeError::Drop(why)) => return Err(silent(why)),
+            // compat: a start-ok whose client properties (or AMQPLAIN response) nest past
+            // the bound; RabbitMQ accepts any depth. Say why rather than just hang up.
+            Err(DecodeError::Refused { error, .. }) => return Err(Refused::Close(error)),
         }
         if buf.len() > frame_max as usize + 8 {
             return Err(silent("handshake frame too large"));
@@ -150,7 +153,9 @@ fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
             ))
         }
         "AMQPLAIN" => {
-            // The response is a field table without its length prefix.
+            // The response is a field table without its length prefix. Its depth was
+            // checked with the frame; checked again here because the parser recurses.
+            crate::protocol::nesting::scan_table_entries(response).ok()?;
             let mut framed = Vec::with_capacity(response.len() + 4);
             framed.extend_from_slice(&(response.len() as u32).to_be_bytes());
             framed.extend_from_slice(response);

@@ -461,6 +461,12 @@ impl Connection {
                     tracing::warn!(peer = %self.peer, "closing connection: {why}");
                     return Err(Stop::Done);
                 }
+                // The frame was whole and is consumed: the stream is still in step.
+                Err(DecodeError::Refused { channel, error }) => {
+                    if self.closing.is_none() {
+                        self.fail(channel, error)?;
+                    }
+                }
             }
         }
     }

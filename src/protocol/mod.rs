@@ -8,6 +8,7 @@
 //! `AMQPClass` per message. No sockets, no tokio, no broker types.
 
 pub mod content;
+pub mod nesting;
 
 use std::sync::Arc;
 
@@ -90,6 +91,15 @@ pub enum DecodeError {
     /// Something RabbitMQ answers by closing TCP without a close frame (unknown class or
     /// method id): there is no sensible method to blame.
     Drop(String),
+    /// A whole, well-framed frame whose content Warren refuses (a field table nested past
+    /// [`nesting::MAX_NESTING`]): the frame was consumed and the stream is still in step, so
+    /// the error closes only the channel it arrived on (the connection on channel 0).
+    Refused {
+        /// The channel the frame arrived on.
+        channel: u16,
+        /// Why, with the method's ids where there is one.
+        error: AmqpError,
+    },
 }
 
 impl From<AmqpError> for DecodeError {
@@ -118,6 +128,13 @@ pub fn decode(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, Decod
         FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT
     ) {
         return Err(AmqpError::frame_error(format!("unknown frame type {kind}")).into());
+    }
+    // A heartbeat has no payload; RabbitMQ answers one that does with 501.
+    if kind == FRAME_HEARTBEAT && size != 0 {
+        return Err(AmqpError::frame_error(format!(
+            "heartbeat frame with a payload of {size} bytes"
+        ))
+        .into());
     }
     // compat: RabbitMQ accepts a payload of exactly frame_max bytes (it is 8 bytes lenient
     // about the envelope); so does Warren.
@@ -192,6 +209,13 @@ fn decode_method(channel: u16, payload: &[u8]) -> Result<Frame, DecodeError> {
         return decode_publish(&payload[4..])
             .map(|publish| Frame::Publish { channel, publish })
             .ok_or_else(|| malformed(class_id, method_id));
+    }
+    // amq-protocol's table parser recurses per level: bound the depth before it runs.
+    if let Err(e) = nesting::check_method(class_id, method_id, &payload[4..]) {
+        return Err(DecodeError::Refused {
+            channel,
+            error: AmqpError::precondition_failed(e).with_method(class_id, method_id),
+        });
     }
     match all_consuming(parse_class).parse(payload) {
         Ok((_, method)) => Ok(Frame::Method {
@@ -276,6 +300,13 @@ fn decode_header(
     let properties = if raw_properties[..] == NO_PROPERTY_FLAGS {
         Properties::default()
     } else {
+        if let Err(e) = nesting::check_properties(&raw_properties) {
+            return Err(DecodeError::Refused {
+                channel,
+                error: AmqpError::precondition_failed(format!("message headers: {e}"))
+                    .with_method(60, 40),
+            });
+        }
         match all_consuming(parse_properties).parse(&raw_properties[..]) {
             Ok((_, p)) => Properties::new(p),
             Err(_) => {

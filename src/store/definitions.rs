@@ -85,6 +85,20 @@ fn other(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
+/// Encodes a record, and refuses (`InvalidInput`) one that would not decode again at the
+/// next boot (serde_json refuses JSON nested past 128 levels): storing it would lose the
+/// definition silently at restart.
+fn encode<T: Serialize + for<'de> Deserialize<'de>>(x: &T) -> io::Result<Vec<u8>> {
+    let v = serde_json::to_vec(x).map_err(other)?;
+    if let Err(e) = serde_json::from_slice::<T>(&v) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("definition cannot be stored: {e}"),
+        ));
+    }
+    Ok(v)
+}
+
 fn key(parts: &[&str]) -> Vec<u8> {
     // NUL cannot appear in AMQP names, so it separates parts unambiguously.
     parts.join("\0").into_bytes()
@@ -128,19 +142,26 @@ impl Definitions {
         })
     }
 
-    /// Reads every definition.
+    /// Reads every definition. A record that cannot be decoded is logged and left out: one
+    /// bad definition must not keep the broker from starting.
     ///
     /// # Errors
-    /// A sled error or an undecodable record.
+    /// A sled error.
     pub fn load(&self) -> io::Result<Loaded> {
         fn all<T: for<'de> Deserialize<'de>>(t: &sled::Tree) -> io::Result<Vec<T>> {
-            t.iter()
-                .values()
-                .map(|v| {
-                    let v = v.map_err(other)?;
-                    serde_json::from_slice(&v).map_err(other)
-                })
-                .collect()
+            let mut out = Vec::new();
+            for kv in t.iter() {
+                let (k, v) = kv.map_err(other)?;
+                match serde_json::from_slice(&v) {
+                    Ok(d) => out.push(d),
+                    Err(e) => tracing::error!(
+                        tree = %String::from_utf8_lossy(&t.name()),
+                        key = %String::from_utf8_lossy(&k).replace('\0', "/"),
+                        "skipping a stored definition that cannot be decoded: {e}"
+                    ),
+                }
+            }
+            Ok(out)
         }
         Ok(Loaded {
             exchanges: all(&self.exchanges)?,
@@ -152,9 +173,9 @@ impl Definitions {
     /// Stores an exchange.
     ///
     /// # Errors
-    /// The write or sync failed.
+    /// The write or sync failed; `InvalidInput` for a record that could not be read back.
     pub fn put_exchange(&self, x: &ExchangeDef) -> io::Result<()> {
-        let v = serde_json::to_vec(x).map_err(other)?;
+        let v = encode(x)?;
         self.exchanges
             .insert(key(&[&x.vhost, &x.name]), v)
             .map_err(other)?;
@@ -176,9 +197,9 @@ impl Definitions {
     /// Stores a queue.
     ///
     /// # Errors
-    /// The write or sync failed.
+    /// The write or sync failed; `InvalidInput` for a record that could not be read back.
     pub fn put_queue(&self, q: &QueueDef) -> io::Result<()> {
-        let v = serde_json::to_vec(q).map_err(other)?;
+        let v = encode(q)?;
         self.queues
             .insert(key(&[&q.vhost, &q.name]), v)
             .map_err(other)?;
@@ -198,9 +219,9 @@ impl Definitions {
     /// Stores a binding.
     ///
     /// # Errors
-    /// The write or sync failed.
+    /// The write or sync failed; `InvalidInput` for a record that could not be read back.
     pub fn put_binding(&self, b: &BindingDef) -> io::Result<()> {
-        let v = serde_json::to_vec(b).map_err(other)?;
+        let v = encode(b)?;
         self.bindings.insert(b.key(), v).map_err(other)?;
         self.sync()
     }
@@ -298,5 +319,42 @@ mod tests {
         assert_eq!(l.bindings[0].destination, "b");
         d.delete_exchange("/", "x").unwrap();
         assert!(d.load().unwrap().bindings.is_empty());
+    }
+    fn deep(depth: usize) -> FieldTable {
+        let mut t = FieldTable::default();
+        for _ in 1..depth {
+            let mut outer = FieldTable::default();
+            outer.insert("n".into(), amq_protocol::types::AMQPValue::FieldTable(t));
+            t = outer;
+        }
+        t
+    }
+
+    /// What would not decode at the next boot is refused when stored, and a record that
+    /// cannot be decoded anyway (written by hand here) is skipped at load, not fatal.
+    #[test]
+    fn undecodable_definitions_are_refused_at_store_and_skipped_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Definitions::open(dir.path()).unwrap();
+        let q = |name: &str, depth| QueueDef {
+            vhost: "/".into(),
+            name: name.into(),
+            auto_delete: false,
+            arguments: deep(depth),
+        };
+        d.put_queue(&q("ok", crate::protocol::nesting::MAX_NESTING))
+            .unwrap();
+        let e = d.put_queue(&q("deep", 70)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        d.queues
+            .insert(key(&["/", "garbage"]), &b"{not json"[..])
+            .unwrap();
+        drop(d);
+        let d = Definitions::open(dir.path()).unwrap();
+        let l = d.load().unwrap();
+        assert_eq!(
+            l.queues.iter().map(|q| q.name.as_str()).collect::<Vec<_>>(),
+            ["ok"]
+        );
     }
 }
