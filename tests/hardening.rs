@@ -517,3 +517,53 @@ async fn a_refused_frame_leaves_the_stream_in_step() {
         AMQPClass::Basic(basic::AMQPMethod::QosOk(_))
     ));
 }
+
+/// A panic in one connection's task (provoked through the `test-hooks` feature) closes that
+/// connection with 541 and nothing else: its unacked delivery goes back to the queue, and
+/// the witness and the broker carry on.
+#[tokio::test]
+async fn a_panic_in_a_connection_closes_only_that_connection_and_leaks_nothing() {
+    let b = TestBroker::start().await;
+    let w = Witness::new(&b).await;
+    let q = name("held");
+    w.ch.queue_declare(q.as_str().into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
+    w.ch.basic_publish(
+        "".into(),
+        q.as_str().into(),
+        Default::default(),
+        b"held",
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+    let (conn, ch) = b.channel().await;
+    let got = ch
+        .basic_get(q.as_str().into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("the message, unacked");
+    assert!(!got.delivery.redelivered);
+    let other = conn.create_channel().await.unwrap();
+    let e = other
+        .queue_declare(
+            warren::connection::TEST_PANIC_QUEUE.into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), 541, "{e:?}");
+    assert!(!conn.status().connected());
+    let back =
+        w.ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .expect("the unacked message back in its queue");
+    assert!(back.delivery.redelivered);
+    w.round_trip().await;
+    // New connections are still served.
+    let (_c2, ch2) = b.channel().await;
+    assert_eq!(ready(&ch2, &w.queue).await, 0);
+}

@@ -54,6 +54,11 @@ const INBOX_BATCH: usize = 512;
 /// buffer comes on top, so this only needs to cover one batch.
 const WRITE_BACKLOG_MAX: usize = 1 << 20;
 
+/// With the `test-hooks` feature (tests only), declaring a queue of this name panics in the
+/// connection's task.
+#[cfg(feature = "test-hooks")]
+pub const TEST_PANIC_QUEUE: &str = "warren.test.panic";
+
 /// Bytes handed to the writer task and not yet written to the socket.
 #[derive(Debug, Default)]
 struct Backlog {
@@ -131,7 +136,11 @@ pub async fn run(
     };
     let mut inbox = None;
     conn.serve(rd, rbuf, &mut inbox, shutdown).await;
-    conn.cleanup(inbox);
+    // Even if a panic left the connection's state inconsistent, the writer is awaited and
+    // the process goes on.
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.cleanup(inbox))).is_err() {
+        tracing::error!(%peer, "connection cleanup panicked");
+    }
     drop(conn);
     let _ = writer.await;
 }
@@ -254,6 +263,8 @@ enum Stop {
     Done,
     /// The input could not be decoded: `connection.close` was sent, the rest is unreadable.
     Broken,
+    /// Handling it panicked: a 541 `connection.close` is queued, nothing else is trusted.
+    Panicked,
 }
 
 macro_rules! ctx {
@@ -289,9 +300,10 @@ impl Connection {
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_read = Instant::now();
         // Frames the client pipelined behind connection.open.
-        if self.drain_frames(&mut rbuf, inbox).is_err() {
-            self.flush();
-            return;
+        match self.guarded(|c| c.drain_frames(&mut rbuf, inbox)) {
+            Ok(()) => {}
+            Err(Stop::Panicked) => return self.end_after_panic(&mut rd).await,
+            Err(_) => return self.flush(),
         }
         self.flush();
         let mut events = Vec::new();
@@ -343,8 +355,22 @@ impl Connection {
                     }
                 }, if !backed_up => {
                     if n == 0 { break; }
-                    for ev in events.drain(..) {
-                        self.handle_event(ev);
+                    let handled = self.guarded(|c| {
+                        for ev in events.drain(..) {
+                            c.handle_event(ev);
+                        }
+                        Ok(())
+                    });
+                    if handled.is_err() {
+                        // What the panic left undelivered goes back to its queues.
+                        for ev in events.drain(..) {
+                            if let QueueEvent::Deliver { queue, entry, .. } = ev {
+                                queue.requeue_unsent(entry);
+                                self.kicks.push(queue);
+                            }
+                        }
+                        self.end_after_panic(&mut rd).await;
+                        break;
                     }
                 }
                 // Client input: decode every whole frame that arrived.
@@ -359,7 +385,11 @@ impl Connection {
                                 read_size = (read_size * 2).min(MAX_READ);
                             }
                             last_read = Instant::now();
-                            if let Err(stop) = self.drain_frames(&mut rbuf, inbox) {
+                            if let Err(stop) = self.guarded(|c| c.drain_frames(&mut rbuf, inbox)) {
+                                if stop == Stop::Panicked {
+                                    self.end_after_panic(&mut rd).await;
+                                    break;
+                                }
                                 self.flush();
                                 if stop == Stop::Broken {
                                     // Let the writer send the close and a FIN, so a client
@@ -386,9 +416,70 @@ impl Connection {
                     break;
                 }
             }
-            self.flush();
+            if self
+                .guarded(|c| {
+                    c.flush();
+                    Ok(())
+                })
+                .is_err()
+            {
+                self.end_after_panic(&mut rd).await;
+                return;
+            }
         }
         self.flush();
+    }
+
+    /// Runs `f`, turning a panic inside it into [`Stop::Panicked`]: a bug met while handling
+    /// one connection's input must end that connection only, never the process, and what
+    /// its channels hold must still go back to the queues (`cleanup` runs as usual). The
+    /// 541 close is written here; the caller stops serving with [`Self::end_after_panic`].
+    fn guarded(&mut self, f: impl FnOnce(&mut Self) -> Result<(), Stop>) -> Result<(), Stop> {
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
+        let Err(payload) = caught else {
+            return caught.unwrap_or(Ok(()));
+        };
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        tracing::error!(peer = %self.peer, "connection handler panicked: {what}; closing this connection only");
+        // The batch in progress may be half written: nothing of it goes out.
+        self.out.clear();
+        let close = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.close_connection(AmqpError::internal_error(
+                "the broker met an internal error handling this connection",
+            ));
+        }));
+        if close.is_err() {
+            tracing::error!(peer = %self.peer, "releasing channels after a panic panicked too");
+            self.out.clear();
+            write_connection_close(
+                &mut self.out,
+                &AmqpError::internal_error(
+                    "the broker met an internal error handling this connection",
+                ),
+            );
+        }
+        Err(Stop::Panicked)
+    }
+
+    /// After a panic: sends the 541 close and lets the client read it before the socket
+    /// goes, as after a framing error (nothing it sends is trusted any more).
+    async fn end_after_panic(&mut self, rd: &mut tokio::net::tcp::OwnedReadHalf) {
+        if self
+            .guarded(|c| {
+                c.flush();
+                Ok(())
+            })
+            .is_err()
+        {
+            return;
+        }
+        self.writer_tx = mpsc::unbounded_channel().0;
+        self.wr = None;
+        linger(rd).await;
     }
 
     /// Ends a batch: coalesced confirms, dispatch on queues that got credit back, and one
@@ -615,6 +706,13 @@ impl Connection {
     }
 
     fn channel_method(&mut self, id: u16, method: AMQPClass) -> Result<(), AmqpError> {
+        // Lets tests provoke a panic in a connection's task and see it contained.
+        #[cfg(feature = "test-hooks")]
+        if let AMQPClass::Queue(amq_protocol::protocol::queue::AMQPMethod::Declare(d)) = &method
+            && d.queue.as_str() == TEST_PANIC_QUEUE
+        {
+            panic!("test hook: declared {TEST_PANIC_QUEUE}");
+        }
         let ids = (method.get_amqp_class_id(), method.get_amqp_method_id());
         let with = |e: AmqpError| e.with_method(ids.0, ids.1);
         if let AMQPClass::Channel(m) = &method {
