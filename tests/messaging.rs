@@ -667,9 +667,29 @@ async fn an_unlimited_acking_consumer_that_does_not_read_leaves_its_messages_que
     stalled_consumer_leaves_messages_queued(false).await;
 }
 
+/// With large bodies the window is bytes, not deliveries: 2,000 deliveries of 64 KiB would
+/// be 125 MiB pushed to a connection that does not read. Here at most a few MiB are (the
+/// 2 MiB window, the connection's 1 MiB write backlog and the kernel's socket buffers).
+#[tokio::test]
+async fn a_stalled_consumer_of_large_messages_is_pushed_a_few_mib_at_most() {
+    let pushed = stalled_consumer_leaves_messages_queued_with(true, 64 * 1024, 300).await;
+    let mib = pushed as f64 * 64.0 / 1024.0;
+    eprintln!("{pushed} deliveries of 64 KiB ({mib:.1} MiB) pushed");
+    assert!(
+        mib <= 10.0,
+        "{pushed} deliveries of 64 KiB ({mib:.1} MiB) pushed"
+    );
+}
+
 async fn stalled_consumer_leaves_messages_queued(no_ack: bool) {
+    stalled_consumer_leaves_messages_queued_with(no_ack, 1024, 30_000).await;
+}
+
+/// Publishes `n` messages of `size` bytes to a queue whose consumer does not read, checks
+/// that at least half stay queued and that all arrive once it reads; returns how many had
+/// been pushed towards the consumer when publishing ended.
+async fn stalled_consumer_leaves_messages_queued_with(no_ack: bool, size: usize, n: u32) -> u32 {
     use amq_protocol::protocol::{AMQPClass, basic};
-    const N: u32 = 30_000;
     let b = TestBroker::start().await;
     let (_c, ch) = b.channel().await;
     let q = name("stalled");
@@ -691,22 +711,23 @@ async fn stalled_consumer_leaves_messages_queued(no_ack: bool) {
         AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_))
     ));
     // From here the raw client reads nothing until every message is published.
-    let body = vec![b'm'; 1024];
-    for _ in 0..N {
+    let body = vec![b'm'; size];
+    for _ in 0..n {
         publish(&ch, "", &q, &body).await;
     }
     // Answered after every publish above (one channel keeps order). 1 MiB of backlog, the
     // kernel's socket buffers and the 2,000-delivery window hold a few thousand messages
     // at most; without the bound the queue would be empty.
     let left = ready(&ch, &q).await;
-    assert!(left >= N / 2, "only {left} of {N} left in the queue");
+    assert!(left >= n / 2, "only {left} of {n} left in the queue");
     let mut delivered = 0;
-    while delivered < N {
+    while delivered < n {
         match raw.expect_method().await {
             AMQPClass::Basic(basic::AMQPMethod::Deliver(_)) => delivered += 1,
             other => panic!("unexpected {other:?}"),
         }
     }
+    n - left
 }
 
 #[tokio::test]

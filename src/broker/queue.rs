@@ -14,7 +14,7 @@
 //! `DeliverySink`, and other queues only through the vhost.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -37,6 +37,14 @@ use crate::store::Seq;
 /// keeps a consumer that stops reading from draining its queue into the broker's memory,
 /// whatever its prefetch (0 is unlimited) or ack mode.
 pub const DELIVERY_WINDOW: u32 = 2000;
+
+/// The same window in body bytes: a consumer has at most this much pushed and not yet
+/// taken off its connection's inbox (plus the one delivery that crossed it, however large,
+/// so a message bigger than the window still goes out). 2,000 deliveries of 64 KiB would be
+/// 125 MiB held for a connection that does not read; RabbitMQ's credit flow lets about 250
+/// through. With the connection's own 1 MiB write backlog and the kernel's socket buffers,
+/// a stalled consumer is pushed a few MiB at most.
+pub const DELIVERY_WINDOW_BYTES: u64 = 2 << 20;
 
 /// Milliseconds since the Unix epoch: expiry deadlines are absolute, so they keep counting
 /// across restarts.
@@ -164,9 +172,11 @@ pub struct ConsumerHandle {
     pub limit: u32,
     /// Deliveries not yet acked (acking consumers only).
     pub in_flight: AtomicU32,
-    /// Deliveries pushed to the connection and not yet taken off its inbox, at most
-    /// [`DELIVERY_WINDOW`].
-    unwritten: AtomicU32,
+    /// Deliveries pushed to the connection and not yet taken off its inbox (the high bits,
+    /// from [`UNWRITTEN_COUNT_SHIFT`]; at most [`DELIVERY_WINDOW`]) and their body bytes (the
+    /// low bits; at most [`DELIVERY_WINDOW_BYTES`] plus one delivery). One word, so pushing
+    /// and taking a delivery stay one atomic operation each.
+    unwritten: AtomicU64,
     /// The channel's shared limit, for acking consumers.
     pub channel: Option<Arc<ChannelCredit>>,
     /// Cleared when the channel drops the consumer (cancel, queue deleted, channel closed).
@@ -187,7 +197,7 @@ impl ConsumerHandle {
             no_ack,
             limit,
             in_flight: AtomicU32::new(0),
-            unwritten: AtomicU32::new(0),
+            unwritten: AtomicU64::new(0),
             channel,
             attached: AtomicBool::new(true),
         }
@@ -207,7 +217,7 @@ impl ConsumerHandle {
     /// its prefetch) and its channel have room. Only the consumer's queue calls it, under
     /// the queue's lock.
     fn try_acquire(&self) -> bool {
-        if self.unwritten.load(Ordering::Acquire) >= DELIVERY_WINDOW {
+        if window_full(self.unwritten.load(Ordering::Acquire)) {
             return false;
         }
         if !self.no_ack {
@@ -225,23 +235,29 @@ impl ConsumerHandle {
             }
             self.in_flight.fetch_add(1, Ordering::AcqRel);
         }
-        self.unwritten.fetch_add(1, Ordering::AcqRel);
         true
     }
 
     /// Undoes a `try_acquire` whose delivery did not happen.
     fn unacquire(&self) {
-        self.taken();
         if !self.no_ack {
             self.release(1);
         }
     }
 
-    /// The connection took a delivery off its inbox (to write it, or to send it back).
-    /// Returns whether the write window had been full, in which case the queue is waiting
-    /// for a dispatch.
-    pub fn taken(&self) -> bool {
-        self.unwritten.fetch_sub(1, Ordering::AcqRel) == DELIVERY_WINDOW
+    /// A delivery of `body` bytes went onto the connection's inbox (after `try_acquire`;
+    /// only the consumer's queue pushes, under its lock, so the window checked there holds).
+    fn pushed(&self, body: usize) {
+        self.unwritten.fetch_add(unwritten(body), Ordering::AcqRel);
+    }
+
+    /// The connection took a delivery of `body` bytes off its inbox (to write it, or to
+    /// send it back). Returns whether that reopened a full write window, in which case the
+    /// queue is waiting for a dispatch.
+    pub fn taken(&self, body: usize) -> bool {
+        let delta = unwritten(body);
+        let before = self.unwritten.fetch_sub(delta, Ordering::AcqRel);
+        window_full(before) && !window_full(before - delta)
     }
 
     /// Gives back `n` units of an acking consumer's prefetch (acked or rejected).
@@ -256,6 +272,19 @@ impl ConsumerHandle {
             sub(&ch.in_flight);
         }
     }
+}
+
+/// Where a consumer's unwritten delivery count starts in its window word.
+const UNWRITTEN_COUNT_SHIFT: u32 = 40;
+
+/// One delivery of `body` bytes in a window word.
+fn unwritten(body: usize) -> u64 {
+    (1 << UNWRITTEN_COUNT_SHIFT) | body as u64
+}
+
+fn window_full(w: u64) -> bool {
+    (w >> UNWRITTEN_COUNT_SHIFT) >= u64::from(DELIVERY_WINDOW)
+        || (w & ((1 << UNWRITTEN_COUNT_SHIFT) - 1)) >= DELIVERY_WINDOW_BYTES
 }
 
 /// A consumer as the queue sees it.
@@ -1161,6 +1190,7 @@ impl Queue {
                 return;
             };
             let c = &s.consumers[i];
+            c.handle.pushed(entry.msg.body.len());
             self.mark_delivered(&entry, c.handle.no_ack);
             let event = QueueEvent::Deliver {
                 channel: c.channel,

@@ -277,7 +277,7 @@ impl Channel {
         queue: Arc<Queue>,
         entry: Entry,
     ) {
-        if consumer.taken() {
+        if consumer.taken(entry.msg.body.len()) {
             ctx.kick(&queue);
         }
         if self.closing || !consumer.is_attached() {
