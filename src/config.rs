@@ -64,8 +64,15 @@ pub struct Config {
     /// Bytes of queued messages one queue keeps in memory; past it, bodies are paged out to
     /// the message log and read back as consumers reach them.
     pub queue_memory_budget: u64,
-    /// Bytes of queued messages all queues together keep in memory.
+    /// Bytes of queued messages all queues together keep in memory; also the most that
+    /// message bodies being received in several frames may hold, across connections.
     pub memory_budget: u64,
+    /// Most body bytes one transaction may hold uncommitted (406 past it; a transaction
+    /// holding nothing yet takes any one message).
+    pub max_transaction_bytes: u64,
+    /// Most body bytes a channel's unacked deliveries to its consumers may hold; past it
+    /// they get nothing more until acks come (0 = unlimited).
+    pub max_unacked_bytes: u64,
     /// Threads that run connections and queues; 0 = half the CPUs (at least one), leaving
     /// the rest to the message log's committer, the kernel's network stack and clients.
     pub worker_threads: usize,
@@ -162,6 +169,8 @@ impl Default for Config {
             handshake_timeout: 10,
             queue_memory_budget: 128 * 1024 * 1024,
             memory_budget: 1024 * 1024 * 1024,
+            max_transaction_bytes: 256 * 1024 * 1024,
+            max_unacked_bytes: 256 * 1024 * 1024,
             worker_threads: 0,
             log: "info".into(),
             policies: Vec::new(),

@@ -567,3 +567,171 @@ async fn a_panic_in_a_connection_closes_only_that_connection_and_leaks_nothing()
     let (_c2, ch2) = b.channel().await;
     assert_eq!(ready(&ch2, &w.queue).await, 0);
 }
+
+/// The broker process's virtual size or resident set, in KiB, from /proc.
+fn proc_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A content header's declared size is not reserved before the bytes come: 100 channels
+/// each declaring a 128 MiB body and sending one byte of it once made the broker reserve
+/// 12.5 GiB of address space at once (2,047 channels: 256 GiB).
+#[tokio::test]
+async fn declared_body_sizes_are_not_reserved_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BinBroker::start(dir.path());
+    let pid = b.child.id();
+    let before = proc_kib(pid, "VmSize:");
+    let mut raw = Raw::open(b.addr).await;
+    let mut out = Vec::new();
+    for ch in 1..=100u16 {
+        out.extend(frame(1, ch, &[0, 20, 0, 10, 0]));
+        out.extend(publish_method(ch, "nowhere"));
+        let mut header = vec![0, 60, 0, 0];
+        header.extend_from_slice(&(128u64 << 20).to_be_bytes());
+        header.extend_from_slice(&[0, 0]);
+        out.extend(frame(2, ch, &header));
+        out.extend(frame(3, ch, b"x"));
+    }
+    raw.send_raw(&out).await;
+    // Frames are handled in order: once channel 101 is open, every body frame above was.
+    raw.send_raw(&frame(1, 101, &[0, 20, 0, 10, 0])).await;
+    loop {
+        match raw.frame().await.expect("a frame") {
+            amq_protocol::frame::AMQPFrame::Method(101, _) => break,
+            _ => continue,
+        }
+    }
+    let grown_mib = (proc_kib(pid, "VmSize:").saturating_sub(before)) / 1024;
+    assert!(grown_mib < 1024, "address space grew by {grown_mib} MiB");
+}
+
+/// Bodies being received in several frames count against `memory_budget`, across
+/// connections: past it the connection that would go over is closed with 506, and what it
+/// held is given back.
+#[tokio::test]
+async fn partial_bodies_past_the_memory_budget_close_their_connection_with_506() {
+    let b = TestBroker::start_with(|c| c.memory_budget = 1 << 20).await;
+    let w = Witness::new(&b).await;
+    let mut raw = Raw::open(b.addr).await;
+    raw.open_channel(1).await;
+    let mut out = publish_method(1, &w.queue);
+    let mut header = vec![0, 60, 0, 0];
+    header.extend_from_slice(&(4u64 << 20).to_be_bytes());
+    header.extend_from_slice(&[0, 0]);
+    out.extend(frame(2, 1, &header));
+    let piece = vec![b'p'; 100 * 1024];
+    for _ in 0..11 {
+        out.extend(frame(3, 1, &piece));
+    }
+    raw.send_raw(&out).await;
+    assert_eq!(raw.expect_connection_close().await, 506);
+    // Given back: a message of 900 KiB in 9 frames goes through.
+    let mut raw = Raw::open(b.addr).await;
+    raw.open_channel(1).await;
+    let mut out = publish_method(1, &w.queue);
+    let mut header = vec![0, 60, 0, 0];
+    header.extend_from_slice(&(900u64 * 1024).to_be_bytes());
+    header.extend_from_slice(&[0, 0]);
+    out.extend(frame(2, 1, &header));
+    for _ in 0..9 {
+        out.extend(frame(3, 1, &piece));
+    }
+    raw.send_raw(&out).await;
+    raw.send_raw(&frame(1, 1, &[0, 85, 0, 10, 0])).await; // confirm.select, a round trip
+    raw.expect_method().await;
+    assert_eq!(ready(&w.ch, &w.queue).await, 1);
+}
+
+/// A transaction holds at most `max_transaction_bytes` of uncommitted publishes.
+#[tokio::test]
+async fn a_transaction_past_max_transaction_bytes_is_refused() {
+    let b = TestBroker::start_with(|c| c.max_transaction_bytes = 1 << 20).await;
+    let w = Witness::new(&b).await;
+    let (conn, ch) = b.channel().await;
+    ch.tx_select().await.unwrap();
+    let body = vec![b't'; 100 * 1024];
+    for _ in 0..10 {
+        ch.basic_publish(
+            "".into(),
+            w.queue.as_str().into(),
+            Default::default(),
+            &body,
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    }
+    ch.tx_commit().await.unwrap();
+    assert_eq!(ready(&w.ch, &w.queue).await, 10);
+    for _ in 0..11 {
+        let _ = ch
+            .basic_publish(
+                "".into(),
+                w.queue.as_str().into(),
+                Default::default(),
+                &body,
+                BasicProperties::default(),
+            )
+            .await;
+    }
+    let e = ch.tx_commit().await.unwrap_err();
+    assert_eq!(code(&e), 406, "{e:?}");
+    assert!(conn.status().connected());
+    assert_eq!(ready(&w.ch, &w.queue).await, 10);
+}
+
+/// An acking consumer without a prefetch limit gets at most `max_unacked_bytes` of bodies
+/// unacked; an ack lets the next one through.
+#[tokio::test]
+async fn unacked_deliveries_hold_at_most_max_unacked_bytes() {
+    use futures_lite::StreamExt;
+    let b = TestBroker::start_with(|c| c.max_unacked_bytes = 1 << 20).await;
+    let (_conn, ch) = b.channel().await;
+    let q = name("unacked");
+    ch.queue_declare(q.as_str().into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let body = vec![b'u'; 64 * 1024];
+    for _ in 0..50 {
+        ch.basic_publish(
+            "".into(),
+            q.as_str().into(),
+            Default::default(),
+            &body,
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(ready(&ch, &q).await, 50);
+    let (_c2, consumer_ch) = b.channel().await;
+    let mut consumer = consumer_ch
+        .basic_consume(
+            q.as_str().into(),
+            "greedy".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..16 {
+        got.push(consumer.next().await.unwrap().unwrap());
+    }
+    // 16 x 64 KiB is the limit: nothing more was pushed, and nothing will be until an ack.
+    assert_eq!(ready(&ch, &q).await, 34);
+    got[0].ack(Default::default()).await.unwrap();
+    let next = tokio::time::timeout(WAIT, consumer.next())
+        .await
+        .expect("one more after the ack")
+        .unwrap()
+        .unwrap();
+    assert!(!next.redelivered);
+    assert_eq!(ready(&ch, &q).await, 33);
+}

@@ -65,6 +65,9 @@ pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
 pub struct Broker {
     /// Settings from `rabbit.toml` and the command line.
     pub config: Config,
+    /// Memory for message bodies being received in several frames, across connections
+    /// (limited by `memory_budget`).
+    pub content_budget: Arc<crate::protocol::content::ContentBudget>,
     vhosts: DashMap<String, Arc<VHost>>,
     users: DashMap<String, String>,
     next_connection: AtomicU64,
@@ -150,6 +153,9 @@ impl Broker {
 
     fn build(config: Config, persist: Option<Arc<Persistence>>) -> Self {
         let b = Self {
+            content_budget: crate::protocol::content::ContentBudget::new(
+                config.memory_budget as usize,
+            ),
             vhosts: DashMap::new(),
             users: DashMap::new(),
             next_connection: AtomicU64::new(1),

@@ -149,13 +149,35 @@ impl Inbox {
     }
 }
 
-/// Channel-wide prefetch (`basic.qos global=true`), shared by the channel's consumers.
+/// Channel-wide credit shared by the channel's acking consumers: the prefetch of
+/// `basic.qos global=true`, and a bound on the body bytes of their unacked deliveries.
 #[derive(Debug, Default)]
 pub struct ChannelCredit {
     /// 0 = unlimited.
     pub limit: AtomicU32,
     /// Unacked deliveries of the channel's acking consumers.
     pub in_flight: AtomicU32,
+    /// Body bytes of those deliveries.
+    unacked_bytes: AtomicU64,
+    /// `max_unacked_bytes`: past it the channel's consumers get nothing more until acks
+    /// come, whatever their prefetch (with prefetch 0 nothing else would stop a consumer
+    /// that never acks from holding its whole queue in memory). 0 = unlimited.
+    byte_limit: u64,
+}
+
+impl ChannelCredit {
+    /// Credit for a channel whose unacked deliveries may hold `byte_limit` body bytes.
+    pub fn with_byte_limit(byte_limit: u64) -> Self {
+        Self {
+            byte_limit,
+            ..Self::default()
+        }
+    }
+
+    /// Whether the unacked deliveries hold the most bytes allowed.
+    pub fn bytes_full(&self) -> bool {
+        self.byte_limit != 0 && self.unacked_bytes.load(Ordering::Acquire) >= self.byte_limit
+    }
 }
 
 /// One consumer as its queue and its channel both see it. Every delivery carries it, so
@@ -226,6 +248,9 @@ impl ConsumerHandle {
                 return false;
             }
             if let Some(ch) = &self.channel {
+                if ch.bytes_full() {
+                    return false;
+                }
                 let limit = ch.limit.load(Ordering::Acquire);
                 // Several queues may race for the channel's last unit: add, then back out.
                 if ch.in_flight.fetch_add(1, Ordering::AcqRel) >= limit && limit != 0 {
@@ -241,7 +266,7 @@ impl ConsumerHandle {
     /// Undoes a `try_acquire` whose delivery did not happen.
     fn unacquire(&self) {
         if !self.no_ack {
-            self.release(1);
+            self.release(1, 0);
         }
     }
 
@@ -249,6 +274,12 @@ impl ConsumerHandle {
     /// only the consumer's queue pushes, under its lock, so the window checked there holds).
     fn pushed(&self, body: usize) {
         self.unwritten.fetch_add(unwritten(body), Ordering::AcqRel);
+        if !self.no_ack
+            && let Some(ch) = &self.channel
+            && ch.byte_limit != 0
+        {
+            ch.unacked_bytes.fetch_add(body as u64, Ordering::AcqRel);
+        }
     }
 
     /// The connection took a delivery of `body` bytes off its inbox (to write it, or to
@@ -260,8 +291,9 @@ impl ConsumerHandle {
         window_full(before) && !window_full(before - delta)
     }
 
-    /// Gives back `n` units of an acking consumer's prefetch (acked or rejected).
-    pub fn release(&self, n: u32) {
+    /// Gives back `n` units of an acking consumer's prefetch, and `bytes` of its channel's
+    /// unacked bytes (acked, rejected, or never sent).
+    pub fn release(&self, n: u32, bytes: u64) {
         let sub = |a: &AtomicU32| {
             let _ = a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
                 Some(v.saturating_sub(n))
@@ -270,6 +302,13 @@ impl ConsumerHandle {
         sub(&self.in_flight);
         if let Some(ch) = &self.channel {
             sub(&ch.in_flight);
+            if ch.byte_limit != 0 && bytes != 0 {
+                let _ = ch
+                    .unacked_bytes
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                        Some(v.saturating_sub(bytes))
+                    });
+            }
         }
     }
 }

@@ -214,7 +214,20 @@ impl Channel {
                 exchange.name, ctx.vhost.name
             ))));
         }
-        if let Mode::Tx { publishes, .. } = &mut self.mode {
+        if let Mode::Tx {
+            publishes, bytes, ..
+        } = &mut self.mode
+        {
+            // Held until commit: bounded, so a transaction that never commits cannot hold
+            // the broker's memory. Each publish costs its body and its bookkeeping.
+            let cost = c.body.len() as u64 + TX_PUBLISH_OVERHEAD;
+            if !publishes.is_empty() && *bytes + cost > ctx.max_transaction_bytes {
+                return Err(fail(AmqpError::precondition_failed(format!(
+                    "transaction holds more than max_transaction_bytes ({}) of uncommitted publishes",
+                    ctx.max_transaction_bytes
+                ))));
+            }
+            *bytes += cost;
             publishes.push(TxPublish {
                 publish: c.publish,
                 properties: c.properties,
@@ -396,13 +409,17 @@ impl Channel {
     }
 
     fn apply_settles(&mut self, ctx: &mut Ctx<'_>, taken: Vec<Unacked>, how: Settle) {
+        let bytes_full = self.global.bytes_full();
         if how == Settle::Requeue {
             requeue_grouped(ctx, taken);
+            if bytes_full {
+                self.kick_consumers(ctx);
+            }
             return;
         }
         for u in &taken {
             if let Some(c) = &u.consumer {
-                c.release(1);
+                c.release(1, u.entry.msg.body.len() as u64);
                 ctx.kick(&u.queue);
             }
             if how == Settle::Ack {
@@ -412,11 +429,15 @@ impl Channel {
         if how == Settle::Discard {
             discard_grouped(taken);
         }
-        if self.global.limit.load(Ordering::Acquire) != 0 {
+        if self.global.limit.load(Ordering::Acquire) != 0 || bytes_full {
             // Channel-wide credit came back: any of this channel's consumers may go on.
-            for c in self.consumers.values() {
-                ctx.kick(&c.queue);
-            }
+            self.kick_consumers(ctx);
+        }
+    }
+
+    fn kick_consumers(&self, ctx: &mut Ctx<'_>) {
+        for c in self.consumers.values() {
+            ctx.kick(&c.queue);
         }
     }
 
@@ -476,6 +497,7 @@ impl Channel {
                 self.mode = Mode::Tx {
                     publishes: Vec::new(),
                     settles: Vec::new(),
+                    bytes: 0,
                 }
             }
             Mode::Tx { .. } => {}
@@ -488,11 +510,17 @@ impl Channel {
     }
 
     pub(super) fn tx_commit(&mut self, ctx: &mut Ctx<'_>) -> Result<()> {
-        let Mode::Tx { publishes, settles } = &mut self.mode else {
+        let Mode::Tx {
+            publishes,
+            settles,
+            bytes,
+        } = &mut self.mode
+        else {
             return Err(AmqpError::precondition_failed(
                 "channel is not transactional",
             ));
         };
+        *bytes = 0;
         let publishes = std::mem::take(publishes);
         let settles = std::mem::take(settles);
         for p in publishes {
@@ -522,11 +550,17 @@ impl Channel {
     }
 
     pub(super) fn tx_rollback(&mut self, ctx: &mut Ctx<'_>) -> Result<()> {
-        let Mode::Tx { publishes, settles } = &mut self.mode else {
+        let Mode::Tx {
+            publishes,
+            settles,
+            bytes,
+        } = &mut self.mode
+        else {
             return Err(AmqpError::precondition_failed(
                 "channel is not transactional",
             ));
         };
+        *bytes = 0;
         publishes.clear();
         // Rolled-back settlements leave the deliveries outstanding again, in tag order.
         let back: Vec<Unacked> = settles.drain(..).map(|(u, _)| u).collect();
@@ -541,6 +575,10 @@ impl Channel {
         Ok(())
     }
 }
+
+/// What a held transactional publish costs besides its body (the method, properties and
+/// their decoded form), for `max_transaction_bytes`.
+const TX_PUBLISH_OVERHEAD: u64 = 512;
 
 /// RabbitMQ's checks on a published message's properties.
 fn validate_properties(p: &BasicProperties, user: &str) -> Result<()> {

@@ -39,6 +39,10 @@ pub struct Ctx<'a> {
     pub frame_max: u32,
     /// Configured largest body.
     pub max_message_size: u64,
+    /// Configured most body bytes held by one transaction.
+    pub max_transaction_bytes: u64,
+    /// Broker-wide memory for bodies received in several frames.
+    pub content_budget: &'a Arc<crate::protocol::content::ContentBudget>,
     /// Queues to re-run dispatch on once this batch is done (credit was given back).
     pub kicks: &'a mut Vec<Arc<Queue>>,
 }
@@ -110,6 +114,8 @@ enum Mode {
     Tx {
         publishes: Vec<TxPublish>,
         settles: Vec<(Unacked, Settle)>,
+        /// What `publishes` costs against `max_transaction_bytes`.
+        bytes: u64,
     },
 }
 
@@ -150,7 +156,8 @@ pub struct Channel {
 
 impl Channel {
     /// A freshly opened channel.
-    pub fn new(id: u16) -> Self {
+    /// A new channel whose unacked deliveries may hold `max_unacked_bytes` of bodies.
+    pub fn new(id: u16, max_unacked_bytes: u64) -> Self {
         Self {
             id,
             closing: false,
@@ -159,7 +166,7 @@ impl Channel {
             unacked: VecDeque::new(),
             consumers: HashMap::new(),
             prefetch: 0,
-            global: Arc::default(),
+            global: Arc::new(ChannelCredit::with_byte_limit(max_unacked_bytes)),
             mode: Mode::Plain,
             last_queue: None,
             route_buf: Vec::new(),
@@ -263,7 +270,7 @@ impl Channel {
     /// # Errors
     /// 505 out of order, 501 overrun, or the publish's own errors.
     pub fn handle_body(&mut self, ctx: &mut Ctx<'_>, payload: Bytes) -> Result<()> {
-        match self.assembly.body(payload)? {
+        match self.assembly.body(payload, ctx.content_budget)? {
             Some(content) => self.publish_content(ctx, content),
             None => Ok(()),
         }
@@ -283,7 +290,11 @@ impl Channel {
         if self.closing || !consumer.is_attached() {
             // Cancelled while the delivery was in flight: it was never sent, so it goes
             // back unchanged (not marked redelivered), whatever the ack mode. A consumer
-            // that has since taken the same tag does not get it.
+            // that has since taken the same tag does not get it. The credit it took (of
+            // the channel's, for an acking consumer) comes back.
+            if !consumer.no_ack {
+                consumer.release(1, entry.msg.body.len() as u64);
+            }
             queue.requeue_unsent(entry);
             ctx.kick(&queue);
             return;
@@ -438,7 +449,7 @@ impl Channel {
 fn requeue_grouped(ctx: &mut Ctx<'_>, mut items: Vec<Unacked>) {
     for u in &items {
         if let Some(c) = &u.consumer {
-            c.release(1);
+            c.release(1, u.entry.msg.body.len() as u64);
         }
     }
     while let Some(first) = items.first() {

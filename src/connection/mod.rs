@@ -277,6 +277,8 @@ macro_rules! ctx {
             inbox: &mut $self.inbox,
             frame_max: $self.opened.frame_max,
             max_message_size: $self.broker.config.max_message_size,
+            content_budget: &$self.broker.content_budget,
+            max_transaction_bytes: $self.broker.config.max_transaction_bytes,
             kicks: &mut $self.kicks,
         }
     };
@@ -728,7 +730,8 @@ impl Connection {
                             self.channels.len()
                         ))));
                     }
-                    self.channels.insert(id, Channel::new(id));
+                    self.channels
+                        .insert(id, Channel::new(id, self.broker.config.max_unacked_bytes));
                     protocol::write_method(
                         &mut self.out,
                         id,

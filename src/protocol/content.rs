@@ -1,7 +1,13 @@
 //! Per-channel content assembly: `basic.publish` + content header + body frames → one
 //! complete message, or the connection error RabbitMQ raises for frames out of order.
 //!
-//! Sans I/O; the channel owns one `Assembly` and feeds it frames in arrival order.
+//! Sans I/O; the channel owns one `Assembly` and feeds it frames in arrival order. A body
+//! that comes in several frames is copied together here, and those copies count against a
+//! [`ContentBudget`] shared by every connection, so that clients which start many large
+//! messages and never finish them cannot make the broker hold more than the budget.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use amq_protocol::protocol::basic::Publish;
 use bytes::{Bytes, BytesMut};
@@ -21,6 +27,62 @@ pub struct Content {
     pub body: Bytes,
 }
 
+/// Memory for message bodies being received in several frames, broker-wide.
+#[derive(Debug)]
+pub struct ContentBudget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl ContentBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// What one partly received body holds of the budget; given back when dropped (the body
+/// completed, the channel closed, the connection went).
+#[derive(Debug)]
+struct Charge {
+    budget: Arc<ContentBudget>,
+    bytes: usize,
+}
+
+impl Charge {
+    fn add(&mut self, n: usize) -> Result<()> {
+        let before = self.budget.used.fetch_add(n, Ordering::AcqRel);
+        if before + n > self.budget.limit {
+            self.budget.used.fetch_sub(n, Ordering::AcqRel);
+            return Err(AmqpError::resource_error(format!(
+                "message bodies being received exceed memory_budget ({} bytes)",
+                self.budget.limit
+            ))
+            .with_method(60, 40));
+        }
+        self.bytes += n;
+        Ok(())
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// The most reserved ahead of what has arrived for a body in several frames: a header
+/// declaring 128 MiB reserves no more than this until the bytes come.
+const RESERVE_AHEAD: usize = 1 << 20;
+
 // One per channel, so the size of the body-waiting variant does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Default)]
@@ -35,6 +97,8 @@ enum State {
         size: u64,
         body: Option<Bytes>,
         parts: BytesMut,
+        /// What `parts` holds of the budget, once a second frame made a copy.
+        charge: Option<Charge>,
     },
 }
 
@@ -101,17 +165,24 @@ impl Assembly {
             size,
             body: None,
             parts: BytesMut::new(),
+            charge: None,
         };
         Ok(None)
     }
 
-    /// A body frame arrived.
+    /// A body frame arrived. A body in several frames is copied together, charged to
+    /// `budget`.
     ///
     /// # Errors
-    /// 505 when no header precedes it; 501 when it overruns the declared body size.
-    pub fn body(&mut self, payload: Bytes) -> Result<Option<Content>> {
+    /// 505 when no header precedes it; 501 when it overruns the declared body size; 506
+    /// when the copy would take `budget` past its limit.
+    pub fn body(&mut self, payload: Bytes, budget: &Arc<ContentBudget>) -> Result<Option<Content>> {
         let State::AwaitBody {
-            size, body, parts, ..
+            size,
+            body,
+            parts,
+            charge,
+            ..
         } = &mut self.state
         else {
             return Err(AmqpError::unexpected_frame(
@@ -125,15 +196,20 @@ impl Assembly {
             )));
         }
         // The common case, a body in one frame, keeps the read buffer's slice: no copy.
+        // (`body` is only ever set here, when it completes the message.)
         if received == 0 && payload.len() as u64 == *size {
             *body = Some(payload);
         } else {
-            if let Some(first) = body.take() {
-                parts.extend_from_slice(&first);
-            }
-            if parts.is_empty() {
-                // Bounded by max_message_size, checked at the header.
-                parts.reserve(*size as usize);
+            let charge = charge.get_or_insert_with(|| Charge {
+                budget: budget.clone(),
+                bytes: 0,
+            });
+            charge.add(payload.len())?;
+            // Reserve for what is still to come, but never far ahead of what arrived: the
+            // declared size alone must not make the broker allocate it.
+            if parts.capacity() - parts.len() < payload.len() {
+                let to_come = (*size - received) as usize;
+                parts.reserve(to_come.min(parts.len().max(RESERVE_AHEAD)));
             }
             parts.extend_from_slice(&payload);
         }
@@ -173,6 +249,10 @@ mod tests {
         }
     }
 
+    fn budget() -> Arc<ContentBudget> {
+        ContentBudget::new(1 << 30)
+    }
+
     #[test]
     fn body_in_several_frames_is_joined() {
         let mut a = Assembly::default();
@@ -182,8 +262,15 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        assert!(a.body(Bytes::from_static(b"he")).unwrap().is_none());
-        let c = a.body(Bytes::from_static(b"llo")).unwrap().unwrap();
+        assert!(
+            a.body(Bytes::from_static(b"he"), &budget())
+                .unwrap()
+                .is_none()
+        );
+        let c = a
+            .body(Bytes::from_static(b"llo"), &budget())
+            .unwrap()
+            .unwrap();
         assert_eq!(&c.body[..], b"hello");
         assert!(!a.in_progress());
     }
@@ -201,13 +288,23 @@ mod tests {
         let mut a = Assembly::default();
         a.start(publish());
         a.header(Default::default(), Bytes::new(), 2, 100).unwrap();
-        assert_eq!(a.body(Bytes::from_static(b"abc")).unwrap_err().code, 501);
+        assert_eq!(
+            a.body(Bytes::from_static(b"abc"), &budget())
+                .unwrap_err()
+                .code,
+            501
+        );
     }
 
     #[test]
     fn out_of_order_frames_are_unexpected() {
         let mut a = Assembly::default();
-        assert_eq!(a.body(Bytes::from_static(b"x")).unwrap_err().code, 505);
+        assert_eq!(
+            a.body(Bytes::from_static(b"x"), &budget())
+                .unwrap_err()
+                .code,
+            505
+        );
         assert_eq!(
             a.header(Default::default(), Bytes::new(), 1, 10)
                 .unwrap_err()
@@ -224,5 +321,48 @@ mod tests {
             .header(Default::default(), Bytes::new(), 11, 10)
             .unwrap_err();
         assert_eq!(e.code, 406);
+    }
+
+    /// A header's declared size is not reserved up front, copies are charged while the body
+    /// is in progress and given back when it completes or is dropped, and a copy past the
+    /// budget is a 506.
+    #[test]
+    fn partial_bodies_are_charged_to_the_budget() {
+        let budget = ContentBudget::new(10);
+        let mut a = Assembly::default();
+        a.start(publish());
+        a.header(Default::default(), Bytes::new(), 1 << 30, u64::MAX)
+            .unwrap();
+        assert!(
+            a.body(Bytes::from_static(b"abcd"), &budget)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(budget.used(), 4);
+        assert!(
+            a.body(Bytes::from_static(b"efgh"), &budget)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(budget.used(), 8);
+        match &a.state {
+            State::AwaitBody { parts, .. } => assert!(parts.capacity() < 2 * RESERVE_AHEAD),
+            _ => panic!("still receiving"),
+        }
+        let e = a.body(Bytes::from_static(b"ijk"), &budget).unwrap_err();
+        assert_eq!(e.code, 506);
+        a.reset();
+        assert_eq!(budget.used(), 0);
+
+        let mut a = Assembly::default();
+        a.start(publish());
+        a.header(Default::default(), Bytes::new(), 6, 100).unwrap();
+        a.body(Bytes::from_static(b"abc"), &budget).unwrap();
+        let c = a
+            .body(Bytes::from_static(b"def"), &budget)
+            .unwrap()
+            .unwrap();
+        assert_eq!(&c.body[..], b"abcdef");
+        assert_eq!(budget.used(), 0);
     }
 }
