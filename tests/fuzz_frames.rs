@@ -358,7 +358,12 @@ fn publish_frames(ch: u16, routing_key: &str, props: BasicProperties, body: &[u8
 /// Encodes the seeds back to back; returns the bytes and where each frame starts.
 fn build(seeds: &[Seed]) -> (Vec<u8>, Vec<usize>) {
     let cap = depth_cap();
-    let mut out = Vec::new();
+    // Channel 1 is opened first (mutable like the rest): without it nearly every case
+    // would stop at a 504 on its first method and never reach the decoders behind it.
+    let mut out = method(
+        1,
+        AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+    );
     for s in seeds {
         let capped;
         let s = match s {
