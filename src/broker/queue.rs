@@ -959,6 +959,14 @@ impl Queue {
                 Published::Accepted(wait)
             }
         };
+        // A publisher faster than the disk (persistent messages, or bodies paged out past the
+        // budget) waits here, off the queue lock, until the log has taken its pending batch:
+        // otherwise the batch grows by the disk's lag, in memory the budget does not count.
+        if let Some(p) = &self.persist
+            && p.store.backlogged()
+        {
+            crate::broker::blocking(|| p.store.wait_for_room());
+        }
         self.dead_letter(dead);
         result
     }

@@ -15,6 +15,13 @@
 //! writes and syncs, appenders fill the other buffer: batches form by themselves, without a
 //! timer, and grow with the sync latency.
 //!
+//! The pending buffer is bounded ([`PENDING_MAX`]): an appender that fills it is told so,
+//! and waits (`MessageStore::wait_for_room`, off the queue lock) until the committer takes
+//! the batch. Without the bound a publisher faster than the disk grew it by the disk's lag:
+//! a 1 GiB flood of 64 KiB transient messages paging out past its queue's budget left 256
+//! MiB pending while the previous batch was written, and the broker's RSS peaked at 1.1
+//! GiB. When the log goes idle the committer also gives back both buffers if they grew.
+//!
 //! Fail-stop: the first failed write, sync, unlink or directory sync is logged once, the
 //! cause is kept, the watermark is marked failed (every unsynced confirm fails) and the
 //! thread exits; appends fail from then on. Nothing here touches the disk again.
@@ -32,6 +39,15 @@ use tokio::sync::watch;
 use super::index::Index;
 use super::segment::{self, ID_RECORD_LEN, KIND_ACK, KIND_DELIVERED};
 use super::{Appended, Faults, Location, MsgId, Seq, StoreError};
+
+/// Encoded bytes pending before appenders wait for the committer to take them. A batch
+/// this size is about 30 ms of a 250 MB/s disk, so the disk stays busy while the next one
+/// fills; the two buffers hold at most twice this (rounded up to a power of two by `Vec`)
+/// plus one record.
+pub(crate) const PENDING_MAX: usize = 8 << 20;
+
+/// A buffer kept across an idle spell may be this large; a bigger one (a flood's) is freed.
+const IDLE_KEEP: usize = 1 << 20;
 
 /// Durability as published to async waiters through the watch channel.
 #[derive(Clone, Copy, Debug)]
@@ -71,6 +87,11 @@ pub(crate) struct Shared {
     /// Appenders -> committer: there is pending work (records, a flush, or close). The
     /// committer is the only waiter.
     pub(crate) work: Condvar,
+    /// Set (under `state`) by an append that leaves `pending` at [`PENDING_MAX`] or more,
+    /// cleared when the committer takes it: one relaxed load tells a publisher it must wait.
+    pub(crate) full: AtomicBool,
+    /// Committer -> appenders waiting for `pending` to be taken (on `state`).
+    pub(crate) room: Condvar,
     /// Mirror of the watermark for lock-free polling (`Watermark::status`).
     pub(crate) synced: AtomicU64,
     /// Set (Release) after `cause`, so a reader that sees it (Acquire) finds the cause.
@@ -347,10 +368,23 @@ impl Committer {
     /// Waits for work and takes the whole pending batch.
     fn take(&mut self) -> Batch {
         let mut st = self.shared.state.lock();
+        if st.pending.is_empty() && st.flush_req == self.flushed && !st.closing {
+            // Going idle: a flood's buffers are not kept for the next one (the allocator
+            // can give them back to the OS).
+            if self.buf.capacity() > IDLE_KEEP {
+                self.buf = Vec::new();
+            }
+            if st.pending.capacity() > IDLE_KEEP {
+                st.pending = Vec::new();
+            }
+        }
         while st.pending.is_empty() && st.flush_req == self.flushed && !st.closing {
             self.shared.work.wait(&mut st);
         }
         std::mem::swap(&mut self.buf, &mut st.pending);
+        if self.shared.full.swap(false, Ordering::Relaxed) {
+            self.shared.room.notify_all();
+        }
         let batch = Batch {
             seg: st.pending_seg,
             rolls: std::mem::take(&mut st.rolls),
@@ -500,6 +534,8 @@ impl Committer {
             st.failed = true;
             st.pending = Vec::new();
             st.rolls.clear();
+            self.shared.full.store(false, Ordering::Relaxed);
+            self.shared.room.notify_all();
         }
         self.tx.send_replace(Durable {
             synced: self.synced,

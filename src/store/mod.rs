@@ -456,6 +456,8 @@ impl MessageStore {
                 opts.segment_size,
             )),
             work: Condvar::new(),
+            full: AtomicBool::new(false),
+            room: Condvar::new(),
             synced: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             cause: Default::default(),
@@ -498,9 +500,32 @@ impl MessageStore {
         }
         // The expensive part of the checksum, outside the lock.
         let crc = segment::publish_crc_prefix(queue, payload);
-        let appended = self.shared.state.lock().publish(crc, queue, payload)?;
+        let appended = {
+            let mut st = self.shared.state.lock();
+            let appended = st.publish(crc, queue, payload)?;
+            if st.pending.len() >= committer::PENDING_MAX {
+                self.shared.full.store(true, Ordering::Relaxed);
+            }
+            appended
+        };
         self.shared.work.notify_one();
         Ok(appended)
+    }
+
+    /// Whether the pending batch is full: an appender should then
+    /// [`wait_for_room`](Self::wait_for_room) before appending more. One relaxed load.
+    pub fn backlogged(&self) -> bool {
+        self.shared.full.load(Ordering::Relaxed)
+    }
+
+    /// Blocks the calling thread until the committer has taken the pending batch (or the
+    /// store failed or is closing), so appenders cannot run ahead of the disk by more than
+    /// one batch. Not for async tasks without `block_in_place`.
+    pub fn wait_for_room(&self) {
+        let mut st = self.shared.state.lock();
+        while st.pending.len() >= committer::PENDING_MAX && !st.failed && !st.closing {
+            self.shared.room.wait(&mut st);
+        }
     }
 
     /// Records that message `id` is acked (dead). Written with the next batch, never synced
@@ -717,6 +742,7 @@ impl MessageStore {
         };
         self.shared.state.lock().closing = true;
         self.shared.work.notify_one();
+        self.shared.room.notify_all();
         if handle.join().is_err() {
             // Already logged by the committer's drop guard.
             tracing::error!("message store: committer thread panicked");
