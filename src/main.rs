@@ -17,6 +17,34 @@ use warren::config::Config;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+// mimalloc's own C API, linked in with the allocator (libmimalloc-sys binds it only behind a
+// feature that needs one more crate).
+unsafe extern "C" {
+    fn mi_collect(force: bool);
+}
+
+/// mimalloc gives freed memory back to the OS a while after it is freed (`purge_delay`, 1 s
+/// in mimalloc 3), but only when some thread calls into the allocator after that: a broker
+/// that went idle right after a queue of 1 GiB of 64 KiB messages was deleted kept 160 MiB
+/// of RSS for as long as it stayed idle. This thread does the late purge once a second (a
+/// few atomic loads when there is nothing to purge). A purge delay of 0 instead made S5
+/// (1 KiB, 1 -> 1) about 45% slower: memory freed and reused at once was returned and
+/// faulted in again.
+fn spawn_purger() {
+    let spawned = std::thread::Builder::new()
+        .name("warren-purge".into())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                // SAFETY: no preconditions; not forced, so only purges whose delay expired.
+                unsafe { mi_collect(false) };
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the allocator purge thread: {e}");
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match load(&cli) {
@@ -27,6 +55,7 @@ fn main() -> ExitCode {
         }
     };
     warren::telemetry::init(&config.log);
+    spawn_purger();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.workers())
         .enable_all()
