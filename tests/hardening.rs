@@ -735,3 +735,68 @@ async fn unacked_deliveries_hold_at_most_max_unacked_bytes() {
     assert!(!next.redelivered);
     assert_eq!(ready(&ch, &q).await, 33);
 }
+
+/// A deep transient queue pages past `queue_memory_budget` instead of holding its bodies,
+/// even when publishers outrun the disk, and a delete gives the memory back to the system.
+/// Once, the log's pending batch grew without bound while a slower disk wrote the previous
+/// one (a 1 GiB flood held 951 MiB with a 128 MiB budget), and RSS stayed high after the
+/// delete. The disk here is slowed to 32 MiB/s by a test hook, below what one publisher sends.
+#[tokio::test]
+async fn a_deep_transient_queue_stays_near_its_budget_and_a_delete_gives_memory_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rabbit.toml");
+    std::fs::write(&config, "queue_memory_budget = 16777216\n").unwrap();
+    let rate = (32u64 << 20).to_string();
+    let b = BinBroker::start_with_env(
+        dir.path(),
+        &config,
+        &[(warren::broker::TEST_DISK_RATE_ENV, rate.as_str())],
+    );
+    let pid = b.child.id();
+    let (_c, ch) = b.channel().await;
+    let q = name("flood");
+    ch.queue_declare(q.as_str().into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let idle_mib = proc_kib(pid, "VmRSS:") / 1024;
+    // 160 MiB, published without waiting for anything until the end.
+    let body = vec![b'f'; 64 * 1024];
+    for _ in 0..2560 {
+        ch.basic_publish(
+            "".into(),
+            q.as_str().into(),
+            Default::default(),
+            &body,
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let mut peak_mib = 0;
+    while ready(&ch, &q).await < 2560 {
+        peak_mib = peak_mib.max(proc_kib(pid, "VmRSS:") / 1024);
+    }
+    peak_mib = peak_mib.max(proc_kib(pid, "VmRSS:") / 1024);
+    assert!(
+        peak_mib < idle_mib + 80,
+        "160 MiB queued with a 16 MiB budget: RSS peaked at {peak_mib} MiB, idle {idle_mib} MiB"
+    );
+    let deleted = ch
+        .queue_delete(q.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    assert_eq!(deleted, 2560);
+    // The allocator hands freed pages back from a once-a-second purge: poll for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let now_mib = proc_kib(pid, "VmRSS:") / 1024;
+        if now_mib <= idle_mib + 32 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "RSS {now_mib} MiB 15 s after the delete, idle {idle_mib} MiB"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

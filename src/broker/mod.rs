@@ -74,6 +74,11 @@ pub struct Broker {
     persist: Option<Arc<Persistence>>,
 }
 
+/// With the `test-hooks` feature (tests only): bytes per second the message log's disk is
+/// slowed to, read by [`Broker::open`].
+#[cfg(feature = "test-hooks")]
+pub const TEST_DISK_RATE_ENV: &str = "WARREN_TEST_DISK_BYTES_PER_SEC";
+
 impl Broker {
     /// A broker without persistence (nothing is written to disk).
     pub fn new(config: Config) -> Self {
@@ -86,7 +91,17 @@ impl Broker {
     /// # Errors
     /// The stores could not be opened (for example, another broker uses the directory).
     pub fn open(config: Config) -> std::io::Result<Self> {
-        Self::open_with(config, StoreOptions::default())
+        #[allow(unused_mut)]
+        let mut options = StoreOptions::default();
+        // Tests of the broker binary model a slow disk through the environment.
+        #[cfg(feature = "test-hooks")]
+        if let Some(rate) = std::env::var(TEST_DISK_RATE_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            options.faults.write_bytes_per_sec = Some(rate);
+        }
+        Self::open_with(config, options)
     }
 
     /// [`Broker::open`] with explicit message-log options (segment size, fault injection).

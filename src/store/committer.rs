@@ -453,6 +453,10 @@ impl Committer {
         let open = self.file.as_mut().expect("segment file is open");
         open.file.write_all(bytes)?;
         open.dirty = true;
+        if let Some(rate) = self.faults.write_bytes_per_sec {
+            let nanos = bytes.len() as u128 * 1_000_000_000 / u128::from(rate.max(1));
+            std::thread::sleep(std::time::Duration::from_nanos(nanos as u64));
+        }
         self.shared
             .counters
             .bytes_written

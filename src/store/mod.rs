@@ -131,6 +131,9 @@ pub struct Faults {
     pub fail_write_after: Option<u64>,
     /// Let this many segment `fdatasync`s succeed, then fail every one.
     pub fail_sync_after: Option<u64>,
+    /// A slow disk: each segment write also sleeps as long as writing its bytes at this
+    /// many bytes per second would take, so appenders can outrun the committer.
+    pub write_bytes_per_sec: Option<u64>,
 }
 
 /// What [`MessageStore::open`] found on disk.

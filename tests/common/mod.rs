@@ -336,16 +336,30 @@ pub struct BinBroker {
 
 impl BinBroker {
     pub fn start(dir: &std::path::Path) -> Self {
-        Self::spawn(dir, None)
+        Self::spawn(dir, None, &[])
     }
 
     pub fn start_with_config(dir: &std::path::Path, config: &std::path::Path) -> Self {
-        Self::spawn(dir, Some(config))
+        Self::spawn(dir, Some(config), &[])
     }
 
-    fn spawn(dir: &std::path::Path, config: Option<&std::path::Path>) -> Self {
+    /// With a config file and extra environment (e.g. the test hooks' variables).
+    pub fn start_with_env(
+        dir: &std::path::Path,
+        config: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Self {
+        Self::spawn(dir, Some(config), env)
+    }
+
+    fn spawn(
+        dir: &std::path::Path,
+        config: Option<&std::path::Path>,
+        env: &[(&str, &str)],
+    ) -> Self {
         use std::io::BufRead;
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_warren"));
+        cmd.envs(env.iter().copied());
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }
