@@ -43,9 +43,19 @@ async fn start_advertises_warren_and_its_capabilities() {
         "basic.nack",
         "consumer_cancel_notify",
         "exchange_exchange_bindings",
+        "per_consumer_qos",
+        "authentication_failure_close",
+        "consumer_priorities",
+        "direct_reply_to",
+        "connection.blocked",
     ] {
-        assert!(caps.contains_key(cap), "{cap}");
+        assert!(
+            matches!(caps.inner().get(cap), Some(amq_protocol::types::AMQPValue::Boolean(true))),
+            "{cap}"
+        );
     }
+    // Exactly what RabbitMQ 3.10.8 advertises, each of which Warren implements.
+    assert_eq!(caps.inner().len(), 9, "{caps:?}");
     assert_eq!(start.mechanisms.as_bytes(), b"AMQPLAIN PLAIN");
 }
 

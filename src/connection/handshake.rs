@@ -63,8 +63,10 @@ fn server_properties() -> FieldTable {
         "consumer_cancel_notify",
         "per_consumer_qos",
         "authentication_failure_close",
-        // Warren never blocks publishers yet, but understands the notification pair, so a
-        // client may register for it.
+        "consumer_priorities",
+        "direct_reply_to",
+        // Warren never blocks publishers yet, so the promise to say so when it does is
+        // kept trivially; a client may register for the notification pair.
         "connection.blocked",
     ] {
         caps.insert(cap.into(), AMQPValue::Boolean(true));
@@ -185,6 +187,24 @@ fn capability(props: &FieldTable, name: &str) -> bool {
     }
 }
 
+/// The protocol headers Warren accepts, and the version its `connection.start` then names:
+/// RabbitMQ's handshake clauses. `AMQP 0 0 9 1` is 0-9-1. `AMQP 1 1 0 9` is 0-9, which is
+/// answered as 0-9 and spoken as 0-9-1 (the Perl clients, Net::AMQP and AnyEvent::RabbitMQ,
+/// send it). `AMQP 1 1 9 1` and `AMQP 1 1 8 0` are the two spellings of 0-8's header, which
+/// RabbitMQ answers with version 8-0.
+///
+/// compat: RabbitMQ then speaks 0-8's method set to those clients; Warren speaks 0-9-1, which
+/// is the same on the wire for the methods such clients use in practice except `access.request`
+/// (unknown to 0-9-1: the connection is dropped) and 0-8's `basic.consume` without an
+/// arguments table (a frame error).
+fn start_version(header: &[u8]) -> Option<(u8, u8)> {
+    match header {
+        b"AMQP\x00\x00\x09\x01" | b"AMQP\x01\x01\x00\x09" => Some((0, 9)),
+        b"AMQP\x01\x01\x09\x01" | b"AMQP\x01\x01\x08\x00" => Some((8, 0)),
+        _ => None,
+    }
+}
+
 /// Runs the handshake on a fresh socket. `buf` keeps whatever the client pipelined after
 /// connection.open.
 ///
@@ -202,16 +222,16 @@ pub(super) async fn run(
             Ok(_) => {}
         }
     }
-    if &buf[..8] != PROTOCOL_HEADER {
+    let Some((version_major, version_minor)) = start_version(&buf[..8]) else {
         let _ = wr.write_all(PROTOCOL_HEADER).await;
         return Err(silent(format!("bad protocol header {:?}", &buf[..8])));
-    }
+    };
     let _ = buf.split_to(8);
     send(
         wr,
         c::AMQPMethod::Start(c::Start {
-            version_major: 0,
-            version_minor: 9,
+            version_major,
+            version_minor,
             server_properties: server_properties(),
             mechanisms: LongString::from("AMQPLAIN PLAIN"),
             locales: LongString::from("en_US"),

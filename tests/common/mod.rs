@@ -171,8 +171,22 @@ impl Raw {
         frame_max: u32,
         heartbeat: u16,
     ) -> Option<AMQPClass> {
-        self.send_raw(b"AMQP\x00\x00\x09\x01").await;
-        self.expect_method().await; // start
+        self.handshake_from(b"AMQP\x00\x00\x09\x01", channel_max, frame_max, heartbeat)
+            .await
+            .1
+    }
+
+    /// The handshake after sending `header`: returns connection.start and what answered
+    /// connection.open.
+    pub async fn handshake_from(
+        &mut self,
+        header: &[u8; 8],
+        channel_max: u16,
+        frame_max: u32,
+        heartbeat: u16,
+    ) -> (AMQPClass, Option<AMQPClass>) {
+        self.send_raw(header).await;
+        let start = self.expect_method().await;
         let mut caps = FieldTable::default();
         caps.insert(
             "authentication_failure_close".into(),
@@ -207,7 +221,7 @@ impl Raw {
             })),
         )
         .await;
-        self.next_method().await
+        (start, self.next_method().await)
     }
 
     /// Opens channel `ch` and waits for open-ok.

@@ -60,6 +60,7 @@ def test_raw_handshake_and_tune(raw):
     "publisher_confirms", "exchange_exchange_bindings", "basic.nack",
     "consumer_cancel_notify", "per_consumer_qos",
     "authentication_failure_close", "connection.blocked",
+    "consumer_priorities", "direct_reply_to",
 ])
 def test_capabilities(conn, capability):
     caps = conn._impl.server_capabilities  # pylint: disable=protected-access
