@@ -157,7 +157,11 @@ pub struct PolicyDefinition {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listeners: vec![SocketAddr::from(([127, 0, 0, 1], 5672))],
+            // Loopback on both families: `localhost` is `::1` first on modern stacks.
+            listeners: vec![
+                SocketAddr::from(([127, 0, 0, 1], 5672)),
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 5672)),
+            ],
             data_dir: PathBuf::from("data"),
             default_user: "guest".into(),
             default_pass: "guest".into(),
@@ -302,7 +306,13 @@ mod tests {
     #[test]
     fn empty_file_gives_the_defaults() {
         let c = Config::parse("").unwrap();
-        assert_eq!(c.listeners[0].port(), 5672);
+        assert_eq!(
+            c.listeners,
+            [
+                "127.0.0.1:5672".parse().unwrap(),
+                "[::1]:5672".parse().unwrap()
+            ]
+        );
         assert_eq!(c.frame_max, 131_072);
         assert_eq!(c.default_user, "guest");
     }

@@ -16,19 +16,63 @@ use crate::connection;
 /// How long shutdown waits for connections to finish their close handshake.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Binds every configured listener.
+/// Binds every configured listener. An IPv6 address this machine cannot bind (no IPv6
+/// stack, or the address is not assigned here) is skipped with one warning, so the default
+/// pair of loopback listeners (`127.0.0.1` and `[::1]`) starts on an IPv4-only machine.
 ///
 /// # Errors
-/// The bind error, with the address in the message (e.g. "address in use").
+/// Any other bind error, with the address in the message (e.g. "address in use"), or
+/// the skipped error when nothing could be bound at all.
 pub async fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
     let mut out = Vec::new();
+    let mut skipped = None;
     for a in addrs {
-        let l = TcpListener::bind(a)
-            .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))?;
-        out.push(l);
+        let e = match TcpListener::bind(a).await {
+            Ok(l) => {
+                out.push(l);
+                continue;
+            }
+            Err(e) => std::io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")),
+        };
+        if a.is_ipv6() && unavailable_here(&e) {
+            tracing::warn!("{e}; going on without it");
+            skipped = Some(e);
+            continue;
+        }
+        return Err(e);
     }
-    Ok(out)
+    match skipped {
+        Some(e) if out.is_empty() => Err(e),
+        _ => Ok(out),
+    }
+}
+
+/// EADDRNOTAVAIL, or EAFNOSUPPORT (97 on Linux; std has no kind for it).
+fn unavailable_here(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::AddrNotAvailable
+        || (cfg!(target_os = "linux") && e.raw_os_error() == Some(97))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_ipv6_address_this_machine_lacks_is_skipped_and_others_still_bind() {
+        // 2001:db8::/32 is the documentation prefix: never assigned to this machine.
+        let missing: SocketAddr = "[2001:db8::1]:0".parse().unwrap();
+        let v4: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let bound = bind(&[v4, missing]).await.unwrap();
+        assert_eq!(bound.len(), 1);
+        assert!(bound[0].local_addr().unwrap().is_ipv4());
+        // Nothing bound at all is still an error, naming the address.
+        let e = bind(&[missing]).await.unwrap_err();
+        assert!(e.to_string().contains("2001:db8::1"), "{e}");
+        // Errors other than "not here" stop the boot, whatever the family.
+        let taken = bound[0].local_addr().unwrap();
+        let e = bind(&[taken]).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+    }
 }
 
 /// Serves until `stop` resolves, then drains connections.

@@ -81,3 +81,49 @@ async fn sigterm_closes_clients_with_320_and_exits_zero() {
         .unwrap();
     assert!(exit.success(), "{exit:?}");
 }
+
+/// Both loopback families are served when configured, as the defaults are (`localhost` is
+/// `::1` first for Node 17+ and others); clients complete a handshake on each.
+#[tokio::test]
+async fn loopback_listeners_on_both_families_each_serve_clients() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        // The skip-with-a-warning path is unit-tested in `server`.
+        eprintln!("no IPv6 loopback on this machine: nothing to test");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rabbit.toml");
+    std::fs::write(&config, "listeners = [\"127.0.0.1:0\", \"[::1]:0\"]\n").unwrap();
+    let mut child = warren()
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut addrs: Vec<std::net::SocketAddr> = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        addrs.push(line.trim().rsplit(' ').next().unwrap().parse().unwrap());
+    }
+    assert!(addrs[0].is_ipv4() && addrs[1].is_ipv6(), "{addrs:?}");
+    for a in addrs {
+        let mut client = Raw::connect(a).await;
+        let opened = client.handshake(2047, 131072, 0).await;
+        assert!(
+            matches!(
+                opened,
+                Some(amq_protocol::protocol::AMQPClass::Connection(
+                    amq_protocol::protocol::connection::AMQPMethod::OpenOk(_)
+                ))
+            ),
+            "{a}: {opened:?}"
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

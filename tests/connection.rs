@@ -50,7 +50,10 @@ async fn start_advertises_warren_and_its_capabilities() {
         "connection.blocked",
     ] {
         assert!(
-            matches!(caps.inner().get(cap), Some(amq_protocol::types::AMQPValue::Boolean(true))),
+            matches!(
+                caps.inner().get(cap),
+                Some(amq_protocol::types::AMQPValue::Boolean(true))
+            ),
             "{cap}"
         );
     }

@@ -25,9 +25,16 @@ async fn legacy_protocol_headers_are_accepted_as_rabbitmq_accepts_them() {
         let AMQPClass::Connection(c::AMQPMethod::Start(start)) = start else {
             panic!("{header:?}: expected connection.start, got {start:?}");
         };
-        assert_eq!((start.version_major, start.version_minor), version, "{header:?}");
+        assert_eq!(
+            (start.version_major, start.version_minor),
+            version,
+            "{header:?}"
+        );
         assert!(
-            matches!(opened, Some(AMQPClass::Connection(c::AMQPMethod::OpenOk(_)))),
+            matches!(
+                opened,
+                Some(AMQPClass::Connection(c::AMQPMethod::OpenOk(_)))
+            ),
             "{header:?}: {opened:?}"
         );
         // And then it is plain 0-9-1: a declare round trip.
@@ -60,6 +67,9 @@ async fn legacy_protocol_headers_are_accepted_as_rabbitmq_accepts_them() {
             .await
             .unwrap();
         assert_eq!(&got, b"AMQP\x00\x00\x09\x01", "{header:?}");
-        assert!(matches!(r.frame().await, None | Some(AMQPFrame::ProtocolHeader(_))));
+        assert!(matches!(
+            r.frame().await,
+            None | Some(AMQPFrame::ProtocolHeader(_))
+        ));
     }
 }
