@@ -73,3 +73,86 @@ async fn legacy_protocol_headers_are_accepted_as_rabbitmq_accepts_them() {
         ));
     }
 }
+
+/// A message requeued into a queue already at `x-max-length` applies the overflow rule, as
+/// in RabbitMQ: with drop-head the oldest go (dead-lettered with reason `maxlen`), so the
+/// queue never ends up over its limit. Here the requeued ones are the oldest.
+#[tokio::test]
+async fn requeue_into_a_full_queue_applies_drop_head() {
+    use lapin::BasicProperties;
+    use lapin::options::*;
+    use lapin::types::{AMQPValue, FieldTable};
+    let b = TestBroker::start().await;
+    let (_c, ch) = b.channel().await;
+    let (q, dlq) = (name("full"), name("full-dl"));
+    ch.queue_declare(
+        dlq.as_str().into(),
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(2));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(dlq.as_str().into()),
+    );
+    ch.queue_declare(q.as_str().into(), Default::default(), args)
+        .await
+        .unwrap();
+    let publish = |body: &'static [u8]| {
+        let ch = ch.clone();
+        let q = q.clone();
+        async move {
+            ch.basic_publish(
+                "".into(),
+                q.as_str().into(),
+                Default::default(),
+                body,
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    publish(b"1").await;
+    publish(b"2").await;
+    let (_c2, getter) = b.channel().await;
+    for _ in 0..2 {
+        getter
+            .basic_get(q.as_str().into(), BasicGetOptions { no_ack: false })
+            .await
+            .unwrap()
+            .expect("a message");
+    }
+    publish(b"3").await;
+    publish(b"4").await;
+    assert_eq!(ready(&ch, &q).await, 2);
+    // Closing the channel requeues its two unacked messages.
+    getter.close(200, "bye".into()).await.unwrap();
+    assert_eq!(ready(&ch, &q).await, 2, "the limit holds after the requeue");
+    let body = |m: Option<lapin::message::BasicGetMessage>| m.expect("a message").delivery.data;
+    let kept = [
+        body(
+            ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap(),
+        ),
+        body(
+            ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap(),
+        ),
+    ];
+    assert_eq!(kept, [b"3".to_vec(), b"4".to_vec()]);
+    assert_eq!(
+        ready(&ch, &dlq).await,
+        2,
+        "the dropped ones were dead-lettered"
+    );
+}

@@ -1161,6 +1161,18 @@ impl Queue {
             }
             // A message whose TTL ran out while it was unacked expires as it comes back.
             s.expire_heads(now_ms(), &mut dead);
+            // The length limit holds for requeued messages too, as in RabbitMQ: with
+            // drop-head the oldest (often the requeued ones themselves) make room before
+            // anything is delivered; reject-publish refuses only publishes, so a queue
+            // with it may stay over its limit until consumers catch up.
+            if self.args.overflow == Overflow::DropHead {
+                while self.over_limit(&s, 0, 0) {
+                    match s.pop() {
+                        Some(e) => dead.push((e, Reason::Maxlen)),
+                        None => break,
+                    }
+                }
+            }
             self.dispatch_locked(&mut s, &mut dead);
         }
         self.dead_letter(dead);
@@ -1677,6 +1689,26 @@ mod tests {
         assert_eq!(r.publish(msg("1")), Published::Accepted(None));
         assert_eq!(r.publish(msg("2")), Published::Rejected);
         assert_eq!(r.message_count(), 1);
+    }
+
+    #[test]
+    fn requeue_into_a_full_queue_drops_from_the_head() {
+        let q = queue(QueueArgs {
+            max_length: Some(2),
+            ..Default::default()
+        });
+        q.publish(msg("1"));
+        q.publish(msg("2"));
+        let (a, _) = q.get(false).unwrap();
+        let (b, _) = q.get(false).unwrap();
+        q.publish(msg("3"));
+        q.publish(msg("4"));
+        q.requeue([a, b]);
+        assert_eq!(q.message_count(), 2);
+        let left: Vec<_> = std::iter::from_fn(|| q.get(true))
+            .map(|(e, _)| e.msg.body.clone())
+            .collect();
+        assert_eq!(left, ["3", "4"]);
     }
 
     #[test]
