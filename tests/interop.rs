@@ -156,3 +156,67 @@ async fn requeue_into_a_full_queue_applies_drop_head() {
         "the dropped ones were dead-lettered"
     );
 }
+
+/// Every vhost has RabbitMQ's firehose exchange, `amq.rabbitmq.trace`: a durable, internal
+/// topic exchange, so a passive declare finds it and a publish to it is refused as to any
+/// internal exchange.
+#[tokio::test]
+async fn amq_rabbitmq_trace_exists_and_is_internal() {
+    use lapin::options::*;
+    use lapin::types::FieldTable;
+    let b = TestBroker::start().await;
+    let (_c, ch) = b.channel().await;
+    ch.exchange_declare(
+        "amq.rabbitmq.trace".into(),
+        lapin::ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    // An equivalent redeclare is fine; a different type is not.
+    ch.exchange_declare(
+        "amq.rabbitmq.trace".into(),
+        lapin::ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            internal: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let e = ch
+        .exchange_declare(
+            "amq.rabbitmq.trace".into(),
+            lapin::ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                internal: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), 406);
+    let (_c2, ch2) = b.channel().await;
+    ch2.basic_publish(
+        "amq.rabbitmq.trace".into(),
+        "x".into(),
+        Default::default(),
+        b"m",
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let e = ch2
+        .queue_declare("after".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), 403, "{e}");
+}

@@ -23,14 +23,18 @@ use crate::config::Policy;
 use crate::error::{AmqpError, Result};
 use crate::store::definitions::{BindingDef, Definitions, ExchangeDef, Loaded, QueueDef};
 
-/// Exchanges every vhost has, with their types (the default exchange is `""`).
-const PREDECLARED: &[(&str, ExchangeKind)] = &[
-    ("", ExchangeKind::Direct),
-    ("amq.direct", ExchangeKind::Direct),
-    ("amq.fanout", ExchangeKind::Fanout),
-    ("amq.topic", ExchangeKind::Topic),
-    ("amq.headers", ExchangeKind::Headers),
-    ("amq.match", ExchangeKind::Headers),
+/// Exchanges every vhost has, with their types and whether they are internal (the default
+/// exchange is `""`). All are durable.
+const PREDECLARED: &[(&str, ExchangeKind, bool)] = &[
+    ("", ExchangeKind::Direct, false),
+    ("amq.direct", ExchangeKind::Direct, false),
+    ("amq.fanout", ExchangeKind::Fanout, false),
+    ("amq.topic", ExchangeKind::Topic, false),
+    ("amq.headers", ExchangeKind::Headers, false),
+    ("amq.match", ExchangeKind::Headers, false),
+    // RabbitMQ's firehose target. Warren does not trace (yet), but tools and clients that
+    // bind to it, or declare it passively, expect it to be there.
+    ("amq.rabbitmq.trace", ExchangeKind::Topic, true),
 ];
 
 /// What `queue.declare` answers.
@@ -127,8 +131,16 @@ impl VHost {
             replies: DashMap::new(),
             topology: Mutex::new(()),
         });
-        for (n, kind) in PREDECLARED {
-            let x = Exchange::new(n, *kind, true, false, false, FieldTable::default(), None);
+        for (n, kind, internal) in PREDECLARED {
+            let x = Exchange::new(
+                n,
+                *kind,
+                true,
+                false,
+                *internal,
+                FieldTable::default(),
+                None,
+            );
             v.exchanges.insert(x.name.clone(), Arc::new(x));
         }
         v
