@@ -220,3 +220,104 @@ async fn amq_rabbitmq_trace_exists_and_is_internal() {
         .unwrap_err();
     assert_eq!(code(&e), 403, "{e}");
 }
+
+/// `exchange.unbind` and `queue.unbind` with either end missing answer unbind-ok, as in
+/// RabbitMQ: robust clients (aio-pika) replay their unbinds at teardown, after an auto-delete
+/// exchange went away with its last binding. The default exchange is still refused.
+#[tokio::test]
+async fn unbind_with_a_missing_end_is_ok() {
+    use lapin::options::*;
+    use lapin::types::FieldTable;
+    let b = TestBroker::start().await;
+    let (_c, ch) = b.channel().await;
+    let (src, dst, q) = (name("src"), name("dst"), name("q"));
+    for x in [&src, &dst] {
+        ch.exchange_declare(
+            x.as_str().into(),
+            lapin::ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                auto_delete: x == &dst,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    }
+    ch.queue_declare(q.as_str().into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
+    ch.exchange_bind(
+        dst.as_str().into(),
+        src.as_str().into(),
+        "k".into(),
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        q.as_str().into(),
+        dst.as_str().into(),
+        "k".into(),
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    // The auto-delete destination goes away with its last binding (as a source).
+    ch.queue_unbind(
+        q.as_str().into(),
+        dst.as_str().into(),
+        "k".into(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let gone = ch
+        .exchange_declare(
+            dst.as_str().into(),
+            lapin::ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    assert!(gone.is_err(), "auto-delete destination is gone");
+    let (_c, ch) = b.channel().await;
+    let missing = name("missing");
+    for (d, s) in [(&dst, &src), (&q, &missing), (&missing, &missing)] {
+        ch.exchange_unbind(
+            d.as_str().into(),
+            s.as_str().into(),
+            "k".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("exchange.unbind {d} <- {s}: {e}"));
+    }
+    for (qn, x) in [(&missing, &src), (&q, &missing), (&missing, &missing)] {
+        ch.queue_unbind(
+            qn.as_str().into(),
+            x.as_str().into(),
+            "k".into(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("queue.unbind {qn} <- {x}: {e}"));
+    }
+    let e = ch
+        .exchange_unbind(
+            src.as_str().into(),
+            "".into(),
+            "k".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), 403);
+}
