@@ -449,8 +449,8 @@ async fn a_torn_or_corrupt_tail_is_cut_and_the_broker_starts() {
 #[tokio::test]
 async fn a_failing_disk_nacks_persistent_publishes_and_never_confirms_them() {
     let faults = warren::store::Faults {
-        fail_write_after: None,
         fail_sync_after: Some(0),
+        ..Default::default()
     };
     let b = TestBroker::start_with_store(
         |_| {},
@@ -507,7 +507,7 @@ async fn transient_messages_and_non_durable_queues_do_not_wait_for_the_disk() {
     // A disk that never syncs: confirms for transient messages still arrive.
     let faults = warren::store::Faults {
         fail_write_after: Some(0),
-        fail_sync_after: None,
+        ..Default::default()
     };
     let b = TestBroker::start_with_store(
         |_| {},

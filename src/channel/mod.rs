@@ -186,6 +186,12 @@ impl Channel {
         self.assembly.in_progress()
     }
 
+    /// The error for a method arriving now, if it interrupts a content (a 505 naming
+    /// `basic.publish`).
+    pub fn content_interrupted(&self) -> Option<crate::error::AmqpError> {
+        self.in_content().then(|| self.assembly.method_error())
+    }
+
     /// Dispatches one method of classes basic, exchange, queue, tx and confirm.
     ///
     /// # Errors
@@ -252,14 +258,18 @@ impl Channel {
     pub fn handle_header(
         &mut self,
         ctx: &mut Ctx<'_>,
+        ids: crate::protocol::content::HeaderIds,
         properties: crate::protocol::Properties,
         raw_properties: Bytes,
         body_size: u64,
     ) -> Result<()> {
-        match self
-            .assembly
-            .header(properties, raw_properties, body_size, ctx.max_message_size)?
-        {
+        match self.assembly.header(
+            ids,
+            properties,
+            raw_properties,
+            body_size,
+            ctx.max_message_size,
+        )? {
             Some(content) => self.publish_content(ctx, content),
             None => Ok(()),
         }

@@ -130,6 +130,55 @@ async fn expect(
     }
 }
 
+/// Reads `connection.open`, answering what else may come first as RabbitMQ does in its
+/// `opening` state: a frame on another channel is a 505 quoting it, another method on
+/// channel 0 a 504 naming it.
+async fn expect_open(
+    rd: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    frame_max: u32,
+) -> Result<c::Open, Refused> {
+    loop {
+        if buf.len() >= 7 && buf[1..3] != [0, 0] {
+            let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
+            let quoted = &buf[7..buf.len().min(7 + size.min(protocol::QUOTED_MAX))];
+            if quoted.len() == size.min(protocol::QUOTED_MAX) {
+                return Err(Refused::Close(AmqpError::unexpected_frame(format!(
+                    "type {}, all octets = {}",
+                    buf[0],
+                    protocol::erlang_binary(quoted)
+                ))));
+            }
+        } else if buf.len() >= 7 {
+            match read_frame(rd, buf, frame_max).await? {
+                Frame::Method { method, .. } => match *method {
+                    AMQPClass::Connection(c::AMQPMethod::Open(open)) => return Ok(open),
+                    other => {
+                        return Err(Refused::Close(
+                            AmqpError::channel_error(
+                                "unexpected method in connection state opening",
+                            )
+                            .with_method(other.get_amqp_class_id(), other.get_amqp_method_id()),
+                        ));
+                    }
+                },
+                other => {
+                    return Err(silent(format!(
+                        "unexpected frame during handshake: {other:?}"
+                    )));
+                }
+            }
+        }
+        if buf.len() > frame_max as usize + 8 {
+            return Err(silent("handshake frame too large"));
+        }
+        match rd.read_buf(buf).await {
+            Ok(0) | Err(_) => return Err(silent("peer closed during handshake")),
+            Ok(_) => {}
+        }
+    }
+}
+
 async fn send(wr: &mut OwnedWriteHalf, m: c::AMQPMethod) -> Result<(), Refused> {
     let mut out = BytesMut::new();
     protocol::write_method(&mut out, 0, &AMQPClass::Connection(m));
@@ -194,9 +243,9 @@ fn capability(props: &FieldTable, name: &str) -> bool {
 /// RabbitMQ answers with version 8-0.
 ///
 /// compat: RabbitMQ then speaks 0-8's method set to those clients; Warren speaks 0-9-1, which
-/// is the same on the wire for the methods such clients use in practice except `access.request`
-/// (unknown to 0-9-1: the connection is dropped) and 0-8's `basic.consume` without an
-/// arguments table (a frame error).
+/// is the same on the wire for the methods such clients use in practice (`access.request` is
+/// answered too), except 0-8's `basic.consume`, which lacks the arguments table (a frame
+/// error here).
 fn start_version(header: &[u8]) -> Option<(u8, u8)> {
     match header {
         b"AMQP\x00\x00\x09\x01" | b"AMQP\x01\x01\x00\x09" => Some((0, 9)),
@@ -256,7 +305,7 @@ pub(super) async fn run(
         tracing::warn!(%user, "authentication failed");
         // spec wants a silent close; RabbitMQ sends 403 to clients that ask for it.
         return Err(if failure_close {
-            Refused::Close(AmqpError::access_refused(why).with_method(10, 11))
+            Refused::Close(AmqpError::access_refused(why))
         } else {
             silent(why)
         });
@@ -291,9 +340,7 @@ pub(super) async fn run(
         ))));
     }
 
-    let c::AMQPMethod::Open(open) = expect(rd, buf, tune.frame_max).await? else {
-        return Err(silent("expected connection.open"));
-    };
+    let open = expect_open(rd, buf, tune.frame_max).await?;
     let Some(vhost) = broker.vhost(open.virtual_host.as_str()) else {
         return Err(Refused::Close(
             AmqpError::not_allowed(format!("vhost {} not found", open.virtual_host))

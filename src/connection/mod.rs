@@ -625,12 +625,10 @@ impl Connection {
         }
         let (channel, result) = match frame {
             Frame::Heartbeat { channel: 0 } => return Ok(()),
-            Frame::Heartbeat { channel } => (
-                channel,
-                Err(AmqpError::unexpected_frame(format!(
-                    "heartbeat frame on channel {channel}"
-                ))),
-            ),
+            // As RabbitMQ, a connection error quoting the (empty) frame.
+            Frame::Heartbeat { .. } => {
+                return self.fail(0, AmqpError::unexpected_frame("type 8, all octets = <<>>"));
+            }
             Frame::Method { channel: 0, method } => return self.connection_method(*method),
             Frame::Method { channel, method } => (channel, self.channel_method(channel, *method)),
             Frame::Publish { channel, publish } => {
@@ -645,19 +643,20 @@ impl Connection {
                 properties,
                 raw_properties,
                 body_size,
-                class_id,
+                ids,
             } => {
                 let r = match self.channels.get_mut(&channel) {
                     None => Err(AmqpError::channel_error(format!(
                         "expected 'channel.open' on channel {channel}"
                     ))),
                     Some(chan) if chan.is_closing() => Ok(()),
-                    Some(_) if class_id != 60 => Err(AmqpError::frame_error(format!(
-                        "content header for unknown class {class_id}"
-                    ))),
-                    Some(chan) => {
-                        chan.handle_header(&mut ctx!(self), properties, raw_properties, body_size)
-                    }
+                    Some(chan) => chan.handle_header(
+                        &mut ctx!(self),
+                        ids,
+                        properties,
+                        raw_properties,
+                        body_size,
+                    ),
                 };
                 (channel, r)
             }
@@ -697,11 +696,11 @@ impl Connection {
                 self.send0(c::AMQPMethod::UpdateSecretOk(c::UpdateSecretOk {}));
                 Ok(())
             }
+            // RabbitMQ's answer to any other method on channel 0 once open, whatever its
+            // class.
             other => {
-                let e = AmqpError::command_invalid(format!(
-                    "unexpected method on channel 0: {other:?}"
-                ))
-                .with_method(other.get_amqp_class_id(), other.get_amqp_method_id());
+                let e = AmqpError::channel_error("unexpected method in connection state running")
+                    .with_method(other.get_amqp_class_id(), other.get_amqp_method_id());
                 self.fail(0, e)
             }
         }
@@ -725,10 +724,11 @@ impl Connection {
                     }
                     let max = self.opened.channel_max;
                     if self.channels.len() >= usize::from(max) {
-                        return Err(with(AmqpError::not_allowed(format!(
+                        // As RabbitMQ: a connection error naming no method.
+                        return Err(AmqpError::not_allowed(format!(
                             "number of channels opened ({}) has reached the negotiated channel_max ({max})",
                             self.channels.len()
-                        ))));
+                        )));
                     }
                     self.channels
                         .insert(id, Channel::new(id, self.broker.config.max_unacked_bytes));
@@ -768,10 +768,8 @@ impl Connection {
             // spec: after channel.close, discard everything but close / close-ok.
             return Ok(());
         }
-        if chan.in_content() {
-            return Err(with(AmqpError::unexpected_frame(
-                "expected content header for class 60, got non content header frame instead",
-            )));
+        if let Some(e) = chan.content_interrupted() {
+            return Err(e);
         }
         let mut ctx = ctx!(self);
         match method {

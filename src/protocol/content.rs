@@ -79,6 +79,32 @@ impl Drop for Charge {
     }
 }
 
+/// The class and weight fields of a content header frame.
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderIds {
+    /// Content class (60 for basic).
+    pub class_id: u16,
+    /// Must be zero.
+    pub weight: u16,
+}
+
+fn unexpected_header() -> AmqpError {
+    AmqpError::unexpected_frame(
+        "expected content header for class 60, got non content header frame instead",
+    )
+    .with_method(60, 40)
+}
+
+fn unexpected_body() -> AmqpError {
+    AmqpError::unexpected_frame("expected content body, got non content body frame instead")
+        .with_method(60, 40)
+}
+
+/// A content frame where a method was due; RabbitMQ names no method.
+fn unexpected_non_method() -> AmqpError {
+    AmqpError::unexpected_frame("expected method frame, got non method frame instead")
+}
+
 /// The most reserved ahead of what has arrived for a body in several frames: a header
 /// declaring 128 MiB reserves no more than this until the bytes come.
 const RESERVE_AHEAD: usize = 1 << 20;
@@ -114,6 +140,15 @@ impl Assembly {
         !matches!(self.state, State::Idle)
     }
 
+    /// The error for a method frame arriving now, while [`in_progress`](Self::in_progress):
+    /// RabbitMQ's texts, naming `basic.publish` whose content was interrupted.
+    pub fn method_error(&self) -> AmqpError {
+        match self.state {
+            State::AwaitBody { .. } => unexpected_body(),
+            _ => unexpected_header(),
+        }
+    }
+
     /// Drops a half-received message (the channel is closing).
     pub fn reset(&mut self) {
         self.state = State::Idle;
@@ -131,6 +166,7 @@ impl Assembly {
     /// `max_message_size`.
     pub fn header(
         &mut self,
+        header: HeaderIds,
         properties: crate::protocol::Properties,
         raw_properties: Bytes,
         size: u64,
@@ -138,12 +174,23 @@ impl Assembly {
     ) -> Result<Option<Content>> {
         let publish = match std::mem::take(&mut self.state) {
             State::AwaitHeader(p) => p,
-            _ => {
-                return Err(AmqpError::unexpected_frame(
-                    "content header frame without a preceding basic.publish",
-                ));
+            State::Idle => return Err(unexpected_non_method()),
+            body @ State::AwaitBody { .. } => {
+                self.state = body;
+                return Err(unexpected_body());
             }
         };
+        // A non-zero weight is not a content header to RabbitMQ at all.
+        if header.weight != 0 {
+            return Err(unexpected_header());
+        }
+        if header.class_id != 60 {
+            return Err(AmqpError::unexpected_frame(format!(
+                "expected content header for class 60, got one for class {} instead",
+                header.class_id
+            ))
+            .with_method(60, 40));
+        }
         if size > max_message_size {
             return Err(AmqpError::precondition_failed(format!(
                 "message size {size} is larger than configured max size {max_message_size}"
@@ -185,9 +232,10 @@ impl Assembly {
             ..
         } = &mut self.state
         else {
-            return Err(AmqpError::unexpected_frame(
-                "content body frame without a preceding content header",
-            ));
+            return Err(match self.state {
+                State::AwaitHeader(_) => unexpected_header(),
+                _ => unexpected_non_method(),
+            });
         };
         let received = body.as_ref().map_or(parts.len(), Bytes::len) as u64;
         if received + payload.len() as u64 > *size {
@@ -240,6 +288,11 @@ impl Assembly {
 mod tests {
     use super::*;
 
+    const BASIC: HeaderIds = HeaderIds {
+        class_id: 60,
+        weight: 0,
+    };
+
     fn publish() -> Publish {
         Publish {
             exchange: "".into(),
@@ -258,7 +311,7 @@ mod tests {
         let mut a = Assembly::default();
         a.start(publish());
         assert!(
-            a.header(Default::default(), Bytes::new(), 5, 100)
+            a.header(BASIC, Default::default(), Bytes::new(), 5, 100)
                 .unwrap()
                 .is_none()
         );
@@ -279,7 +332,9 @@ mod tests {
     fn zero_size_completes_at_the_header() {
         let mut a = Assembly::default();
         a.start(publish());
-        let c = a.header(Default::default(), Bytes::new(), 0, 100).unwrap();
+        let c = a
+            .header(BASIC, Default::default(), Bytes::new(), 0, 100)
+            .unwrap();
         assert!(c.unwrap().body.is_empty());
     }
 
@@ -287,7 +342,8 @@ mod tests {
     fn overrun_is_a_frame_error() {
         let mut a = Assembly::default();
         a.start(publish());
-        a.header(Default::default(), Bytes::new(), 2, 100).unwrap();
+        a.header(BASIC, Default::default(), Bytes::new(), 2, 100)
+            .unwrap();
         assert_eq!(
             a.body(Bytes::from_static(b"abc"), &budget())
                 .unwrap_err()
@@ -306,7 +362,7 @@ mod tests {
             505
         );
         assert_eq!(
-            a.header(Default::default(), Bytes::new(), 1, 10)
+            a.header(BASIC, Default::default(), Bytes::new(), 1, 10)
                 .unwrap_err()
                 .code,
             505
@@ -318,7 +374,7 @@ mod tests {
         let mut a = Assembly::default();
         a.start(publish());
         let e = a
-            .header(Default::default(), Bytes::new(), 11, 10)
+            .header(BASIC, Default::default(), Bytes::new(), 11, 10)
             .unwrap_err();
         assert_eq!(e.code, 406);
     }
@@ -331,7 +387,7 @@ mod tests {
         let budget = ContentBudget::new(10);
         let mut a = Assembly::default();
         a.start(publish());
-        a.header(Default::default(), Bytes::new(), 1 << 30, u64::MAX)
+        a.header(BASIC, Default::default(), Bytes::new(), 1 << 30, u64::MAX)
             .unwrap();
         assert!(
             a.body(Bytes::from_static(b"abcd"), &budget)
@@ -356,7 +412,8 @@ mod tests {
 
         let mut a = Assembly::default();
         a.start(publish());
-        a.header(Default::default(), Bytes::new(), 6, 100).unwrap();
+        a.header(BASIC, Default::default(), Bytes::new(), 6, 100)
+            .unwrap();
         a.body(Bytes::from_static(b"abc"), &budget).unwrap();
         let c = a
             .body(Bytes::from_static(b"def"), &budget)

@@ -59,8 +59,8 @@ pub enum Frame {
     Header {
         /// Channel.
         channel: u16,
-        /// Class id of the content (60 for basic).
-        class_id: u16,
+        /// Class id and weight of the content (60 and 0 for basic).
+        ids: content::HeaderIds,
         /// Declared total body size.
         body_size: u64,
         /// Decoded properties (routing decisions read them), boxed: they are large and
@@ -129,10 +129,12 @@ pub fn decode(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, Decod
     ) {
         return Err(AmqpError::frame_error(format!("unknown frame type {kind}")).into());
     }
-    // A heartbeat has no payload; RabbitMQ answers one that does with 501.
+    // A heartbeat has no payload; RabbitMQ answers one that does with 501, quoting it.
     if kind == FRAME_HEARTBEAT && size != 0 {
+        let end = buf.len().min(7 + (size as usize).min(QUOTED_MAX));
         return Err(AmqpError::frame_error(format!(
-            "heartbeat frame with a payload of {size} bytes"
+            "type 8, all octets = {}: unknown_frame",
+            erlang_binary(&buf[7..end])
         ))
         .into());
     }
@@ -178,6 +180,28 @@ pub fn decode(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, Decod
     };
     buf.advance(total);
     frame.map(Some)
+}
+
+/// The most payload bytes quoted in an error text.
+pub const QUOTED_MAX: usize = 64;
+
+/// Bytes as Erlang prints a binary, which is how RabbitMQ's error texts quote frames:
+/// `<<"abc">>` when every byte is printable ASCII, `<<0,20,0,10>>` otherwise, `<<>>` when
+/// empty. Callers bound what they quote ([`QUOTED_MAX`]).
+pub fn erlang_binary(bytes: &[u8]) -> String {
+    if !bytes.is_empty() && bytes.iter().all(|b| (0x20..0x7f).contains(b)) {
+        let mut s = String::from("<<\"");
+        for &b in bytes {
+            if b == b'"' || b == b'\\' {
+                s.push('\\');
+            }
+            s.push(char::from(b));
+        }
+        s.push_str("\">>");
+        return s;
+    }
+    let list: Vec<String> = bytes.iter().map(u8::to_string).collect();
+    format!("<<{}>>", list.join(","))
 }
 
 /// The property flags of a content header without properties.
@@ -294,7 +318,10 @@ fn decode_header(
     if payload.len() < 14 {
         return Err(AmqpError::frame_error("content header frame too short").into());
     }
-    let class_id = u16::from_be_bytes([payload[0], payload[1]]);
+    let ids = content::HeaderIds {
+        class_id: u16::from_be_bytes([payload[0], payload[1]]),
+        weight: u16::from_be_bytes([payload[2], payload[3]]),
+    };
     let body_size = u64::from_be_bytes(payload[4..12].try_into().expect("8 bytes checked"));
     // Most messages carry no properties at all: they share one decoded empty set.
     let properties = if raw_properties[..] == NO_PROPERTY_FLAGS {
@@ -316,7 +343,7 @@ fn decode_header(
     };
     Ok(Frame::Header {
         channel,
-        class_id,
+        ids,
         body_size,
         properties,
         raw_properties,
