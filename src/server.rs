@@ -53,28 +53,6 @@ fn unavailable_here(e: &std::io::Error) -> bool {
         || (cfg!(target_os = "linux") && e.raw_os_error() == Some(97))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn an_ipv6_address_this_machine_lacks_is_skipped_and_others_still_bind() {
-        // 2001:db8::/32 is the documentation prefix: never assigned to this machine.
-        let missing: SocketAddr = "[2001:db8::1]:0".parse().unwrap();
-        let v4: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let bound = bind(&[v4, missing]).await.unwrap();
-        assert_eq!(bound.len(), 1);
-        assert!(bound[0].local_addr().unwrap().is_ipv4());
-        // Nothing bound at all is still an error, naming the address.
-        let e = bind(&[missing]).await.unwrap_err();
-        assert!(e.to_string().contains("2001:db8::1"), "{e}");
-        // Errors other than "not here" stop the boot, whatever the family.
-        let taken = bound[0].local_addr().unwrap();
-        let e = bind(&[taken]).await.unwrap_err();
-        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
-    }
-}
-
 /// Serves until `stop` resolves, then drains connections.
 pub async fn run(
     listeners: Vec<TcpListener>,
@@ -121,4 +99,26 @@ async fn accept_loop(
     }
     drop(listener);
     while conns.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_ipv6_address_this_machine_lacks_is_skipped_and_others_still_bind() {
+        // 2001:db8::/32 is the documentation prefix: never assigned to this machine.
+        let missing: SocketAddr = "[2001:db8::1]:0".parse().unwrap();
+        let v4: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let bound = bind(&[v4, missing]).await.unwrap();
+        assert_eq!(bound.len(), 1);
+        assert!(bound[0].local_addr().unwrap().is_ipv4());
+        // Nothing bound at all is still an error, naming the address.
+        let e = bind(&[missing]).await.unwrap_err();
+        assert!(e.to_string().contains("2001:db8::1"), "{e}");
+        // Errors other than "not here" stop the boot, whatever the family.
+        let taken = bound[0].local_addr().unwrap();
+        let e = bind(&[taken]).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+    }
 }

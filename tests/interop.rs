@@ -321,3 +321,61 @@ async fn unbind_with_a_missing_end_is_ok() {
         .unwrap_err();
     assert_eq!(code(&e), 403);
 }
+
+/// amqplib writes `connection.close` ahead of publishes still in its buffer, then waits for
+/// close-ok. The broker must keep reading (and discarding) after its close-ok until the
+/// client closes: dropping unread input resets the socket, the client's next write fails,
+/// and it never reads the close-ok.
+#[tokio::test]
+async fn publishes_after_connection_close_are_read_and_discarded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = TestBroker::start().await;
+    let mut r = Raw::open(b.addr).await;
+    r.open_channel(1).await;
+    r.send(
+        0,
+        AMQPClass::Connection(c::AMQPMethod::Close(c::Close {
+            reply_code: 200,
+            reply_text: "Cheers, thanks".into(),
+            class_id: 0,
+            method_id: 0,
+        })),
+    )
+    .await;
+    // The rest of the client's buffer: 2,000 small publishes, written after the close.
+    let mut burst = Vec::new();
+    for _ in 0..2000 {
+        let mut out = bytes::BytesMut::new();
+        warren::protocol::write_method(
+            &mut out,
+            1,
+            &AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Publish(
+                amq_protocol::protocol::basic::Publish {
+                    exchange: "".into(),
+                    routing_key: "nowhere".into(),
+                    ..Default::default()
+                },
+            )),
+        );
+        warren::protocol::write_content(&mut out, 1, &[0, 0], b"0123456789", 131072);
+        burst.extend_from_slice(&out);
+    }
+    for chunk in burst.chunks(8192) {
+        r.sock
+            .write_all(chunk)
+            .await
+            .expect("the broker still reads");
+        tokio::task::yield_now().await;
+    }
+    assert!(matches!(
+        r.next_method().await,
+        Some(AMQPClass::Connection(c::AMQPMethod::CloseOk(_)))
+    ));
+    // Our FIN ends the broker's reading: it closes cleanly, without a reset.
+    r.sock.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(WAIT, r.sock.read_to_end(&mut rest))
+        .await
+        .expect("the broker closes after our FIN");
+    assert!(n.is_ok(), "closed without a reset: {n:?}");
+}

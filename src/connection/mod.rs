@@ -145,10 +145,11 @@ pub async fn run(
     let _ = writer.await;
 }
 
-/// After a framing error: the close frame is on its way, but the input can no longer be
-/// parsed. Read and discard until the client closes (or a timeout), because closing a socket
-/// with unread input makes the kernel reset it, and a reset can destroy the close frame
-/// before the client reads it.
+/// After the connection ended on our side (a close handshake completed, or a framing error
+/// after which the input can no longer be parsed): the last frame is on its way. Read and
+/// discard until the client closes (or a timeout), because closing a socket with unread
+/// input makes the kernel reset it, and a reset can destroy that frame before the client
+/// reads it.
 async fn linger(rd: &mut tokio::net::tcp::OwnedReadHalf) {
     let mut scratch = vec![0u8; 16 * 1024];
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
@@ -259,8 +260,10 @@ struct Connection {
 /// Why the main loop stopped.
 #[derive(PartialEq, Eq)]
 enum Stop {
-    /// Closed normally (close / close-ok, or the peer went away).
+    /// Closed normally (our close answered with close-ok, or the peer went away).
     Done,
+    /// The client closed and we answered close-ok: more of its input may still arrive.
+    Answered,
     /// The input could not be decoded: `connection.close` was sent, the rest is unreadable.
     Broken,
     /// Handling it panicked: a 541 `connection.close` is queued, nothing else is trusted.
@@ -305,7 +308,7 @@ impl Connection {
         match self.guarded(|c| c.drain_frames(&mut rbuf, inbox)) {
             Ok(()) => {}
             Err(Stop::Panicked) => return self.end_after_panic(&mut rd).await,
-            Err(_) => return self.flush(),
+            Err(stop) => return self.end_stopped(stop, &mut rd).await,
         }
         self.flush();
         let mut events = Vec::new();
@@ -392,14 +395,7 @@ impl Connection {
                                     self.end_after_panic(&mut rd).await;
                                     break;
                                 }
-                                self.flush();
-                                if stop == Stop::Broken {
-                                    // Let the writer send the close and a FIN, so a client
-                                    // waiting for the socket to close sees it at once.
-                                    self.writer_tx = mpsc::unbounded_channel().0;
-                                    self.wr = None;
-                                    linger(&mut rd).await;
-                                }
+                                self.end_stopped(stop, &mut rd).await;
                                 break;
                             }
                         }
@@ -430,6 +426,22 @@ impl Connection {
             }
         }
         self.flush();
+    }
+
+    /// Flushes what the last frames produced and, when more client input may follow what
+    /// ended the connection, lingers.
+    async fn end_stopped(&mut self, stop: Stop, rd: &mut tokio::net::tcp::OwnedReadHalf) {
+        self.flush();
+        if matches!(stop, Stop::Broken | Stop::Answered) {
+            // Let the writer send the close (or close-ok) and a FIN, so a client waiting for
+            // the socket to close sees it at once; then read until the client closes. After
+            // a client's close too: amqplib sends connection.close ahead of publishes still
+            // in its buffer, and dropping those unread would reset the socket before it
+            // reads our close-ok (its callback would never fire).
+            self.writer_tx = mpsc::unbounded_channel().0;
+            self.wr = None;
+            linger(rd).await;
+        }
     }
 
     /// Runs `f`, turning a panic inside it into [`Stop::Panicked`]: a bug met while handling
@@ -616,7 +628,7 @@ impl Connection {
                     AMQPClass::Connection(c::AMQPMethod::CloseOk(_)) => return Err(Stop::Done),
                     AMQPClass::Connection(c::AMQPMethod::Close(_)) => {
                         self.send0(c::AMQPMethod::CloseOk(c::CloseOk {}));
-                        return Err(Stop::Done);
+                        return Err(Stop::Answered);
                     }
                     _ => {}
                 }
@@ -689,7 +701,7 @@ impl Connection {
             AMQPClass::Connection(c::AMQPMethod::Close(m)) => {
                 tracing::debug!(peer = %self.peer, "client closed the connection: {} {}", m.reply_code, m.reply_text);
                 self.send0(c::AMQPMethod::CloseOk(c::CloseOk {}));
-                Err(Stop::Done)
+                Err(Stop::Answered)
             }
             AMQPClass::Connection(c::AMQPMethod::CloseOk(_)) => Ok(()),
             AMQPClass::Connection(c::AMQPMethod::UpdateSecret(_)) => {
