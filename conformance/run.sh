@@ -10,13 +10,19 @@
 #
 # Suites: (a) py-amqp's t/integration/test_rmq.py (non-TLS cases) from the pinned
 # amqp sdist, minus conformance/skip/py-amqp.txt; (b) the pika scenarios in
-# conformance/python/scenarios/, minus conformance/skip/pika.txt.
-# The last line printed is "N passed, M failed[, K skipped]"; exit status is
-# non-zero when M > 0.
+# conformance/python/scenarios/ (including the aio-pika robust-connection scenario),
+# minus conformance/skip/pika.txt; (c) conformance/perl/*.t with AnyEvent::RabbitMQ
+# (Debian's libanyevent-rabbitmq-perl, installed with apt-get when missing); (d)
+# conformance/node/amqplib.test.js with the amqplib pinned in conformance/node/
+# package-lock.json (node/npm from apt-get when missing, `npm ci` into
+# conformance/node/node_modules). (c) and (d) print TAP, turned into JUnit XML.
+# The last line printed is "N passed, M failed[, K skipped]", summed over all four
+# suites; exit status is non-zero when M > 0.
 #
 # Environment: CONFORMANCE_TIMEOUT (per-test timeout, s, default 30),
 # CONFORMANCE_SUITE_TIMEOUT (whole-suite bound, s, default 900; a suite killed
-# by it counts as one failure),
+# by it counts as one failure; the Perl and Node suites are bounded by the smaller
+# of it and CONFORMANCE_TAP_SUITE_TIMEOUT, default 120),
 # CONFORMANCE_PYTHON (interpreter used to create the venv, default python3),
 # PYTEST_ARGS (extra arguments for both pytest runs, split on whitespace, no
 # quoting; e.g. "-x" or "-k qos"; py-amqp's own -k "not tls" wins over a -k here).
@@ -31,6 +37,9 @@ REQS="$HERE/python/requirements.txt"
 INI="$HERE/python/pytest.ini"
 TIMEOUT="${CONFORMANCE_TIMEOUT:-30}"
 SUITE_TIMEOUT="${CONFORMANCE_SUITE_TIMEOUT:-900}"
+TAP_SUITE_TIMEOUT="${CONFORMANCE_TAP_SUITE_TIMEOUT:-120}"
+[ "$TAP_SUITE_TIMEOUT" -le "$SUITE_TIMEOUT" ] || TAP_SUITE_TIMEOUT="$SUITE_TIMEOUT"
+NODE_DIR="$HERE/node"
 PY="${CONFORMANCE_PYTHON:-python3}"
 export PYTHONDONTWRITEBYTECODE=1
 
@@ -78,6 +87,62 @@ if [ ! -f "$AMQP_SRC/t/integration/test_rmq.py" ]; then
         "amqp-$AMQP_VERSION/t/integration" \
         || fail_early "cannot extract t/integration from $SDIST"
 fi
+
+# --- Perl and Node prerequisites -------------------------------------------------
+# A missing prerequisite fails only its own suite (one failure, with the reason).
+apt_install() {
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            sudo=(sudo -n)
+        else
+            echo "not root and no passwordless sudo: install them by hand (apt-get install -y $*)"
+            return 1
+        fi
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "apt-get not found: install $* by hand"
+        return 1
+    fi
+    echo "conformance: apt-get install -y $*" >&2
+    local log="$RESULTS/apt.log"
+    { "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >"$log" 2>&1 \
+        || { "${sudo[@]}" apt-get update -q >>"$log" 2>&1 \
+             && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >>"$log" 2>&1; }; } \
+        || { echo "apt-get install -y $* failed (see $log)"; return 1; }
+}
+
+# Prints the reason on stdout and returns non-zero when the Perl suite cannot run.
+setup_perl() {
+    perl_ok() { perl -MAnyEvent::RabbitMQ -MTest::More -e 1 >/dev/null 2>&1; }
+    perl_ok && return 0
+    apt_install perl libanyevent-rabbitmq-perl || return 1
+    perl_ok || { echo "perl cannot load AnyEvent::RabbitMQ after installing libanyevent-rabbitmq-perl"; return 1; }
+}
+
+setup_node() {
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        local pkgs=()
+        command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
+        command -v npm >/dev/null 2>&1 || pkgs+=(npm)
+        apt_install "${pkgs[@]}" || return 1
+    fi
+    local major
+    major="$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null)"
+    [ "${major:-0}" -ge 18 ] 2>/dev/null || { echo "amqplib needs node >= 18, found $(node --version 2>&1)"; return 1; }
+    local lock_hash
+    lock_hash="$(cat "$NODE_DIR/package.json" "$NODE_DIR/package-lock.json" | sha256sum | cut -d' ' -f1)"
+    if [ "$(cat "$NODE_DIR/node_modules/.conformance.sha256" 2>/dev/null)" != "$lock_hash" ]; then
+        (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error >"$RESULTS/npm.log" 2>&1) \
+            || { echo "npm ci in $NODE_DIR failed (see $RESULTS/npm.log)"; return 1; }
+        echo "$lock_hash" > "$NODE_DIR/node_modules/.conformance.sha256"
+    fi
+}
+
+PERL_SETUP_ERROR="$(setup_perl)" && PERL_SETUP_ERROR=""
+NODE_SETUP_ERROR="$(setup_node)" && NODE_SETUP_ERROR=""
+[ -z "$PERL_SETUP_ERROR" ] || echo "conformance: Perl suite cannot run: $PERL_SETUP_ERROR" >&2
+[ -z "$NODE_SETUP_ERROR" ] || echo "conformance: Node suite cannot run: $NODE_SETUP_ERROR" >&2
 
 # --- Broker --------------------------------------------------------------------
 BROKER_PID=""
@@ -135,7 +200,8 @@ fi
 EXTRA=(${PYTEST_ARGS:-})
 COMMON=(-c "$INI" -p skiplist -q -rfE --timeout "$TIMEOUT" "${EXTRA[@]}")
 export PYTHONPATH="$HERE/python${PYTHONPATH:+:$PYTHONPATH}"
-rm -f "$RESULTS/py-amqp.xml" "$RESULTS/pika.xml"
+rm -f "$RESULTS/py-amqp.xml" "$RESULTS/pika.xml" "$RESULTS/perl.xml" "$RESULTS/amqplib.xml" \
+    "$RESULTS/perl.tap" "$RESULTS/amqplib.tap"
 
 echo "== py-amqp $AMQP_VERSION t/integration/test_rmq.py against $HOST:$PORT"
 (cd "$AMQP_SRC" && RABBITMQ_HOST="$HOST" RABBITMQ_5672_TCP="$PORT" \
@@ -151,8 +217,39 @@ echo "== pika scenarios against $HOST:$PORT"
     --junitxml "$RESULTS/pika.xml" .)
 RC_PIKA=$?
 
+# tap_suite NAME SETUP_ERROR CMD...: runs CMD (TAP on stdout, shown and kept in
+# $RESULTS/NAME.tap) under the suite timeout, then writes $RESULTS/NAME.xml.
+tap_suite() {
+    local name="$1" setup_error="$2" rc=0
+    shift 2
+    if [ -z "$setup_error" ]; then
+        # stderr too: Test::More's diagnostics ("# ...") follow the test they explain.
+        timeout -k 10 "$TAP_SUITE_TIMEOUT" "$@" 2>&1 | tee "$RESULTS/$name.tap"
+        rc=${PIPESTATUS[0]}
+        [ "$rc" -ne 124 ] || echo "conformance: $name suite killed after $TAP_SUITE_TIMEOUT s" >&2
+    else
+        echo "conformance: $name: not run: $setup_error"
+        : > "$RESULTS/$name.tap"
+    fi
+    "$VENV/bin/python" "$HERE/python/tap_junit.py" "$name" "$RESULTS/$name.tap" "$rc" \
+        "$RESULTS/$name.xml" "$setup_error"
+}
+
+echo "== Perl AnyEvent::RabbitMQ against $HOST:$PORT"
+# Every perl/*.t in turn; their TAP streams are concatenated (each with its own plan).
+# shellcheck disable=SC2016
+tap_suite perl "$PERL_SETUP_ERROR" bash -c \
+    'rc=0; for t in "$1"/*.t; do perl "$t" "$2" "$3" || rc=1; done; exit $rc' \
+    _ "$HERE/perl" "$HOST" "$PORT"
+RC_PERL=0
+
+echo "== Node amqplib against $HOST:$PORT"
+tap_suite amqplib "$NODE_SETUP_ERROR" node "$NODE_DIR/amqplib.test.js" "$HOST" "$PORT"
+RC_NODE=0
+
 # --- Summary ---------------------------------------------------------------------
-"$VENV/bin/python" - "$RESULTS/py-amqp.xml" "$RC_AMQP" "$RESULTS/pika.xml" "$RC_PIKA" <<'EOF'
+"$VENV/bin/python" - "$RESULTS/py-amqp.xml" "$RC_AMQP" "$RESULTS/pika.xml" "$RC_PIKA" \
+    "$RESULTS/perl.xml" "$RC_PERL" "$RESULTS/amqplib.xml" "$RC_NODE" <<'EOF'
 import sys
 import xml.etree.ElementTree as ET
 
