@@ -321,6 +321,7 @@ impl VHost {
             return self.existing_exchange(name).map(|_| ());
         }
         let kind = ExchangeKind::parse(kind)?;
+        args::validate_exchange_args(arguments, name, &self.name)?;
         let _t = self.topology.lock();
         if let Some(x) = self.exchange(name) {
             let q = |s: &str| format!("'{s}'");
@@ -924,10 +925,9 @@ fn check_queue_type(a: &FieldTable, name: &str, vhost: &str, flags: QueueFlags) 
             }
             Ok(())
         }
-        // compat: RabbitMQ 3.10.8 answers an unknown type with 541 INTERNAL_ERROR, a defect;
-        // Warren answers 406 like later RabbitMQ versions.
+        // `validate_queue_args` refused every other value first.
         _ => Err(AmqpError::precondition_failed(format!(
-            "unsupported queue type '{}'",
+            "invalid arg 'x-queue-type' for queue '{name}' in vhost '{vhost}': \"unsupported queue type '{}'\"",
             args::display(v)
         ))),
     }

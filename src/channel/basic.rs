@@ -64,6 +64,17 @@ impl Channel {
             if m.no_ack { 0 } else { self.prefetch },
             (!m.no_ack).then(|| self.global.clone()),
         ));
+        // Refused before consume-ok, as RabbitMQ does: the client gets the close instead.
+        let priority = match m.arguments.inner().get("x-priority") {
+            None => 0,
+            Some(v) => crate::broker::args::as_int(v).ok_or_else(|| {
+                AmqpError::precondition_failed(format!(
+                    "invalid arg 'x-priority' for queue '{name}' in vhost '{}': \"expected integer, got {}\"",
+                    ctx.vhost.name,
+                    crate::broker::args::type_name(v)
+                ))
+            })?,
+        };
         // consume-ok is written before the consumer is attached, so it precedes every
         // delivery (those reach this connection through its inbox, later); it is taken back
         // if attaching fails.
@@ -76,16 +87,6 @@ impl Channel {
                 })),
             );
         }
-        let priority = match m.arguments.inner().get("x-priority") {
-            None => 0,
-            Some(v) => crate::broker::args::as_int(v).ok_or_else(|| {
-                AmqpError::precondition_failed(format!(
-                    "invalid arg 'x-priority' for queue '{name}' in vhost '{}': \"expected integer, got {}\"",
-                    ctx.vhost.name,
-                    crate::broker::args::type_name(v)
-                ))
-            })?,
-        };
         let consumer = Consumer {
             handle: handle.clone(),
             channel: self.id,

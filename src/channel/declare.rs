@@ -95,6 +95,21 @@ impl Channel {
             exclusive: m.exclusive,
             auto_delete: m.auto_delete,
         };
+        // Direct reply-to's pseudo-queue "exists" for any declare, as in RabbitMQ: clients
+        // check for the feature with a passive declare.
+        if m.queue.as_str() == crate::broker::vhost::REPLY_TO {
+            if !m.nowait {
+                ctx.send(
+                    self.id,
+                    AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                        queue: m.queue.clone(),
+                        message_count: 0,
+                        consumer_count: 1,
+                    })),
+                );
+            }
+            return Ok(());
+        }
         let name = if m.queue.as_str().is_empty() {
             if m.passive {
                 self.queue_name("")?

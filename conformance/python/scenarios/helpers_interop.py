@@ -14,6 +14,21 @@ from helpers import RawAMQP, uid
 
 FRAME_END = b"\xce"
 
+_PRODUCT = []
+
+
+def is_warren():
+    """Whether the broker under test is Warren (its connection.start `product`): a few
+    scenarios assert Warren's deliberate differences from RabbitMQ there, each listed in
+    conformance/README.md."""
+    if not _PRODUCT:
+        from helpers import connect  # pylint: disable=import-outside-toplevel
+        conn = connect()
+        product = conn._impl.server_properties.get("product")  # pylint: disable=protected-access
+        conn.close()
+        _PRODUCT.append(product.decode() if isinstance(product, bytes) else product)
+    return _PRODUCT[0] == "Warren"
+
 
 def scope_of(frame):
     """("channel"|"connection"|None, method) for a received frame."""

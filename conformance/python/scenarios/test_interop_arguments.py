@@ -7,7 +7,7 @@ import pika.spec as S
 import pytest
 
 from helpers import uid
-from helpers_interop import Session, close_tuple, declare_answer
+from helpers_interop import Session, close_tuple, declare_answer, is_warren
 
 PF = "PRECONDITION_FAILED - "
 
@@ -67,11 +67,26 @@ REJECTED = [
      _qarg("x-single-active-consumer", "{{unacceptable_type,longstr}}")),
     ("sac-int", {"x-single-active-consumer": 1},
      _qarg("x-single-active-consumer", "{{unacceptable_type,signedint}}")),
-    ("delivery-limit-classic", {"x-delivery-limit": 5},
-     PF + "invalid arg 'x-delivery-limit' for queue '{q}' in vhost '/' of queue type rabbit_classic_queue"),
-    ("delivery-limit-classic-string", {"x-delivery-limit": "a"},
-     PF + "invalid arg 'x-delivery-limit' for queue '{q}' in vhost '/' of queue type rabbit_classic_queue"),
 ]
+
+# compat: Warren implements x-delivery-limit on classic queues (RabbitMQ only on quorum
+# queues), so it accepts an integer there and refuses a string as any integer argument.
+DELIVERY_LIMIT_CLASSIC = PF + ("invalid arg 'x-delivery-limit' for queue '{q}' in vhost '/' "
+                               "of queue type rabbit_classic_queue")
+
+
+@pytest.mark.parametrize("value", [5, "a"], ids=["int", "string"])
+def test_delivery_limit_on_a_classic_queue(value):
+    q = uid("ia-q")
+    got = declare_answer(S.Queue.Declare(queue=q, exclusive=True,
+                                         arguments={"x-delivery-limit": value}))
+    if not is_warren():
+        assert got == ("channel", 406, DELIVERY_LIMIT_CLASSIC.format(q=q), 50, 10)
+    elif value == 5:
+        assert got == (None, "DeclareOk")
+    else:
+        assert got == ("channel", 406, _qarg("x-delivery-limit", '"expected integer, got longstr"')
+                       .format(q=q), 50, 10)
 
 
 @pytest.mark.parametrize("arguments,text", [c[1:] for c in REJECTED], ids=[c[0] for c in REJECTED])
