@@ -325,8 +325,9 @@ pub(super) async fn run(
     let c::AMQPMethod::TuneOk(tune) = expect(rd, buf, PRE_TUNE_FRAME_MAX).await? else {
         return Err(silent("expected connection.tune-ok"));
     };
-    // spec: a client asking for more than the server offered must be refused. RabbitMQ drops
-    // TCP; Warren says why first, as LavinMQ does, since clients log it.
+    // spec: a client asking for more than the server offered must be refused.
+    // compat: RabbitMQ drops TCP (about 3 s later, with nothing sent); Warren says why first,
+    // as LavinMQ does, since clients log it.
     if tune.channel_max == 0 || tune.channel_max > cfg.channel_max {
         return Err(Refused::Close(AmqpError::not_allowed(format!(
             "negotiated channel_max = {} is outside 1 ..= {}",

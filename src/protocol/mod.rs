@@ -250,6 +250,8 @@ fn decode_method(channel: u16, payload: &[u8]) -> Result<Frame, DecodeError> {
     }
 }
 
+/// compat: RabbitMQ drops the socket without a word on a method it cannot parse (an
+/// unknown field type in its arguments, say); Warren closes with 501 naming the method.
 fn malformed(class_id: u16, method_id: u16) -> DecodeError {
     AmqpError::frame_error("malformed method frame (bad field, or malformed UTF-8 in a shortstr)")
         .with_method(class_id, method_id)
@@ -336,6 +338,8 @@ fn decode_header(
         }
         match all_consuming(parse_properties).parse(&raw_properties[..]) {
             Ok((_, p)) => Properties::new(p),
+            // compat: RabbitMQ 3.10.8 answers an unknown field type in the headers table
+            // with 541 INTERNAL_ERROR (its parser crashes); Warren says what it could not read.
             Err(_) => {
                 return Err(AmqpError::frame_error("malformed content header properties").into());
             }
