@@ -11,6 +11,7 @@
 //!   wire; [`config`] and [`cli`] the settings.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod auth;
 pub mod broker;
 pub mod channel;
 pub mod cli;

@@ -204,21 +204,16 @@ async fn amq_rabbitmq_trace_exists_and_is_internal() {
         .await
         .unwrap_err();
     assert_eq!(code(&e), 406);
-    let (_c2, ch2) = b.channel().await;
-    ch2.basic_publish(
-        "amq.rabbitmq.trace".into(),
-        "x".into(),
-        Default::default(),
-        b"m",
-        Default::default(),
-    )
-    .await
-    .unwrap();
-    let e = ch2
-        .queue_declare("after".into(), Default::default(), FieldTable::default())
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), 403, "{e}");
+    // Publish errors arrive asynchronously: a raw client sees the channel.close itself.
+    let mut r = Raw::open(b.addr).await;
+    r.open_channel(1).await;
+    let publish = amq_protocol::protocol::basic::Publish {
+        exchange: "amq.rabbitmq.trace".into(),
+        routing_key: "x".into(),
+        ..Default::default()
+    };
+    r.publish(1, publish, &Default::default(), b"m").await;
+    assert_eq!(r.expect_channel_close().await, (1, 403, 60, 40));
 }
 
 /// `exchange.unbind` and `queue.unbind` with either end missing answer unbind-ok, as in

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dashmap::DashMap;
 
 use crate::config::Config;
-use crate::store::definitions::Definitions;
+use crate::store::definitions::{Definitions, Loaded, VhostDef};
 use crate::store::{MessageStore, StoreOptions};
 use vhost::VHost;
 
@@ -26,8 +26,8 @@ use vhost::VHost;
 /// persistent messages.
 #[derive(Debug)]
 pub struct Persistence {
-    /// Durable exchanges, queues and bindings.
-    pub defs: Definitions,
+    /// Durable definitions: users, vhosts, permissions, exchanges, queues and bindings.
+    pub defs: Arc<Definitions>,
     /// Persistent messages of durable queues, and bodies paged out of memory.
     pub store: Arc<MessageStore>,
     /// How many message bytes queues may keep in memory.
@@ -69,7 +69,8 @@ pub struct Broker {
     /// (limited by `memory_budget`).
     pub content_budget: Arc<crate::protocol::content::ContentBudget>,
     vhosts: DashMap<String, Arc<VHost>>,
-    users: DashMap<String, String>,
+    /// Users and permissions.
+    pub auth: crate::auth::Registry,
     next_connection: AtomicU64,
     persist: Option<Arc<Persistence>>,
 }
@@ -82,7 +83,8 @@ pub const TEST_DISK_RATE_ENV: &str = "WARREN_TEST_DISK_BYTES_PER_SEC";
 impl Broker {
     /// A broker without persistence (nothing is written to disk).
     pub fn new(config: Config) -> Self {
-        Self::build(config, None)
+        // Nothing to read, and nothing written: seeding cannot fail.
+        Self::build(config, None, &Loaded::default()).expect("an in-memory broker")
     }
 
     /// Opens the stores under `config.data_dir`, recovers durable topology and persistent
@@ -124,7 +126,7 @@ impl Broker {
         let started = std::time::Instant::now();
         let (store, mut recovery) = MessageStore::open(&config.data_dir.join("messages"), options)?;
         let persist = Arc::new(Persistence {
-            defs,
+            defs: Arc::new(defs),
             store: Arc::new(store),
             budget: Budget {
                 per_queue: config.queue_memory_budget as usize,
@@ -133,7 +135,7 @@ impl Broker {
             },
             spill_dir,
         });
-        let b = Self::build(config, Some(persist.clone()));
+        let b = Self::build(config, Some(persist.clone()), &loaded)?;
         let queues: std::collections::HashMap<String, Arc<queue::Queue>> = b
             .vhosts
             .iter()
@@ -166,28 +168,119 @@ impl Broker {
         Ok(b)
     }
 
-    fn build(config: Config, persist: Option<Arc<Persistence>>) -> Self {
+    fn build(
+        config: Config,
+        persist: Option<Arc<Persistence>>,
+        loaded: &Loaded,
+    ) -> std::io::Result<Self> {
         let b = Self {
             content_budget: crate::protocol::content::ContentBudget::new(
                 config.memory_budget as usize,
             ),
             vhosts: DashMap::new(),
-            users: DashMap::new(),
+            auth: crate::auth::Registry::new(persist.as_ref().map(|p| p.defs.clone())),
             next_connection: AtomicU64::new(1),
             persist,
             config,
         };
-        b.vhosts.insert(
-            b.config.default_vhost.clone(),
-            VHost::new(
-                &b.config.default_vhost,
-                b.config.policies.clone(),
-                b.persist.clone(),
-            ),
-        );
-        b.users
-            .insert(b.config.default_user.clone(), b.config.default_pass.clone());
-        b
+        b.auth.load(loaded);
+        for v in &loaded.vhosts {
+            b.insert_vhost(v.clone());
+        }
+        if !loaded.seeded {
+            b.seed()?;
+        }
+        Ok(b)
+    }
+
+    /// First boot (as RabbitMQ's): the default vhost, and the default user as an
+    /// administrator with every permission in it, unless users exist already (an import).
+    fn seed(&self) -> std::io::Result<()> {
+        let vhost = self.config.default_vhost.clone();
+        if self.vhost(&vhost).is_none() {
+            self.add_vhost(VhostDef {
+                name: vhost.clone(),
+                description: "Default virtual host".into(),
+                tags: Vec::new(),
+                default_queue_type: None,
+                limits: Default::default(),
+            })?;
+        }
+        if self.auth.is_empty() {
+            let user = &self.config.default_user;
+            self.auth.put_user(
+                user,
+                crate::auth::Password::Clear(self.config.default_pass.clone()),
+                vec!["administrator".into()],
+                None,
+            )?;
+            self.auth.set_permission(&vhost, user, ".*", ".*", ".*")?;
+        }
+        if let Some(p) = &self.persist {
+            blocking(|| p.defs.mark_seeded())?;
+        }
+        Ok(())
+    }
+
+    fn insert_vhost(&self, def: VhostDef) -> Arc<VHost> {
+        // Policies from rabbit.toml apply to the default vhost.
+        let policies = if def.name == self.config.default_vhost {
+            self.config.policies.clone()
+        } else {
+            Vec::new()
+        };
+        let v = VHost::new(&def.name, policies, self.persist.clone());
+        v.set_meta(def);
+        self.vhosts.insert(v.name.clone(), v.clone());
+        v
+    }
+
+    /// Creates a vhost, or updates its metadata and limits when it exists. Returns whether
+    /// it was created.
+    ///
+    /// # Errors
+    /// The definitions store's error.
+    pub fn add_vhost(&self, def: VhostDef) -> std::io::Result<bool> {
+        if def.name.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "vhost name must not be empty",
+            ));
+        }
+        if let Some(p) = &self.persist {
+            blocking(|| p.defs.put_vhost(&def))?;
+        }
+        if let Some(v) = self.vhost(&def.name) {
+            v.set_meta(def);
+            return Ok(false);
+        }
+        self.insert_vhost(def);
+        Ok(true)
+    }
+
+    /// Every vhost, sorted by name.
+    pub fn vhosts(&self) -> Vec<Arc<VHost>> {
+        let mut v: Vec<_> = self.vhosts.iter().map(|v| v.clone()).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Deletes a vhost and everything in it: its queues (persisted messages included),
+    /// exchanges, bindings and permissions. The caller closes its connections. Returns
+    /// whether it existed.
+    ///
+    /// # Errors
+    /// The definitions store's error.
+    pub fn delete_vhost(&self, name: &str) -> std::io::Result<bool> {
+        let Some((_, v)) = self.vhosts.remove(name) else {
+            return Ok(false);
+        };
+        v.delete_everything();
+        if let Some(p) = &self.persist {
+            blocking(|| p.defs.delete_vhost(name))?;
+        }
+        self.auth.forget_vhost(name);
+        Ok(true)
     }
 
     /// Looks a vhost up.
@@ -197,7 +290,7 @@ impl Broker {
 
     /// Checks a user's password.
     pub fn authenticate(&self, user: &str, pass: &str) -> bool {
-        self.users.get(user).is_some_and(|p| p.as_str() == pass)
+        self.auth.login(user, pass).is_some()
     }
 
     /// The message log's durable watermark, for publisher confirms (None without

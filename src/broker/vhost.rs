@@ -21,7 +21,7 @@ use crate::broker::queue_args::{QueueArgs, matching_policy};
 use crate::broker::{Persistence, blocking};
 use crate::config::Policy;
 use crate::error::{AmqpError, Result};
-use crate::store::definitions::{BindingDef, Definitions, ExchangeDef, Loaded, QueueDef};
+use crate::store::definitions::{BindingDef, Definitions, ExchangeDef, Loaded, QueueDef, VhostDef};
 
 /// Exchanges every vhost has, with their types and whether they are internal (the default
 /// exchange is `""`). All are durable.
@@ -111,6 +111,8 @@ pub struct VHost {
     replies: DashMap<String, ReplyTarget>,
     topology: Mutex<()>,
     persist: Option<Arc<Persistence>>,
+    /// Description, tags, default queue type and limits, as RabbitMQ's vhost object.
+    meta: Mutex<VhostDef>,
 }
 
 /// Names starting with `amq.` are the broker's; clients may not create them.
@@ -130,6 +132,13 @@ impl VHost {
             queues: DashMap::new(),
             replies: DashMap::new(),
             topology: Mutex::new(()),
+            meta: Mutex::new(VhostDef {
+                name: name.into(),
+                description: String::new(),
+                tags: Vec::new(),
+                default_queue_type: None,
+                limits: Default::default(),
+            }),
         });
         for (n, kind, internal) in PREDECLARED {
             let x = Exchange::new(
@@ -619,6 +628,14 @@ impl VHost {
         }
         args::validate_queue_args(arguments, name, &self.name)?;
         check_queue_type(arguments, name, &self.name, flags)?;
+        if let Some(max) = self.limit("max-queues")
+            && self.queues.len() as u64 >= max
+        {
+            return Err(AmqpError::precondition_failed(format!(
+                "cannot declare queue '{name}': queue limit in vhost '{}' ({max}) is reached",
+                self.name
+            )));
+        }
         let args = QueueArgs::new(arguments, matching_policy(&self.policies, name, true));
         // Exclusive queues never outlive their connection, restart or not: not stored.
         let stored = flags.durable && !flags.exclusive;
@@ -744,6 +761,35 @@ impl VHost {
             )));
         }
         Ok(self.remove_queue(&q))
+    }
+
+    /// The vhost's metadata and limits.
+    pub fn meta(&self) -> VhostDef {
+        self.meta.lock().clone()
+    }
+
+    /// Replaces the metadata and limits (the broker stored them).
+    pub fn set_meta(&self, def: VhostDef) {
+        *self.meta.lock() = def;
+    }
+
+    /// A limit (`max-connections`, `max-queues`); None when unset or negative (unlimited).
+    pub fn limit(&self, name: &str) -> Option<u64> {
+        self.meta
+            .lock()
+            .limits
+            .get(name)
+            .and_then(|&n| u64::try_from(n).ok())
+    }
+
+    /// Deletes every queue of a vhost that is going away (their persisted messages with
+    /// them); the broker removes the stored definitions in one go.
+    pub fn delete_everything(&self) {
+        let queues: Vec<Arc<Queue>> = self.queues.iter().map(|q| q.clone()).collect();
+        for q in queues {
+            self.remove_queue(&q);
+        }
+        self.exchanges.clear();
     }
 
     /// Deletes a queue unconditionally (auto-delete, exclusive owner gone, `queue.delete`):

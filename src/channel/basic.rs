@@ -16,6 +16,7 @@ use bytes::Bytes;
 use super::{
     Channel, ConsumerInfo, Ctx, Mode, Settle, TxPublish, Unacked, discard_grouped, requeue_grouped,
 };
+use crate::auth::{Kind, Perm};
 use crate::broker::message::Message;
 use crate::broker::names;
 use crate::broker::queue::{Consumer, ConsumerHandle, Published};
@@ -47,6 +48,7 @@ impl Channel {
             return self.reply_consume(ctx, m);
         }
         let name = self.queue_name(m.queue.as_str())?;
+        self.allow(ctx, Perm::Read, Kind::Queue, &name)?;
         let queue = ctx.vhost.queue(&name, ctx.conn_id)?;
         let tag: Arc<str> = if m.consumer_tag.as_str().is_empty() {
             names::generate("amq.ctag-").into()
@@ -179,7 +181,15 @@ impl Channel {
     /// A publish is complete: validate, then route now or hold it for the transaction.
     pub(super) fn publish_content(&mut self, ctx: &mut Ctx<'_>, mut c: Content) -> Result<()> {
         let fail = |e: AmqpError| e.with_method(60, 40);
-        validate_properties(&c.properties, ctx.user).map_err(fail)?;
+        // RabbitMQ's order: write permission, the exchange exists, not internal, topic
+        // permission, then the properties.
+        self.allow(
+            ctx,
+            Perm::Write,
+            Kind::Exchange,
+            c.publish.exchange.as_str(),
+        )
+        .map_err(fail)?;
         if c.properties
             .reply_to()
             .as_ref()
@@ -215,6 +225,9 @@ impl Channel {
                 exchange.name, ctx.vhost.name
             ))));
         }
+        self.allow_topic(ctx, &exchange, true, c.publish.routing_key.as_str())
+            .map_err(fail)?;
+        validate_properties(&c.properties, ctx.user, ctx.impersonator).map_err(fail)?;
         if let Mode::Tx {
             publishes, bytes, ..
         } = &mut self.mode
@@ -344,6 +357,7 @@ impl Channel {
 
     pub(super) fn basic_get(&mut self, ctx: &mut Ctx<'_>, m: b::Get) -> Result<()> {
         let name = self.queue_name(m.queue.as_str())?;
+        self.allow(ctx, Perm::Read, Kind::Queue, &name)?;
         let queue = ctx.vhost.queue(&name, ctx.conn_id)?;
         let Some((entry, remaining)) = queue.get(m.no_ack) else {
             ctx.send(
@@ -582,7 +596,7 @@ impl Channel {
 const TX_PUBLISH_OVERHEAD: u64 = 512;
 
 /// RabbitMQ's checks on a published message's properties.
-fn validate_properties(p: &BasicProperties, user: &str) -> Result<()> {
+fn validate_properties(p: &BasicProperties, user: &str, impersonator: bool) -> Result<()> {
     if let Some(mode) = *p.delivery_mode()
         && !(1..=2).contains(&mode)
     {
@@ -595,6 +609,7 @@ fn validate_properties(p: &BasicProperties, user: &str) -> Result<()> {
     }
     if let Some(uid) = p.user_id()
         && uid.as_str() != user
+        && !impersonator
     {
         return Err(AmqpError::precondition_failed(format!(
             "user_id property set to '{uid}' but authenticated user was '{user}'"

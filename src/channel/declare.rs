@@ -6,11 +6,30 @@
 use amq_protocol::protocol::{AMQPClass, exchange, queue};
 
 use super::{Channel, Ctx};
+use crate::auth::{Kind, Perm};
 use crate::broker::names;
 use crate::broker::vhost::{ExchangeFlags, QueueFlags};
 use crate::error::{AmqpError, Result};
 
 impl Channel {
+    /// A binding's checks, in RabbitMQ's order: write on the destination, read on the
+    /// source, then the source's topic permissions against the binding key.
+    fn allow_binding(
+        &mut self,
+        ctx: &Ctx<'_>,
+        kind: Kind,
+        destination: &str,
+        source: &str,
+        key: &str,
+    ) -> Result<()> {
+        self.allow(ctx, Perm::Write, kind, destination)?;
+        self.allow(ctx, Perm::Read, Kind::Exchange, source)?;
+        if let Some(x) = ctx.vhost.exchange(source) {
+            self.allow_topic(ctx, &x, false, key)?;
+        }
+        Ok(())
+    }
+
     /// Resolves an empty queue name to the channel's last declared queue (spec: "If the
     /// queue name is empty, the server uses the last queue declared on the channel").
     pub(super) fn queue_name(&self, name: &str) -> Result<String> {
@@ -33,6 +52,10 @@ impl Channel {
             auto_delete: m.auto_delete,
             internal: m.internal,
         };
+        // Passive declares check nothing, as in RabbitMQ.
+        if !m.passive {
+            self.allow(ctx, Perm::Configure, Kind::Exchange, m.exchange.as_str())?;
+        }
         ctx.vhost
             .declare_exchange(m.exchange.as_str(), m.kind.as_str(), flags, &m.arguments)?;
         if !m.nowait {
@@ -45,6 +68,7 @@ impl Channel {
     }
 
     pub(super) fn exchange_delete(&mut self, ctx: &mut Ctx<'_>, m: exchange::Delete) -> Result<()> {
+        self.allow(ctx, Perm::Configure, Kind::Exchange, m.exchange.as_str())?;
         ctx.vhost
             .delete_exchange(m.exchange.as_str(), m.if_unused)?;
         if !m.nowait {
@@ -57,6 +81,13 @@ impl Channel {
     }
 
     pub(super) fn exchange_bind(&mut self, ctx: &mut Ctx<'_>, m: exchange::Bind) -> Result<()> {
+        self.allow_binding(
+            ctx,
+            Kind::Exchange,
+            m.destination.as_str(),
+            m.source.as_str(),
+            m.routing_key.as_str(),
+        )?;
         ctx.vhost.bind_exchange(
             m.destination.as_str(),
             m.source.as_str(),
@@ -73,6 +104,13 @@ impl Channel {
     }
 
     pub(super) fn exchange_unbind(&mut self, ctx: &mut Ctx<'_>, m: exchange::Unbind) -> Result<()> {
+        self.allow_binding(
+            ctx,
+            Kind::Exchange,
+            m.destination.as_str(),
+            m.source.as_str(),
+            m.routing_key.as_str(),
+        )?;
         ctx.vhost.unbind_exchange(
             m.destination.as_str(),
             m.source.as_str(),
@@ -135,6 +173,9 @@ impl Channel {
             }
             m.queue.to_string()
         };
+        if !m.passive {
+            self.allow(ctx, Perm::Configure, Kind::Queue, &name)?;
+        }
         let d = ctx
             .vhost
             .declare_queue(&name, flags, &m.arguments, ctx.conn_id)?;
@@ -160,6 +201,7 @@ impl Channel {
         } else {
             m.routing_key.to_string()
         };
+        self.allow_binding(ctx, Kind::Queue, &name, m.exchange.as_str(), &key)?;
         ctx.vhost
             .bind_queue(&name, m.exchange.as_str(), &key, &m.arguments, ctx.conn_id)?;
         if !m.nowait {
@@ -173,6 +215,13 @@ impl Channel {
 
     pub(super) fn queue_unbind(&mut self, ctx: &mut Ctx<'_>, m: queue::Unbind) -> Result<()> {
         let name = self.queue_name(m.queue.as_str())?;
+        self.allow_binding(
+            ctx,
+            Kind::Queue,
+            &name,
+            m.exchange.as_str(),
+            m.routing_key.as_str(),
+        )?;
         ctx.vhost.unbind_queue(
             &name,
             m.exchange.as_str(),
@@ -189,6 +238,7 @@ impl Channel {
 
     pub(super) fn queue_purge(&mut self, ctx: &mut Ctx<'_>, m: queue::Purge) -> Result<()> {
         let name = self.queue_name(m.queue.as_str())?;
+        self.allow(ctx, Perm::Read, Kind::Queue, &name)?;
         let n = ctx.vhost.queue(&name, ctx.conn_id)?.purge();
         if !m.nowait {
             ctx.send(
@@ -203,6 +253,7 @@ impl Channel {
 
     pub(super) fn queue_delete(&mut self, ctx: &mut Ctx<'_>, m: queue::Delete) -> Result<()> {
         let name = self.queue_name(m.queue.as_str())?;
+        self.allow(ctx, Perm::Configure, Kind::Queue, &name)?;
         let n = ctx
             .vhost
             .delete_queue(&name, m.if_unused, m.if_empty, ctx.conn_id)?;

@@ -37,6 +37,8 @@ pub(super) struct Opened {
     pub heartbeat: u16,
     /// The client understands server-sent basic.cancel.
     pub cancel_notify: bool,
+    /// The user as logged in (tags: `impersonator` lifts the `user_id` check).
+    pub login: Arc<crate::auth::User>,
 }
 
 /// How a handshake ended when it did not open the connection.
@@ -264,6 +266,7 @@ pub(super) async fn run(
     wr: &mut OwnedWriteHalf,
     buf: &mut BytesMut,
     broker: &Broker,
+    peer: std::net::SocketAddr,
 ) -> Result<Opened, Refused> {
     while buf.len() < 8 {
         match rd.read_buf(buf).await {
@@ -298,7 +301,16 @@ pub(super) async fn run(
             "unsupported mechanism or malformed response ({mechanism})"
         )));
     };
-    if !broker.authenticate(&user, &pass) {
+    let login = broker.auth.login(&user, &pass).filter(|_| {
+        // As RabbitMQ: checked after the password, refused like a wrong one.
+        let local_only = broker.config.loopback_users.contains(&user);
+        if local_only && !peer.ip().is_loopback() {
+            tracing::warn!(%user, %peer, "{mechanism} login refused: user '{user}' can only connect via localhost");
+            return false;
+        }
+        true
+    });
+    let Some(login) = login else {
         let why = format!(
             "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
         );
@@ -309,7 +321,7 @@ pub(super) async fn run(
         } else {
             silent(why)
         });
-    }
+    };
     let cancel_notify = capability(&start_ok.client_properties, "consumer_cancel_notify");
 
     let cfg = &broker.config;
@@ -348,6 +360,15 @@ pub(super) async fn run(
                 .with_method(10, 40),
         ));
     };
+    if !broker.auth.has_access(&vhost.name, &user) {
+        return Err(Refused::Close(
+            AmqpError::not_allowed(format!(
+                "access to vhost '{}' refused for user '{user}'",
+                vhost.name
+            ))
+            .with_method(10, 40),
+        ));
+    }
     send(wr, c::AMQPMethod::OpenOk(c::OpenOk {})).await?;
     Ok(Opened {
         user,
@@ -356,6 +377,7 @@ pub(super) async fn run(
         channel_max: tune.channel_max,
         heartbeat: tune.heartbeat,
         cancel_notify,
+        login,
     })
 }
 

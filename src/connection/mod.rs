@@ -86,7 +86,7 @@ pub async fn run(
     let limit = Duration::from_secs(broker.config.handshake_timeout);
     let opened = match tokio::time::timeout(
         limit,
-        handshake::run(&mut rd, &mut wr, &mut rbuf, &broker),
+        handshake::run(&mut rd, &mut wr, &mut rbuf, &broker, peer),
     )
     .await
     {
@@ -276,6 +276,8 @@ macro_rules! ctx {
             conn_id: $self.id,
             vhost: &$self.vhost,
             user: &$self.opened.user,
+            impersonator: $self.opened.login.has_tag("impersonator"),
+            auth: &$self.broker.auth,
             out: &mut $self.out,
             inbox: &mut $self.inbox,
             frame_max: $self.opened.frame_max,

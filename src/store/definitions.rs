@@ -60,6 +60,71 @@ pub struct BindingDef {
     pub arguments: FieldTable,
 }
 
+/// A user: RabbitMQ's definition fields.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UserDef {
+    /// Name.
+    pub name: String,
+    /// base64(salt ‖ digest); empty for a user without a password.
+    pub password_hash: String,
+    /// RabbitMQ's module name of the hashing algorithm.
+    pub hashing_algorithm: String,
+    /// Tags (`administrator`, `monitoring`, ...; unknown ones are kept).
+    pub tags: Vec<String>,
+    /// `max-connections`, `max-channels`.
+    #[serde(default)]
+    pub limits: std::collections::BTreeMap<String, i64>,
+}
+
+/// A virtual host.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VhostDef {
+    /// Name.
+    pub name: String,
+    /// Description (RabbitMQ's `metadata.description`).
+    #[serde(default)]
+    pub description: String,
+    /// Tags (`metadata.tags`).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// `default_queue_type`, when set.
+    #[serde(default)]
+    pub default_queue_type: Option<String>,
+    /// `max-connections`, `max-queues`.
+    #[serde(default)]
+    pub limits: std::collections::BTreeMap<String, i64>,
+}
+
+/// A user's permissions in a vhost.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PermissionDef {
+    /// User.
+    pub user: String,
+    /// Virtual host.
+    pub vhost: String,
+    /// Regex for configure access.
+    pub configure: String,
+    /// Regex for write access.
+    pub write: String,
+    /// Regex for read access.
+    pub read: String,
+}
+
+/// A user's topic permissions on one exchange of a vhost.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopicPermissionDef {
+    /// User.
+    pub user: String,
+    /// Virtual host.
+    pub vhost: String,
+    /// The topic exchange.
+    pub exchange: String,
+    /// Regex for routing keys published.
+    pub write: String,
+    /// Regex for binding keys bound.
+    pub read: String,
+}
+
 /// Everything stored, as read at boot.
 #[derive(Debug, Default)]
 pub struct Loaded {
@@ -69,6 +134,17 @@ pub struct Loaded {
     pub queues: Vec<QueueDef>,
     /// Bindings.
     pub bindings: Vec<BindingDef>,
+    /// Users.
+    pub users: Vec<UserDef>,
+    /// Virtual hosts.
+    pub vhosts: Vec<VhostDef>,
+    /// Permissions.
+    pub permissions: Vec<PermissionDef>,
+    /// Topic permissions.
+    pub topic_permissions: Vec<TopicPermissionDef>,
+    /// Whether the default user and vhost were ever created: they are created once, at the
+    /// first boot, as RabbitMQ does, and not again after an operator deleted them.
+    pub seeded: bool,
 }
 
 /// The definitions store.
@@ -79,7 +155,15 @@ pub struct Definitions {
     exchanges: sled::Tree,
     queues: sled::Tree,
     bindings: sled::Tree,
+    users: sled::Tree,
+    vhosts: sled::Tree,
+    permissions: sled::Tree,
+    topic_permissions: sled::Tree,
+    meta: sled::Tree,
 }
+
+/// The `meta` key set once the default user and vhost exist.
+const SEEDED: &[u8] = b"seeded";
 
 fn other(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
@@ -137,6 +221,11 @@ impl Definitions {
             exchanges: tree("exchanges")?,
             queues: tree("queues")?,
             bindings: tree("bindings")?,
+            users: tree("users")?,
+            vhosts: tree("vhosts")?,
+            permissions: tree("permissions")?,
+            topic_permissions: tree("topic_permissions")?,
+            meta: tree("meta")?,
             dir: dir.to_owned(),
             db,
         })
@@ -167,7 +256,117 @@ impl Definitions {
             exchanges: all(&self.exchanges)?,
             queues: all(&self.queues)?,
             bindings: all(&self.bindings)?,
+            users: all(&self.users)?,
+            vhosts: all(&self.vhosts)?,
+            permissions: all(&self.permissions)?,
+            topic_permissions: all(&self.topic_permissions)?,
+            seeded: self.meta.contains_key(SEEDED).map_err(other)?,
         })
+    }
+
+    /// Records that the default user and vhost were created.
+    ///
+    /// # Errors
+    /// The write or sync failed.
+    pub fn mark_seeded(&self) -> io::Result<()> {
+        self.meta.insert(SEEDED, &b"1"[..]).map_err(other)?;
+        self.sync()
+    }
+
+    /// Stores a user.
+    ///
+    /// # Errors
+    /// The write or sync failed.
+    pub fn put_user(&self, u: &UserDef) -> io::Result<()> {
+        self.users
+            .insert(key(&[&u.name]), encode(u)?)
+            .map_err(other)?;
+        self.sync()
+    }
+
+    /// Removes a user with its permissions and topic permissions.
+    ///
+    /// # Errors
+    /// The write or sync failed.
+    pub fn delete_user(&self, name: &str) -> io::Result<()> {
+        self.users.remove(key(&[name])).map_err(other)?;
+        remove_where::<PermissionDef>(&self.permissions, |p| p.user == name)?;
+        remove_where::<TopicPermissionDef>(&self.topic_permissions, |p| p.user == name)?;
+        self.sync()
+    }
+
+    /// Stores a vhost.
+    ///
+    /// # Errors
+    /// The write or sync failed.
+    pub fn put_vhost(&self, v: &VhostDef) -> io::Result<()> {
+        self.vhosts
+            .insert(key(&[&v.name]), encode(v)?)
+            .map_err(other)?;
+        self.sync()
+    }
+
+    /// Removes a vhost and everything defined in it.
+    ///
+    /// # Errors
+    /// The write or sync failed.
+    pub fn delete_vhost(&self, name: &str) -> io::Result<()> {
+        self.vhosts.remove(key(&[name])).map_err(other)?;
+        remove_where::<ExchangeDef>(&self.exchanges, |x| x.vhost == name)?;
+        remove_where::<QueueDef>(&self.queues, |q| q.vhost == name)?;
+        remove_where::<BindingDef>(&self.bindings, |b| b.vhost == name)?;
+        remove_where::<PermissionDef>(&self.permissions, |p| p.vhost == name)?;
+        remove_where::<TopicPermissionDef>(&self.topic_permissions, |p| p.vhost == name)?;
+        self.sync()
+    }
+
+    /// Stores (replaces) a user's permissions in a vhost.
+    ///
+    /// # Errors
+    /// The write or sync failed.
+    pub fn put_permission(&self, p: &PermissionDef) -> io::Result<()> {
+        self.permissions
+            .insert(key(&[&p.vhost, &p.user]), encode(p)?)
+            .map_err(other)?;
+        self.sync()
+    }
+
+    /// Removes a user's permissions in a vhost.
+    ///
+    /// # Errors
+    /// The write or sync failed.
+    pub fn delete_permission(&self, vhost: &str, user: &str) -> io::Result<()> {
+        self.permissions
+            .remove(key(&[vhost, user]))
+            .map_err(other)?;
+        self.sync()
+    }
+
+    /// Stores (replaces) a user's topic permissions on an exchange.
+    ///
+    /// # Errors
+    /// The write or sync failed.
+    pub fn put_topic_permission(&self, p: &TopicPermissionDef) -> io::Result<()> {
+        self.topic_permissions
+            .insert(key(&[&p.vhost, &p.user, &p.exchange]), encode(p)?)
+            .map_err(other)?;
+        self.sync()
+    }
+
+    /// Removes a user's topic permissions in a vhost: on one exchange, or all of them.
+    ///
+    /// # Errors
+    /// The write or sync failed.
+    pub fn delete_topic_permissions(
+        &self,
+        vhost: &str,
+        user: &str,
+        exchange: Option<&str>,
+    ) -> io::Result<()> {
+        remove_where::<TopicPermissionDef>(&self.topic_permissions, |p| {
+            p.vhost == vhost && p.user == user && exchange.is_none_or(|x| p.exchange == x)
+        })?;
+        self.sync()
     }
 
     /// Stores an exchange.
@@ -255,6 +454,20 @@ impl Definitions {
         self.db.flush().map_err(other)?;
         sync_tree(&self.dir)
     }
+}
+
+/// Removes the records of `tree` that `doomed` picks (undecodable ones stay: boot skips them).
+fn remove_where<T: for<'de> Deserialize<'de>>(
+    tree: &sled::Tree,
+    doomed: impl Fn(&T) -> bool,
+) -> io::Result<()> {
+    for kv in tree.iter() {
+        let (k, v) = kv.map_err(other)?;
+        if serde_json::from_slice::<T>(&v).is_ok_and(|d| doomed(&d)) {
+            tree.remove(k).map_err(other)?;
+        }
+    }
+    Ok(())
 }
 
 fn sync_tree(dir: &Path) -> io::Result<()> {
