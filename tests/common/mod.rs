@@ -20,6 +20,8 @@ use warren::config::Config;
 /// A running broker; stops when dropped.
 pub struct TestBroker {
     pub addr: SocketAddr,
+    /// The broker itself, for tests that set users, vhosts and permissions up directly.
+    pub broker: Arc<Broker>,
     pub _dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     pub done: Option<tokio::task::JoinHandle<()>>,
@@ -49,11 +51,12 @@ impl TestBroker {
         let addr = listeners[0].local_addr().unwrap();
         let broker = Arc::new(Broker::open_with(config, store).unwrap());
         let (tx, rx) = oneshot::channel();
-        let done = tokio::spawn(warren::server::run(listeners, broker, async move {
+        let done = tokio::spawn(warren::server::run(listeners, broker.clone(), async move {
             let _ = rx.await;
         }));
         Self {
             addr,
+            broker,
             _dir: dir,
             stop: Some(tx),
             done: Some(done),
@@ -62,6 +65,29 @@ impl TestBroker {
 
     pub fn uri(&self) -> String {
         format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    /// Connects as `user` / `pass` to `vhost`.
+    pub async fn connect_as(
+        &self,
+        user: &str,
+        pass: &str,
+        vhost: &str,
+    ) -> Result<Connection, lapin::Error> {
+        let vhost: String = vhost
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        Connection::connect(
+            &format!("amqp://{user}:{pass}@{}/{vhost}", self.addr),
+            ConnectionProperties::default(),
+        )
+        .await
     }
 
     pub async fn connect(&self) -> Connection {
@@ -185,6 +211,41 @@ impl Raw {
         frame_max: u32,
         heartbeat: u16,
     ) -> (AMQPClass, Option<AMQPClass>) {
+        self.login(
+            header,
+            ("guest", "guest", "/"),
+            (channel_max, frame_max, heartbeat),
+        )
+        .await
+    }
+
+    /// Connects and logs in as (user, password, vhost); returns what answered
+    /// connection.open.
+    pub async fn open_as(
+        addr: SocketAddr,
+        user: &str,
+        pass: &str,
+        vhost: &str,
+    ) -> (Self, Option<AMQPClass>) {
+        let mut r = Self::connect(addr).await;
+        let (_, opened) = r
+            .login(
+                b"AMQP\x00\x00\x09\x01",
+                (user, pass, vhost),
+                (2047, 131072, 0),
+            )
+            .await;
+        (r, opened)
+    }
+
+    /// The handshake after sending `header`, with (user, password, vhost) and the tune-ok
+    /// values (channel_max, frame_max, heartbeat).
+    pub async fn login(
+        &mut self,
+        header: &[u8; 8],
+        (user, pass, vhost): (&str, &str, &str),
+        (channel_max, frame_max, heartbeat): (u16, u32, u16),
+    ) -> (AMQPClass, Option<AMQPClass>) {
         self.send_raw(header).await;
         let start = self.expect_method().await;
         let mut caps = FieldTable::default();
@@ -199,7 +260,7 @@ impl Raw {
             AMQPClass::Connection(c::AMQPMethod::StartOk(c::StartOk {
                 client_properties: props,
                 mechanism: "PLAIN".into(),
-                response: LongString::from(&b"\0guest\0guest"[..]),
+                response: LongString::from(format!("\0{user}\0{pass}").into_bytes()),
                 locale: "en_US".into(),
             })),
         )
@@ -217,7 +278,7 @@ impl Raw {
         self.send(
             0,
             AMQPClass::Connection(c::AMQPMethod::Open(c::Open {
-                virtual_host: "/".into(),
+                virtual_host: vhost.into(),
             })),
         )
         .await;
