@@ -7,7 +7,6 @@ mod common;
 
 use amq_protocol::protocol::{AMQPClass, basic, channel as chm, connection as c, queue as qm};
 use common::*;
-use lapin::options::*;
 use lapin::types::FieldTable;
 use warren::auth::Password;
 use warren::store::definitions::{TopicPermissionDef, VhostDef};
