@@ -63,6 +63,8 @@ pub struct Config {
     pub handshake_timeout: u64,
     /// Users who may log in only from a loopback address (RabbitMQ's `loopback_users`).
     pub loopback_users: Vec<String>,
+    /// A definitions JSON file (RabbitMQ's format) imported at every boot.
+    pub load_definitions: Option<PathBuf>,
     /// Bytes of queued messages one queue keeps in memory; past it, bodies are paged out to
     /// the message log and read back as consumers reach them.
     pub queue_memory_budget: u64,
@@ -174,6 +176,7 @@ impl Default for Config {
             max_message_size: 128 * 1024 * 1024,
             handshake_timeout: 10,
             loopback_users: vec!["guest".into()],
+            load_definitions: None,
             queue_memory_budget: 128 * 1024 * 1024,
             memory_budget: 1024 * 1024 * 1024,
             max_transaction_bytes: 256 * 1024 * 1024,

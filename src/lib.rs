@@ -6,10 +6,14 @@
 //!   and the connection's channels; it turns errors into `channel.close` / `connection.close`.
 //! - [`channel`] is one channel's state machine: publishes, consumers, acks, confirms, tx.
 //! - [`broker`] holds what connections share: vhosts with their exchanges and queues,
-//!   routing, dispatch.
+//!   routing, dispatch; [`auth`] its users and permissions.
 //! - [`protocol`] is the sans-I/O wire format; [`error`] the one error type that reaches the
 //!   wire; [`config`] and [`cli`] the settings.
 #![warn(missing_docs, unreachable_pub)]
+
+/// The RabbitMQ version whose behaviour Warren follows, as tools expect to read it
+/// (definitions' `rabbitmq_version`, the management API's `rabbitmq_version`).
+pub const RABBITMQ_VERSION: &str = "3.10.8";
 
 pub mod auth;
 pub mod broker;

@@ -124,6 +124,10 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = broker.load_definitions() {
+        eprintln!("warren: {e}");
+        return ExitCode::FAILURE;
+    }
     warren::server::run(listeners, broker.clone(), stop_signal()).await;
     broker.flush();
     tracing::info!("stopped");

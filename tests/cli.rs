@@ -127,3 +127,34 @@ async fn loopback_listeners_on_both_families_each_serve_clients() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn a_definitions_file_that_cannot_load_stops_the_boot_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let defs = dir.path().join("defs.json");
+    std::fs::write(
+        &defs,
+        r#"{"queues": [{"name": "q", "vhost": "nowhere", "durable": true}]}"#,
+    )
+    .unwrap();
+    let config = dir.path().join("rabbit.toml");
+    std::fs::write(
+        &config,
+        format!("load_definitions = {:?}\n", defs.display().to_string()),
+    )
+    .unwrap();
+    let out = warren()
+        .arg("--config")
+        .arg(&config)
+        .args(["--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.contains("defs.json") && last.contains("queue 'q'"),
+        "{err}"
+    );
+}

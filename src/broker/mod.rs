@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod dead_letter;
+pub mod definitions_json;
 pub mod exchange;
 pub mod message;
 pub mod names;
@@ -256,6 +257,26 @@ impl Broker {
         }
         self.insert_vhost(def);
         Ok(true)
+    }
+
+    /// Imports the `load_definitions` file, if configured (at boot).
+    ///
+    /// # Errors
+    /// The file cannot be read or parsed, or a definition in it is refused; the text names
+    /// the file and the definition.
+    pub fn load_definitions(&self) -> Result<(), String> {
+        let Some(path) = &self.config.load_definitions else {
+            return Ok(());
+        };
+        let name = path.display();
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("load_definitions {name}: {e}"))?;
+        let defs: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("load_definitions {name}: {e}"))?;
+        definitions_json::import(self, &defs, None)
+            .map_err(|e| format!("load_definitions {name}: {e}"))?;
+        tracing::info!(file = %name, "imported definitions");
+        Ok(())
     }
 
     /// Every vhost, sorted by name.

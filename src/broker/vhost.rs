@@ -763,6 +763,20 @@ impl VHost {
         Ok(self.remove_queue(&q))
     }
 
+    /// Every exchange, by name (the default exchange `""` included).
+    pub fn list_exchanges(&self) -> Vec<Arc<Exchange>> {
+        let mut v: Vec<_> = self.exchanges.iter().map(|x| x.clone()).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Every queue, by name.
+    pub fn list_queues(&self) -> Vec<Arc<Queue>> {
+        let mut v: Vec<_> = self.queues.iter().map(|q| q.clone()).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
     /// The vhost's metadata and limits.
     pub fn meta(&self) -> VhostDef {
         self.meta.lock().clone()

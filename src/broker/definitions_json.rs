@@ -1,0 +1,472 @@
+//! RabbitMQ's definitions JSON: export of users, vhosts, permissions, topic permissions,
+//! limits, exchanges, queues and bindings, and import of the same (a file exported from
+//! RabbitMQ 3.10.8 loads, and what Warren exports loads into RabbitMQ).
+//!
+//! Used at boot (`load_definitions` in rabbit.toml) and by the management API. Talks to the
+//! broker's vhosts and the auth registry; knows nothing of HTTP. What Warren does not
+//! implement (policies beyond rabbit.toml's, runtime parameters other than vhost limits,
+//! global parameters) is skipped with a warning naming it.
+
+use amq_protocol::types::{AMQPValue, FieldArray, FieldTable};
+use serde_json::{Map, Value, json};
+
+use crate::auth::{Algorithm, Password};
+use crate::broker::Broker;
+use crate::broker::exchange::Dest;
+use crate::broker::vhost::{ExchangeFlags, QueueFlags};
+use crate::store::definitions::{TopicPermissionDef, VhostDef};
+
+/// A field table as RabbitMQ writes it in JSON.
+pub fn table_to_json(t: &FieldTable) -> Value {
+    Value::Object(
+        t.inner()
+            .iter()
+            .map(|(k, v)| (k.to_string(), value_to_json(v)))
+            .collect(),
+    )
+}
+
+fn value_to_json(v: &AMQPValue) -> Value {
+    if let Some(n) = crate::broker::args::as_int(v) {
+        return json!(n);
+    }
+    match v {
+        AMQPValue::Boolean(b) => json!(b),
+        AMQPValue::Float(f) => json!(f),
+        AMQPValue::Double(d) => json!(d),
+        AMQPValue::DecimalValue(d) => json!(f64::from(d.value) / 10f64.powi(i32::from(d.scale))),
+        AMQPValue::ShortString(s) => json!(s.as_str()),
+        AMQPValue::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::ByteArray(b) => json!(String::from_utf8_lossy(b.as_slice())),
+        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_to_json).collect()),
+        AMQPValue::FieldTable(t) => table_to_json(t),
+        _ => Value::Null,
+    }
+}
+
+/// A JSON object as a field table (integers as signed 64-bit, strings as long strings).
+pub fn json_to_table(v: &Value) -> FieldTable {
+    let mut t = FieldTable::default();
+    if let Value::Object(m) = v {
+        for (k, v) in m {
+            t.insert(k.as_str().into(), json_to_value(v));
+        }
+    }
+    t
+}
+
+fn json_to_value(v: &Value) -> AMQPValue {
+    match v {
+        Value::Null => AMQPValue::Void,
+        Value::Bool(b) => AMQPValue::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => AMQPValue::LongLongInt(i),
+            None => AMQPValue::Double(n.as_f64().unwrap_or_default()),
+        },
+        Value::String(s) => AMQPValue::LongString(s.as_str().into()),
+        Value::Array(a) => {
+            let mut arr = FieldArray::default();
+            for x in a {
+                arr.push(json_to_value(x));
+            }
+            AMQPValue::FieldArray(arr)
+        }
+        Value::Object(_) => AMQPValue::FieldTable(json_to_table(v)),
+    }
+}
+
+fn limits_object(limits: &std::collections::BTreeMap<String, i64>) -> Value {
+    Value::Object(limits.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
+}
+
+/// The definitions of the whole broker (`vhost` None) or of one vhost, as RabbitMQ exports
+/// them (one vhost: no users, vhosts or permissions, as RabbitMQ's per-vhost export).
+pub fn export(broker: &Broker, vhost: Option<&str>) -> Value {
+    let vhosts: Vec<_> = broker
+        .vhosts()
+        .into_iter()
+        .filter(|v| vhost.is_none_or(|n| n == v.name))
+        .collect();
+    let mut exchanges = Vec::new();
+    let mut queues = Vec::new();
+    let mut bindings = Vec::new();
+    let mut parameters = Vec::new();
+    for v in &vhosts {
+        let meta = v.meta();
+        if !meta.limits.is_empty() {
+            parameters.push(json!({"vhost": v.name, "component": "vhost-limits",
+                                   "name": "limits", "value": limits_object(&meta.limits)}));
+        }
+        for q in v.list_queues() {
+            // Exclusive queues are the connection's, not definitions (as RabbitMQ).
+            if q.owner.is_some() {
+                continue;
+            }
+            queues.push(json!({
+                "name": &*q.name, "vhost": v.name, "durable": q.durable,
+                "auto_delete": q.auto_delete,
+                "type": if q.args.quorum { "quorum" } else { "classic" },
+                "arguments": table_to_json(&q.arguments),
+            }));
+        }
+        for x in v.list_exchanges() {
+            // The default and amq.* exchanges are the broker's (not exported, as RabbitMQ).
+            if x.name.is_empty() || crate::broker::vhost::reserved(&x.name) {
+                continue;
+            }
+            exchanges.push(json!({
+                "name": &*x.name, "vhost": v.name, "type": x.kind.name(),
+                "durable": x.durable, "auto_delete": x.auto_delete, "internal": x.internal,
+                "arguments": table_to_json(&x.arguments),
+            }));
+        }
+        for x in v.list_exchanges() {
+            if x.name.is_empty() {
+                continue;
+            }
+            for b in x.bindings() {
+                let (destination, kind) = match &b.dest {
+                    Dest::Queue(q) => (q.name.to_string(), "queue"),
+                    Dest::Exchange(e) => (e.to_string(), "exchange"),
+                };
+                bindings.push(json!({
+                    "source": &*x.name, "vhost": v.name, "destination": destination,
+                    "destination_type": kind, "routing_key": b.key,
+                    "arguments": table_to_json(&b.args),
+                }));
+            }
+        }
+    }
+    let mut out = Map::new();
+    out.insert("rabbit_version".into(), json!(crate::RABBITMQ_VERSION));
+    out.insert("rabbitmq_version".into(), json!(crate::RABBITMQ_VERSION));
+    if vhost.is_none() {
+        let users: Vec<Value> = broker
+            .auth
+            .users()
+            .iter()
+            .map(|u| {
+                let mut limits = Map::new();
+                if let Some(n) = u.max_connections {
+                    limits.insert("max-connections".into(), json!(n));
+                }
+                if let Some(n) = u.max_channels {
+                    limits.insert("max-channels".into(), json!(n));
+                }
+                json!({"name": u.name, "password_hash": u.password_hash,
+                       "hashing_algorithm": u.algorithm.name(), "tags": u.tags,
+                       "limits": limits})
+            })
+            .collect();
+        out.insert("users".into(), Value::Array(users));
+        let vh: Vec<Value> = vhosts
+            .iter()
+            .map(|v| {
+                let m = v.meta();
+                let mut metadata = json!({"description": m.description, "tags": m.tags});
+                if let Some(t) = &m.default_queue_type {
+                    metadata["default_queue_type"] = json!(t);
+                }
+                let limits: Vec<Value> = m.limits.iter().map(|(k, n)| json!([k, n])).collect();
+                json!({"name": v.name, "limits": limits, "metadata": metadata})
+            })
+            .collect();
+        out.insert("vhosts".into(), Value::Array(vh));
+        let perms: Vec<Value> = broker
+            .auth
+            .permissions()
+            .iter()
+            .map(|p| {
+                json!({"user": p.user, "vhost": p.vhost, "configure": p.configure,
+                            "write": p.write, "read": p.read})
+            })
+            .collect();
+        out.insert("permissions".into(), Value::Array(perms));
+        let topics: Vec<Value> = broker
+            .auth
+            .topic_permissions()
+            .iter()
+            .map(|t| {
+                json!({"user": t.user, "vhost": t.vhost, "exchange": t.exchange,
+                            "write": t.write, "read": t.read})
+            })
+            .collect();
+        out.insert("topic_permissions".into(), Value::Array(topics));
+    }
+    out.insert("parameters".into(), Value::Array(parameters));
+    if vhost.is_none() {
+        out.insert("global_parameters".into(), json!([]));
+    }
+    out.insert("policies".into(), json!([]));
+    out.insert("queues".into(), Value::Array(queues));
+    out.insert("exchanges".into(), Value::Array(exchanges));
+    out.insert("bindings".into(), Value::Array(bindings));
+    Value::Object(out)
+}
+
+/// Why an import stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ImportError(pub String);
+
+fn s<'a>(o: &'a Value, k: &str) -> &'a str {
+    o.get(k).and_then(Value::as_str).unwrap_or_default()
+}
+
+fn b(o: &Value, k: &str, default: bool) -> bool {
+    o.get(k).and_then(Value::as_bool).unwrap_or(default)
+}
+
+fn limit_pairs(v: Option<&Value>) -> std::collections::BTreeMap<String, i64> {
+    let mut out = std::collections::BTreeMap::new();
+    match v {
+        // RabbitMQ writes vhost limits as [["max-queues", 10]], user limits as an object.
+        Some(Value::Array(pairs)) => {
+            for p in pairs {
+                if let (Some(k), Some(n)) = (
+                    p.get(0).and_then(Value::as_str),
+                    p.get(1).and_then(Value::as_i64),
+                ) {
+                    out.insert(k.to_owned(), n);
+                }
+            }
+        }
+        Some(Value::Object(m)) => {
+            for (k, n) in m {
+                if let Some(n) = n.as_i64() {
+                    out.insert(k.clone(), n);
+                }
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// Imports definitions: vhosts first, then users, permissions, limits, exchanges, queues,
+/// bindings (so each finds what it refers to). `vhost`: import a per-vhost file into that
+/// vhost (objects' own `vhost` fields are ignored). Things Warren does not implement are
+/// skipped with a warning; anything Warren refuses stops the import with its reason (what
+/// was imported before it stays, as in RabbitMQ).
+///
+/// # Errors
+/// The first definition refused, named.
+pub fn import(broker: &Broker, defs: &Value, vhost: Option<&str>) -> Result<(), ImportError> {
+    let list = |k: &str| {
+        defs.get(k)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let vh_of = |o: &Value| vhost.map_or_else(|| s(o, "vhost").to_owned(), str::to_owned);
+    let fail = |what: String| move |e: std::io::Error| ImportError(format!("{what}: {e}"));
+    for v in list("vhosts") {
+        let meta = v.get("metadata").cloned().unwrap_or(Value::Null);
+        let pick = |k: &str| meta.get(k).or_else(|| v.get(k));
+        let tags = match pick("tags") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            Some(Value::String(t)) if !t.is_empty() => {
+                t.split(',').map(|t| t.trim().to_owned()).collect()
+            }
+            _ => Vec::new(),
+        };
+        let name = s(&v, "name").to_owned();
+        let mut def = broker.vhost(&name).map(|x| x.meta()).unwrap_or(VhostDef {
+            name: name.clone(),
+            description: String::new(),
+            tags: Vec::new(),
+            default_queue_type: None,
+            limits: Default::default(),
+        });
+        def.description = pick("description")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .into();
+        def.tags = tags;
+        def.default_queue_type = pick("default_queue_type")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let limits = limit_pairs(v.get("limits"));
+        if !limits.is_empty() {
+            def.limits = limits;
+        }
+        broker
+            .add_vhost(def)
+            .map_err(fail(format!("vhost '{name}'")))?;
+    }
+    if let Some(v) = vhost
+        && broker.vhost(v).is_none()
+    {
+        return Err(ImportError(format!("vhost '{v}' does not exist")));
+    }
+    for u in list("users") {
+        let name = s(&u, "name");
+        let algorithm_name = u
+            .get("hashing_algorithm")
+            .and_then(Value::as_str)
+            .unwrap_or("rabbit_password_hashing_sha256");
+        let Some(algorithm) = Algorithm::parse(algorithm_name) else {
+            return Err(ImportError(format!(
+                "user '{name}': unknown hashing_algorithm '{algorithm_name}'"
+            )));
+        };
+        let password = match (
+            u.get("password_hash").and_then(Value::as_str),
+            u.get("password").and_then(Value::as_str),
+        ) {
+            (_, Some(p)) => Password::Clear(p.into()),
+            (Some(h), None) => Password::Hashed {
+                hash: h.into(),
+                algorithm,
+            },
+            (None, None) => Password::Hashed {
+                hash: String::new(),
+                algorithm,
+            },
+        };
+        let tags = match u.get("tags") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            Some(Value::String(t)) => t
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let limits = limit_pairs(u.get("limits"));
+        let get = |k: &str| limits.get(k).and_then(|&n| u64::try_from(n).ok());
+        broker
+            .auth
+            .put_user(
+                name,
+                password,
+                tags,
+                Some((get("max-connections"), get("max-channels"))),
+            )
+            .map_err(fail(format!("user '{name}'")))?;
+    }
+    for p in list("permissions") {
+        let (user, vh) = (s(&p, "user"), vh_of(&p));
+        if broker.vhost(&vh).is_none() || broker.auth.user(user).is_none() {
+            return Err(ImportError(format!(
+                "permissions of '{user}' in vhost '{vh}': no such user or vhost"
+            )));
+        }
+        broker
+            .auth
+            .set_permission(&vh, user, s(&p, "configure"), s(&p, "write"), s(&p, "read"))
+            .map_err(fail(format!("permissions of '{user}' in vhost '{vh}'")))?;
+    }
+    for t in list("topic_permissions") {
+        let def = TopicPermissionDef {
+            user: s(&t, "user").into(),
+            vhost: vh_of(&t),
+            exchange: s(&t, "exchange").into(),
+            write: s(&t, "write").into(),
+            read: s(&t, "read").into(),
+        };
+        broker
+            .auth
+            .set_topic_permission(&def)
+            .map_err(fail(format!(
+                "topic permissions of '{}' in vhost '{}'",
+                def.user, def.vhost
+            )))?;
+    }
+    for p in list("parameters") {
+        let (component, vh) = (s(&p, "component"), vh_of(&p));
+        if component != "vhost-limits" {
+            tracing::warn!(component, vhost = %vh, name = s(&p, "name"), "definitions: skipping a runtime parameter Warren does not implement");
+            continue;
+        }
+        let Some(v) = broker.vhost(&vh) else { continue };
+        let mut def = v.meta();
+        def.limits = limit_pairs(p.get("value"));
+        broker
+            .add_vhost(def)
+            .map_err(fail(format!("limits of vhost '{vh}'")))?;
+    }
+    for g in list("global_parameters") {
+        tracing::warn!(
+            name = s(&g, "name"),
+            "definitions: skipping a global parameter"
+        );
+    }
+    for p in list("policies") {
+        tracing::warn!(name = s(&p, "name"), vhost = %vh_of(&p), "definitions: skipping a policy (Warren's policies come from rabbit.toml for now)");
+    }
+    for x in list("exchanges") {
+        let (name, vh) = (s(&x, "name"), vh_of(&x));
+        let Some(v) = broker.vhost(&vh) else {
+            return Err(ImportError(format!("exchange '{name}': no vhost '{vh}'")));
+        };
+        let flags = ExchangeFlags {
+            passive: false,
+            durable: b(&x, "durable", true),
+            auto_delete: b(&x, "auto_delete", false),
+            internal: b(&x, "internal", false),
+        };
+        v.declare_exchange(
+            name,
+            s(&x, "type"),
+            flags,
+            &json_to_table(x.get("arguments").unwrap_or(&Value::Null)),
+        )
+        .map_err(|e| ImportError(format!("exchange '{name}' in vhost '{vh}': {}", e.text)))?;
+    }
+    for q in list("queues") {
+        let (name, vh) = (s(&q, "name"), vh_of(&q));
+        let Some(v) = broker.vhost(&vh) else {
+            return Err(ImportError(format!("queue '{name}': no vhost '{vh}'")));
+        };
+        let mut args = json_to_table(q.get("arguments").unwrap_or(&Value::Null));
+        // `type` outside the arguments is how RabbitMQ 3.10 exports a queue's type.
+        if let Some(t) = q.get("type").and_then(Value::as_str)
+            && !args.contains_key("x-queue-type")
+            && t != "classic"
+        {
+            args.insert("x-queue-type".into(), AMQPValue::LongString(t.into()));
+        }
+        let flags = QueueFlags {
+            passive: false,
+            durable: b(&q, "durable", true),
+            exclusive: false,
+            auto_delete: b(&q, "auto_delete", false),
+        };
+        v.declare_queue(name, flags, &args, 0)
+            .map_err(|e| ImportError(format!("queue '{name}' in vhost '{vh}': {}", e.text)))?;
+    }
+    for bd in list("bindings") {
+        let vh = vh_of(&bd);
+        let Some(v) = broker.vhost(&vh) else {
+            return Err(ImportError(format!("binding: no vhost '{vh}'")));
+        };
+        let (src, dst, key) = (
+            s(&bd, "source"),
+            s(&bd, "destination"),
+            s(&bd, "routing_key"),
+        );
+        let args = json_to_table(bd.get("arguments").unwrap_or(&Value::Null));
+        let r = if s(&bd, "destination_type") == "exchange" {
+            v.bind_exchange(dst, src, key, &args)
+        } else {
+            v.bind_queue(dst, src, key, &args, 0)
+        };
+        r.map_err(|e| {
+            ImportError(format!(
+                "binding '{src}' -> '{dst}' in vhost '{vh}': {}",
+                e.text
+            ))
+        })?;
+    }
+    Ok(())
+}
