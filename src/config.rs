@@ -117,6 +117,63 @@ impl Policy {
         "all".into()
     }
 
+    /// A policy from RabbitMQ's JSON form (definitions, the management API). Keys of the
+    /// definition Warren does not implement are left out and returned, for a warning.
+    ///
+    /// # Errors
+    /// A bad pattern, `apply-to` or value, with the reason.
+    pub fn from_json(
+        name: &str,
+        pattern: &str,
+        apply_to: &str,
+        priority: i32,
+        definition: &serde_json::Value,
+    ) -> Result<(Policy, Vec<String>), String> {
+        const KNOWN: &[&str] = &[
+            "message-ttl",
+            "expires",
+            "max-length",
+            "max-length-bytes",
+            "overflow",
+            "dead-letter-exchange",
+            "dead-letter-routing-key",
+            "delivery-limit",
+            "alternate-exchange",
+        ];
+        let Some(obj) = definition.as_object() else {
+            return Err("definition must be an object".into());
+        };
+        let (known, skipped): (serde_json::Map<_, _>, serde_json::Map<_, _>) = obj
+            .clone()
+            .into_iter()
+            .partition(|(k, _)| KNOWN.contains(&k.as_str()));
+        let def: PolicyDefinition = serde_json::from_value(serde_json::Value::Object(known))
+            .map_err(|e| format!("definition: {e}"))?;
+        if let Err(e) = regex::Regex::new(pattern) {
+            return Err(format!("pattern: {e}"));
+        }
+        if !matches!(apply_to, "all" | "queues" | "exchanges") {
+            return Err(format!("'{apply_to}' is not queues, exchanges or all"));
+        }
+        if let Some(o) = &def.overflow
+            && !matches!(
+                o.as_str(),
+                "drop-head" | "reject-publish" | "reject-publish-dlx"
+            )
+        {
+            return Err(format!("unknown overflow '{o}'"));
+        }
+        let p = Policy {
+            name: name.into(),
+            pattern: pattern.into(),
+            apply_to: apply_to.into(),
+            priority,
+            definition: def,
+            compiled: Default::default(),
+        };
+        Ok((p, skipped.into_iter().map(|(k, _)| k).collect()))
+    }
+
     /// Whether this policy applies to a queue (`queue = true`) or exchange named `name`.
     pub fn applies(&self, name: &str, queue: bool) -> bool {
         let kind = match self.apply_to.as_str() {
@@ -135,26 +192,35 @@ impl Policy {
 }
 
 /// The keys a policy may set (RabbitMQ's names).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct PolicyDefinition {
     /// Per-queue message TTL, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub message_ttl: Option<u64>,
     /// Queue idle expiry, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub expires: Option<u64>,
     /// Most ready messages.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_length: Option<u64>,
     /// Most ready bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_length_bytes: Option<u64>,
     /// `drop-head`, `reject-publish` or `reject-publish-dlx`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub overflow: Option<String>,
     /// Dead-letter exchange.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dead_letter_exchange: Option<String>,
     /// Dead-letter routing key.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dead_letter_routing_key: Option<String>,
     /// Redeliveries before dead-lettering.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery_limit: Option<i64>,
     /// Alternate exchange (exchanges).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub alternate_exchange: Option<String>,
 }
 

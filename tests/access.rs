@@ -567,6 +567,15 @@ async fn a_rabbitmq_export_loads_at_boot_and_its_users_log_in() {
         "ref test vhost"
     );
     assert_eq!(b.broker.auth.topic_permissions().len(), 1);
+    // The policy (max-length 100 on ^ref-) applies to the queues declared after it.
+    let vh = b.broker.vhost("ref-vh").unwrap();
+    let q = vh
+        .list_queues()
+        .into_iter()
+        .find(|q| &*q.name == "ref-q")
+        .unwrap();
+    assert_eq!(q.args.max_length, Some(100));
+    assert_eq!(vh.runtime_policies().len(), 1);
     // Exported again, it imports into a fresh broker with the same users and topology.
     let exported = warren::broker::definitions_json::export(&b.broker, None);
     let fresh = TestBroker::start().await;
@@ -577,8 +586,14 @@ async fn a_rabbitmq_export_loads_at_boot_and_its_users_log_in() {
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
     assert_eq!(ready(&ch, "ref-q2").await, 0);
-    assert_eq!(
-        warren::broker::definitions_json::export(&fresh.broker, None)["bindings"],
-        exported["bindings"]
-    );
+    let again = warren::broker::definitions_json::export(&fresh.broker, None);
+    for k in [
+        "bindings",
+        "policies",
+        "permissions",
+        "topic_permissions",
+        "queues",
+    ] {
+        assert_eq!(again[k], exported[k], "{k}");
+    }
 }

@@ -4,8 +4,8 @@
 //!
 //! Used at boot (`load_definitions` in rabbit.toml) and by the management API. Talks to the
 //! broker's vhosts and the auth registry; knows nothing of HTTP. What Warren does not
-//! implement (policies beyond rabbit.toml's, runtime parameters other than vhost limits,
-//! global parameters) is skipped with a warning naming it.
+//! implement (runtime parameters other than vhost limits, global parameters, policy keys
+//! such as `ha-mode`) is skipped with a warning naming it.
 
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable};
 use serde_json::{Map, Value, json};
@@ -14,7 +14,7 @@ use crate::auth::{Algorithm, Password};
 use crate::broker::Broker;
 use crate::broker::exchange::Dest;
 use crate::broker::vhost::{ExchangeFlags, QueueFlags};
-use crate::store::definitions::{TopicPermissionDef, VhostDef};
+use crate::store::definitions::{PolicyDef, TopicPermissionDef, VhostDef};
 
 /// A field table as RabbitMQ writes it in JSON.
 pub fn table_to_json(t: &FieldTable) -> Value {
@@ -197,7 +197,16 @@ pub fn export(broker: &Broker, vhost: Option<&str>) -> Value {
     if vhost.is_none() {
         out.insert("global_parameters".into(), json!([]));
     }
-    out.insert("policies".into(), json!([]));
+    let policies: Vec<Value> = vhosts
+        .iter()
+        .flat_map(|v| v.runtime_policies())
+        .map(|p| {
+            json!({"vhost": p.vhost, "name": p.name, "pattern": p.pattern,
+                        "apply-to": p.apply_to, "definition": p.definition,
+                        "priority": p.priority})
+        })
+        .collect();
+    out.insert("policies".into(), Value::Array(policies));
     out.insert("queues".into(), Value::Array(queues));
     out.insert("exchanges".into(), Value::Array(exchanges));
     out.insert("bindings".into(), Value::Array(bindings));
@@ -402,7 +411,25 @@ pub fn import(broker: &Broker, defs: &Value, vhost: Option<&str>) -> Result<(), 
         );
     }
     for p in list("policies") {
-        tracing::warn!(name = s(&p, "name"), vhost = %vh_of(&p), "definitions: skipping a policy (Warren's policies come from rabbit.toml for now)");
+        let (name, vh) = (s(&p, "name").to_owned(), vh_of(&p));
+        let def = PolicyDef {
+            vhost: vh.clone(),
+            name: name.clone(),
+            pattern: s(&p, "pattern").into(),
+            apply_to: p
+                .get("apply-to")
+                .and_then(Value::as_str)
+                .unwrap_or("all")
+                .into(),
+            priority: p.get("priority").and_then(Value::as_i64).unwrap_or(0) as i32,
+            definition: p.get("definition").cloned().unwrap_or(Value::Null),
+        };
+        let skipped = broker
+            .put_policy(def)
+            .map_err(fail(format!("policy '{name}' in vhost '{vh}'")))?;
+        if !skipped.is_empty() {
+            tracing::warn!(policy = %name, vhost = %vh, keys = ?skipped, "definitions: policy keys Warren does not implement were left out");
+        }
     }
     for x in list("exchanges") {
         let (name, vh) = (s(&x, "name"), vh_of(&x));

@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dashmap::DashMap;
 
 use crate::config::Config;
-use crate::store::definitions::{Definitions, Loaded, VhostDef};
+use crate::config::Policy;
+use crate::store::definitions::{Definitions, Loaded, PolicyDef, VhostDef};
 use crate::store::{MessageStore, StoreOptions};
 use vhost::VHost;
 
@@ -188,6 +189,18 @@ impl Broker {
         for v in &loaded.vhosts {
             b.insert_vhost(v.clone());
         }
+        for p in &loaded.policies {
+            match (
+                b.vhost(&p.vhost),
+                Policy::from_json(&p.name, &p.pattern, &p.apply_to, p.priority, &p.definition),
+            ) {
+                (Some(v), Ok((policy, _))) => v.put_policy(p.clone(), policy),
+                (_, Err(e)) => {
+                    tracing::error!(policy = %p.name, vhost = %p.vhost, "skipping a stored policy: {e}")
+                }
+                (None, _) => {}
+            }
+        }
         if !loaded.seeded {
             b.seed()?;
         }
@@ -277,6 +290,42 @@ impl Broker {
             .map_err(|e| format!("load_definitions {name}: {e}"))?;
         tracing::info!(file = %name, "imported definitions");
         Ok(())
+    }
+
+    /// Sets a runtime policy in a vhost (stored, then applied to later declares). Returns
+    /// the definition keys Warren does not implement, which were left out.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown vhost, `InvalidInput` for a bad policy, or the store's.
+    pub fn put_policy(&self, def: PolicyDef) -> std::io::Result<Vec<String>> {
+        let v = self.vhost(&def.vhost).ok_or(std::io::ErrorKind::NotFound)?;
+        let (policy, skipped) = Policy::from_json(
+            &def.name,
+            &def.pattern,
+            &def.apply_to,
+            def.priority,
+            &def.definition,
+        )
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        if let Some(p) = &self.persist {
+            blocking(|| p.defs.put_policy(&def))?;
+        }
+        v.put_policy(def, policy);
+        Ok(skipped)
+    }
+
+    /// Removes a runtime policy; returns whether it existed.
+    ///
+    /// # Errors
+    /// The store's error.
+    pub fn delete_policy(&self, vhost: &str, name: &str) -> std::io::Result<bool> {
+        let Some(v) = self.vhost(vhost) else {
+            return Ok(false);
+        };
+        if let Some(p) = &self.persist {
+            blocking(|| p.defs.delete_policy(vhost, name))?;
+        }
+        Ok(v.delete_policy(name))
     }
 
     /// Every vhost, sorted by name.

@@ -105,7 +105,13 @@ pub struct VHost {
     /// Name, e.g. `/`.
     pub name: String,
     me: Weak<VHost>,
-    policies: Vec<Policy>,
+    /// rabbit.toml's policies (for the default vhost) followed by the runtime ones; read at
+    /// each declare, replaced whole when a runtime policy changes.
+    policies: parking_lot::RwLock<Arc<Vec<Policy>>>,
+    /// How many of `policies` come from rabbit.toml.
+    configured: usize,
+    /// Runtime policies as given, for listing and export.
+    runtime: Mutex<Vec<crate::store::definitions::PolicyDef>>,
     exchanges: DashMap<Arc<str>, Arc<Exchange>>,
     queues: DashMap<Arc<str>, Arc<Queue>>,
     replies: DashMap<String, ReplyTarget>,
@@ -127,7 +133,9 @@ impl VHost {
             persist,
             name: name.into(),
             me: me.clone(),
-            policies,
+            configured: policies.len(),
+            policies: parking_lot::RwLock::new(Arc::new(policies)),
+            runtime: Mutex::new(Vec::new()),
             exchanges: DashMap::new(),
             queues: DashMap::new(),
             replies: DashMap::new(),
@@ -203,7 +211,7 @@ impl VHost {
             let Ok(kind) = ExchangeKind::parse(&x.kind) else {
                 continue;
             };
-            let policy_ae = matching_policy(&self.policies, &x.name, false)
+            let policy_ae = matching_policy(&self.policies.read().clone(), &x.name, false)
                 .and_then(|p| p.definition.alternate_exchange.clone());
             let e = Exchange::new(
                 &x.name,
@@ -217,7 +225,10 @@ impl VHost {
             self.exchanges.insert(e.name.clone(), Arc::new(e));
         }
         for q in loaded.queues.iter().filter(|q| q.vhost == self.name) {
-            let args = QueueArgs::new(&q.arguments, matching_policy(&self.policies, &q.name, true));
+            let args = QueueArgs::new(
+                &q.arguments,
+                matching_policy(&self.policies.read().clone(), &q.name, true),
+            );
             let store = self
                 .persist
                 .as_ref()
@@ -377,7 +388,7 @@ impl VHost {
                 "exchange name '{name}' contains reserved prefix 'amq.*'"
             )));
         }
-        let policy_ae = matching_policy(&self.policies, name, false)
+        let policy_ae = matching_policy(&self.policies.read().clone(), name, false)
             .and_then(|p| p.definition.alternate_exchange.clone());
         let x = Exchange::new(
             name,
@@ -636,7 +647,10 @@ impl VHost {
                 self.name
             )));
         }
-        let args = QueueArgs::new(arguments, matching_policy(&self.policies, name, true));
+        let args = QueueArgs::new(
+            arguments,
+            matching_policy(&self.policies.read().clone(), name, true),
+        );
         // Exclusive queues never outlive their connection, restart or not: not stored.
         let stored = flags.durable && !flags.exclusive;
         if stored {
@@ -773,6 +787,51 @@ impl VHost {
     /// Every queue, by name.
     pub fn list_queues(&self) -> Vec<Arc<Queue>> {
         let mut v: Vec<_> = self.queues.iter().map(|q| q.clone()).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Adds or replaces a runtime policy (already compiled as `policy`); applies to queues
+    /// and exchanges declared from now on.
+    pub fn put_policy(&self, def: crate::store::definitions::PolicyDef, policy: Policy) {
+        let mut runtime = self.runtime.lock();
+        runtime.retain(|p| p.name != def.name);
+        runtime.push(def);
+        let mut all: Vec<Policy> = self.policies.read()[..self.configured].to_vec();
+        let mut mine: Vec<Policy> = self.policies.read()[self.configured..]
+            .iter()
+            .filter(|p| p.name != policy.name)
+            .cloned()
+            .collect();
+        mine.push(policy);
+        all.extend(mine);
+        *self.policies.write() = Arc::new(all);
+    }
+
+    /// Removes a runtime policy; returns whether it existed.
+    pub fn delete_policy(&self, name: &str) -> bool {
+        let mut runtime = self.runtime.lock();
+        let before = runtime.len();
+        runtime.retain(|p| p.name != name);
+        if runtime.len() == before {
+            return false;
+        }
+        let configured = self.configured;
+        let all: Vec<Policy> = self
+            .policies
+            .read()
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| *i < configured || p.name != name)
+            .map(|(_, p)| p.clone())
+            .collect();
+        *self.policies.write() = Arc::new(all);
+        true
+    }
+
+    /// The runtime policies, by name.
+    pub fn runtime_policies(&self) -> Vec<crate::store::definitions::PolicyDef> {
+        let mut v = self.runtime.lock().clone();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }

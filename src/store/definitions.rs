@@ -125,6 +125,23 @@ pub struct TopicPermissionDef {
     pub read: String,
 }
 
+/// A policy set at run time (definitions import, the management API), in RabbitMQ's form.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PolicyDef {
+    /// Virtual host.
+    pub vhost: String,
+    /// Name.
+    pub name: String,
+    /// Regex over queue / exchange names.
+    pub pattern: String,
+    /// `queues`, `exchanges` or `all`.
+    pub apply_to: String,
+    /// Higher wins.
+    pub priority: i32,
+    /// The definition object, as given.
+    pub definition: serde_json::Value,
+}
+
 /// Everything stored, as read at boot.
 #[derive(Debug, Default)]
 pub struct Loaded {
@@ -142,6 +159,8 @@ pub struct Loaded {
     pub permissions: Vec<PermissionDef>,
     /// Topic permissions.
     pub topic_permissions: Vec<TopicPermissionDef>,
+    /// Policies set at run time.
+    pub policies: Vec<PolicyDef>,
     /// Whether the default user and vhost were ever created: they are created once, at the
     /// first boot, as RabbitMQ does, and not again after an operator deleted them.
     pub seeded: bool,
@@ -159,6 +178,7 @@ pub struct Definitions {
     vhosts: sled::Tree,
     permissions: sled::Tree,
     topic_permissions: sled::Tree,
+    policies: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -225,6 +245,7 @@ impl Definitions {
             vhosts: tree("vhosts")?,
             permissions: tree("permissions")?,
             topic_permissions: tree("topic_permissions")?,
+            policies: tree("policies")?,
             meta: tree("meta")?,
             dir: dir.to_owned(),
             db,
@@ -260,6 +281,7 @@ impl Definitions {
             vhosts: all(&self.vhosts)?,
             permissions: all(&self.permissions)?,
             topic_permissions: all(&self.topic_permissions)?,
+            policies: all(&self.policies)?,
             seeded: self.meta.contains_key(SEEDED).map_err(other)?,
         })
     }
@@ -317,6 +339,27 @@ impl Definitions {
         remove_where::<BindingDef>(&self.bindings, |b| b.vhost == name)?;
         remove_where::<PermissionDef>(&self.permissions, |p| p.vhost == name)?;
         remove_where::<TopicPermissionDef>(&self.topic_permissions, |p| p.vhost == name)?;
+        remove_where::<PolicyDef>(&self.policies, |p| p.vhost == name)?;
+        self.sync()
+    }
+
+    /// Stores (replaces) a policy.
+    ///
+    /// # Errors
+    /// The write or sync failed.
+    pub fn put_policy(&self, p: &PolicyDef) -> io::Result<()> {
+        self.policies
+            .insert(key(&[&p.vhost, &p.name]), encode(p)?)
+            .map_err(other)?;
+        self.sync()
+    }
+
+    /// Removes a policy.
+    ///
+    /// # Errors
+    /// The write or sync failed.
+    pub fn delete_policy(&self, vhost: &str, name: &str) -> io::Result<()> {
+        self.policies.remove(key(&[vhost, name])).map_err(other)?;
         self.sync()
     }
 
