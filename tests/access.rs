@@ -597,3 +597,52 @@ async fn a_rabbitmq_export_loads_at_boot_and_its_users_log_in() {
         assert_eq!(again[k], exported[k], "{k}");
     }
 }
+
+/// This machine's address on its default route, if it has one (no packet is sent).
+fn non_loopback_ip() -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("10.255.255.255:1").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// `loopback_users` (default `["guest"]`): guest logs in from 127.0.0.1 but not from another
+/// address, where the refusal is a wrong password's; other users are not affected.
+#[tokio::test]
+async fn loopback_users_log_in_only_from_a_loopback_address() {
+    let Some(ip) = non_loopback_ip() else {
+        eprintln!("no non-loopback address on this machine: nothing to test");
+        return;
+    };
+    let b = TestBroker::start_with(|c| c.listeners = vec!["0.0.0.0:0".parse().unwrap()]).await;
+    b.broker
+        .auth
+        .put_user("u", Password::Clear("pw".into()), vec![], None)
+        .unwrap();
+    b.broker
+        .auth
+        .set_permission("/", "u", ".*", ".*", ".*")
+        .unwrap();
+    let port = b.addr.port();
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let remote = std::net::SocketAddr::new(ip, port);
+    let (_r, opened) = Raw::open_as(local, "guest", "guest", "/").await;
+    assert!(matches!(
+        opened,
+        Some(AMQPClass::Connection(c::AMQPMethod::OpenOk(_)))
+    ));
+    let (_r, opened) = Raw::open_as(remote, "u", "pw", "/").await;
+    assert!(matches!(
+        opened,
+        Some(AMQPClass::Connection(c::AMQPMethod::OpenOk(_)))
+    ));
+    let (_r, opened) = Raw::open_as(remote, "guest", "guest", "/").await;
+    // Refused at start-ok like a wrong password: the connection never opens.
+    assert!(
+        !matches!(
+            opened,
+            Some(AMQPClass::Connection(c::AMQPMethod::OpenOk(_)))
+        ),
+        "{opened:?}"
+    );
+}
