@@ -2,6 +2,7 @@
 //! exclusive queues they own. No sockets, no frames: the channel layer calls in here.
 
 pub mod args;
+pub mod connections;
 pub mod dead_letter;
 pub mod exchange;
 pub mod message;
@@ -68,6 +69,8 @@ pub struct Broker {
     /// Memory for message bodies being received in several frames, across connections
     /// (limited by `memory_budget`).
     pub content_budget: Arc<crate::protocol::content::ContentBudget>,
+    /// Open client connections (for the management API, forced closes, limits).
+    pub connections: Arc<connections::Registry>,
     vhosts: DashMap<String, Arc<VHost>>,
     users: DashMap<String, String>,
     next_connection: AtomicU64,
@@ -171,6 +174,7 @@ impl Broker {
             content_budget: crate::protocol::content::ContentBudget::new(
                 config.memory_budget as usize,
             ),
+            connections: Arc::default(),
             vhosts: DashMap::new(),
             users: DashMap::new(),
             next_connection: AtomicU64::new(1),
@@ -193,6 +197,13 @@ impl Broker {
     /// Looks a vhost up.
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
         self.vhosts.get(name).map(|v| v.clone())
+    }
+
+    /// Every vhost, sorted by name.
+    pub fn vhosts(&self) -> Vec<Arc<VHost>> {
+        let mut all: Vec<_> = self.vhosts.iter().map(|v| v.clone()).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
     }
 
     /// Checks a user's password.

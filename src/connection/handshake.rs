@@ -37,6 +37,8 @@ pub(super) struct Opened {
     pub heartbeat: u16,
     /// The client understands server-sent basic.cancel.
     pub cancel_notify: bool,
+    /// `connection.start-ok` client properties (listed by the management API).
+    pub client_properties: amq_protocol::types::FieldTable,
 }
 
 /// How a handshake ended when it did not open the connection.
@@ -356,6 +358,7 @@ pub(super) async fn run(
         channel_max: tune.channel_max,
         heartbeat: tune.heartbeat,
         cancel_notify,
+        client_properties: start_ok.client_properties,
     })
 }
 
