@@ -7,8 +7,12 @@ use std::process::{Command, Stdio};
 
 use common::Raw;
 
+/// The binary, with its management API on a port of the OS's choosing (15672 may be taken,
+/// and tests run in parallel).
 fn warren() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_warren"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_warren"));
+    c.args(["--management-bind", "127.0.0.1:0"]);
+    c
 }
 
 #[test]
@@ -94,6 +98,7 @@ async fn loopback_listeners_on_both_families_each_serve_clients() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("rabbit.toml");
     std::fs::write(&config, "listeners = [\"127.0.0.1:0\", \"[::1]:0\"]\n").unwrap();
+    // The AMQP lines come first, then the management API's.
     let mut child = warren()
         .arg("--config")
         .arg(&config)
