@@ -167,7 +167,9 @@ async fn serve(config: Config) -> ExitCode {
     })
     .await;
     if let Some(api) = api {
-        let _ = api.await;
+        // Idle keep-alive clients are closed by the graceful shutdown; one stuck mid-request
+        // does not hold the exit back for long.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), api).await;
     }
     broker.flush();
     tracing::info!("stopped");

@@ -782,3 +782,38 @@ fn the_binary_serves_the_management_api_on_the_port_it_prints() {
         assert_eq!(amqp["port"], b.addr.port());
     });
 }
+
+/// rabbitmqadmin sends booleans and counts as strings; RabbitMQ takes them.
+#[tokio::test]
+async fn string_booleans_and_counts_are_taken_as_rabbitmqadmin_sends_them() {
+    let b = TestBroker::start_with_management().await;
+    let api = Api::of(&b);
+    let q = name("strq");
+    let path = format!("/api/queues/%2F/{q}");
+    let r = api
+        .send(
+            "PUT",
+            &path,
+            json!({"durable": "false", "auto_delete": "false"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(api.json(&path).await["durable"], false);
+    let r = api
+        .send(
+            "PUT",
+            "/api/exchanges/%2F/strx",
+            json!({"type": "fanout", "durable": "true"}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    assert_eq!(api.json("/api/exchanges/%2F/strx").await["durable"], true);
+    let got = api
+        .send(
+            "POST",
+            &format!("{path}/get"),
+            json!({"count": "3", "ackmode": "ack_requeue_false", "encoding": "auto"}),
+        )
+        .await;
+    assert_eq!(got.json(), json!([]));
+}

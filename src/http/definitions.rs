@@ -192,7 +192,7 @@ fn str_field<'a>(o: &'a Value, k: &str) -> &'a str {
 }
 
 fn bool_field(o: &Value, k: &str, default: bool) -> bool {
-    o.get(k).and_then(Value::as_bool).unwrap_or(default)
+    super::values::bool_in(o, k, default)
 }
 
 fn args_field(o: &Value) -> ApiResult<FieldTable> {

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use super::Api;
 use super::error::{ApiError, ApiResult, parse_body};
 use super::pagination::{ListQuery, shape};
-use super::values::{json_to_properties, json_to_table, table_to_json};
+use super::values::{json_to_properties, json_to_table, lenient_bool, table_to_json};
 use crate::broker::exchange::Exchange;
 use crate::broker::message::Message;
 use crate::broker::queue::Published;
@@ -92,11 +92,11 @@ pub async fn show(
 struct ExchangeBody {
     #[serde(rename = "type")]
     kind: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_bool")]
     durable: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_bool")]
     auto_delete: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_bool")]
     internal: bool,
     #[serde(default)]
     arguments: Value,

@@ -56,6 +56,8 @@ pub struct Api {
     pub http: SocketAddr,
     /// RabbitMQ's node name, `warren@HOSTNAME`.
     pub node: Arc<str>,
+    /// When the API started (the node's `uptime`).
+    pub started: std::time::Instant,
 }
 
 impl Api {
@@ -66,6 +68,7 @@ impl Api {
             amqp: Arc::new(amqp),
             http,
             node: format!("warren@{}", hostname()).into(),
+            started: std::time::Instant::now(),
         }
     }
 

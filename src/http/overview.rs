@@ -140,9 +140,21 @@ pub async fn whoami(Extension(p): Extension<Principal>) -> Json<Value> {
     Json(json!({"name": p.name, "tags": p.tags}))
 }
 
+/// Resident memory of this process, bytes (Linux `/proc/self/statm`; 0 elsewhere).
+fn rss() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        // 4 KiB pages on the platforms Warren runs on.
+        .map_or(0, |pages| pages * 4096)
+}
+
 fn node_json(api: &Api) -> Value {
     let procs = std::thread::available_parallelism().map_or(1, |n| n.get());
     json!({
+        "mem_used": rss(),
+        "mem_limit": api.broker.config.memory_budget,
+        "uptime": api.started.elapsed().as_millis() as u64,
         "name": &*api.node,
         "type": "disc",
         "running": true,

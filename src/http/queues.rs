@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use super::Api;
 use super::error::{ApiError, ApiResult, parse_body};
 use super::pagination::{ListQuery, shape};
-use super::values::{json_to_table, properties_to_json, table_to_json};
+use super::values::{json_to_table, lenient_bool, lenient_u64, properties_to_json, table_to_json};
 use crate::broker::queue::Queue;
 use crate::broker::vhost::{QueueFlags, VHost};
 
@@ -118,9 +118,9 @@ pub async fn show(
 /// The body of `PUT /api/queues/{vhost}/{name}`.
 #[derive(Debug, Deserialize)]
 struct QueueBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_bool")]
     durable: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_bool")]
     auto_delete: bool,
     #[serde(default)]
     arguments: Value,
@@ -196,17 +196,13 @@ pub async fn purge(
 /// The body of `POST /api/queues/{vhost}/{name}/get`.
 #[derive(Debug, Deserialize)]
 struct GetBody {
-    #[serde(default = "one")]
-    count: u64,
+    #[serde(default, deserialize_with = "lenient_u64")]
+    count: Option<u64>,
     ackmode: Option<String>,
     #[serde(default)]
     encoding: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_u64")]
     truncate: Option<u64>,
-}
-
-fn one() -> u64 {
-    1
 }
 
 /// A message body as the API returns it: text when it is UTF-8 (with `auto`), else base64.
@@ -250,7 +246,7 @@ pub async fn get_messages(
     }
     let mut taken = Vec::new();
     let mut out = Vec::new();
-    for _ in 0..b.count {
+    for _ in 0..b.count.unwrap_or(1) {
         let Some((e, left)) = q.get(false) else { break };
         let (p, enc) = payload(&e.msg.body, encoding, b.truncate);
         let props = properties_to_json(&e.msg.properties);

@@ -155,3 +155,43 @@ pub fn json_to_properties(v: &Value) -> Result<BasicProperties, String> {
     }
     Ok(p)
 }
+
+/// A boolean field as RabbitMQ's management plugin reads it: `true`/`false`, or the strings
+/// `"true"`/`"false"` (what `rabbitmqadmin` sends).
+pub fn lenient_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    use serde::de::Error;
+    match <Value as serde::Deserialize>::deserialize(d)? {
+        Value::Bool(b) => Ok(b),
+        Value::String(s) if s == "true" => Ok(true),
+        Value::String(s) if s == "false" => Ok(false),
+        Value::Null => Ok(false),
+        other => Err(D::Error::custom(format!("{other} is not a boolean"))),
+    }
+}
+
+/// A count as RabbitMQ's management plugin reads it: a number, or a string of digits.
+pub fn lenient_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error;
+    match <Value as serde::Deserialize>::deserialize(d)? {
+        Value::Number(n) => n
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| D::Error::custom(format!("{n} is not a count"))),
+        Value::String(s) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("'{s}' is not a count"))),
+        Value::Null => Ok(None),
+        other => Err(D::Error::custom(format!("{other} is not a count"))),
+    }
+}
+
+/// A boolean in a JSON object, strings `"true"`/`"false"` included.
+pub fn bool_in(o: &Value, key: &str, default: bool) -> bool {
+    match o.get(key) {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) if s == "true" => true,
+        Some(Value::String(s)) if s == "false" => false,
+        _ => default,
+    }
+}
