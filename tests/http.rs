@@ -817,3 +817,23 @@ async fn string_booleans_and_counts_are_taken_as_rabbitmqadmin_sends_them() {
         .await;
     assert_eq!(got.json(), json!([]));
 }
+
+/// A body over 16 MiB is refused (413) from its declared length, without being read.
+#[tokio::test]
+async fn request_bodies_are_bounded() {
+    let b = TestBroker::start_with_management().await;
+    let at = b.http.unwrap();
+    let mut s = TcpStream::connect(at).await.unwrap();
+    let head = format!(
+        "POST /api/definitions HTTP/1.1\r\nHost: {at}\r\nAuthorization: {GUEST}\r\n\
+         Connection: close\r\nContent-Length: {}\r\n\r\n{{",
+        16 * 1024 * 1024 + 1
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
+        .await
+        .expect("an answer");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+}

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use tokio::net::TcpListener;
 
@@ -195,8 +195,29 @@ pub fn router(api: Api) -> Router {
         ));
     routes
         .fallback(|| async { ApiError::not_found().into_response() })
+        // A declared length over the limit is refused before any of the body is read; a
+        // chunked body is cut off by `DefaultBodyLimit` once it passes the limit.
+        .layer(axum::middleware::from_fn(refuse_large))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(api)
+}
+
+/// 413 for a request whose `Content-Length` is over [`MAX_BODY`].
+async fn refuse_large(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return ApiError {
+            status: axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            error: "payload_too_large".into(),
+            reason: format!("request bodies are limited to {MAX_BODY} bytes"),
+        }
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Binds the API's listener.
