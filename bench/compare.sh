@@ -85,7 +85,7 @@ port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null; }
 start_warren() {
     WPORT=$(free_port)
     local data="$TMP/data-$WPORT"
-    "$WARREN" --bind "127.0.0.1:$WPORT" --data-dir "$data" --log warn \
+    "$WARREN" --bind "127.0.0.1:$WPORT" --management-bind 127.0.0.1:0 --data-dir "$data" --log warn \
         >"$TMP/warren-$WPORT.log" 2>&1 &
     WPID=$!
     for _ in $(seq 1 100); do

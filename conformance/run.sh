@@ -179,7 +179,9 @@ if [ -z "$HOST" ]; then
     HOST=127.0.0.1
     PORT="$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
     DATA_DIR="$(mktemp -d)"
-    "$WARREN" --bind "$HOST:$PORT" --data-dir "$DATA_DIR" > "$RESULTS/warren.log" 2>&1 &
+    # The management API on a free port: 15672 may be a RabbitMQ's.
+    "$WARREN" --bind "$HOST:$PORT" --management-bind 127.0.0.1:0 --data-dir "$DATA_DIR" \
+        > "$RESULTS/warren.log" 2>&1 &
     BROKER_PID=$!
     echo "conformance: started warren (pid $BROKER_PID) on $HOST:$PORT, log $RESULTS/warren.log"
     deadline=$((SECONDS + 30))

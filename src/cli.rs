@@ -1,4 +1,5 @@
-//! Command line: `warren [--config FILE] [--bind ADDR:PORT] [--data-dir DIR]`.
+//! Command line: `warren [--config FILE] [--bind ADDR:PORT] [--management-bind ADDR:PORT]
+//! [--data-dir DIR]`.
 //!
 //! Flags override `rabbit.toml`. A leaf module; `main` applies the result to the config.
 
@@ -17,6 +18,10 @@ pub struct Cli {
     /// Listen address, replacing the config's `listeners`.
     #[arg(long, value_name = "ADDR:PORT")]
     pub bind: Option<SocketAddr>,
+    /// Management HTTP API listen address, replacing `[management] listener` (and turning
+    /// the API on).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub management_bind: Option<SocketAddr>,
     /// Data directory, replacing the config's `data_dir`.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,

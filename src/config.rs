@@ -85,6 +85,27 @@ pub struct Config {
     /// Policies: queue and exchange settings applied by name pattern, as RabbitMQ's
     /// `rabbitmqctl set_policy` does.
     pub policies: Vec<Policy>,
+    /// The management HTTP API (`[management]`).
+    pub management: Management,
+}
+
+/// The `[management]` section: RabbitMQ's management HTTP API.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Management {
+    /// Serve the API at all.
+    pub enabled: bool,
+    /// Address the API listens on (RabbitMQ's management port, loopback only by default).
+    pub listener: SocketAddr,
+}
+
+impl Default for Management {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listener: SocketAddr::from(([127, 0, 0, 1], 15672)),
+        }
+    }
 }
 
 /// One `[[policies]]` entry.
@@ -250,6 +271,7 @@ impl Default for Config {
             worker_threads: 0,
             log: "info".into(),
             policies: Vec::new(),
+            management: Management::default(),
         }
     }
 }
@@ -387,6 +409,20 @@ mod tests {
         );
         assert_eq!(c.frame_max, 131_072);
         assert_eq!(c.default_user, "guest");
+        assert!(c.management.enabled);
+        assert_eq!(c.management.listener, "127.0.0.1:15672".parse().unwrap());
+    }
+
+    #[test]
+    fn management_section_parses() {
+        let c =
+            Config::parse("[management]\nenabled = false\nlistener = \"0.0.0.0:1567\"\n").unwrap();
+        assert!(!c.management.enabled);
+        assert_eq!(c.management.listener.port(), 1567);
+        let e = Config::parse("[management]\nport = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port"), "{e}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`channel`] is one channel's state machine: publishes, consumers, acks, confirms, tx.
 //! - [`broker`] holds what connections share: vhosts with their exchanges and queues,
 //!   routing, dispatch; [`auth`] its users and permissions.
+//! - [`http`] is the management HTTP API (RabbitMQ's `/api` paths), on top of [`broker`].
 //! - [`protocol`] is the sans-I/O wire format; [`error`] the one error type that reaches the
 //!   wire; [`config`] and [`cli`] the settings.
 #![warn(missing_docs, unreachable_pub)]
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod http;
 pub mod protocol;
 pub mod server;
 pub mod store;

@@ -79,6 +79,10 @@ fn load(cli: &Cli) -> Result<Config, Box<dyn std::error::Error>> {
     if let Some(addr) = cli.bind {
         config.listeners = vec![addr];
     }
+    if let Some(addr) = cli.management_bind {
+        config.management.listener = addr;
+        config.management.enabled = true;
+    }
     if let Some(dir) = &cli.data_dir {
         config.data_dir = dir.clone();
     }
@@ -113,6 +117,28 @@ async fn serve(config: Config) -> ExitCode {
             let _ = writeln!(out, "warren listening on {a}").and_then(|()| out.flush());
         }
     }
+    // The management API binds before the broker opens its stores, so a port in use fails
+    // the boot at once, as an AMQP port in use does.
+    let management = if config.management.enabled {
+        match warren::http::bind(config.management.listener).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("warren: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(a) = management.as_ref().and_then(|l| l.local_addr().ok()) {
+        tracing::info!("management API listening on {a}");
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "warren management listening on {a}").and_then(|()| out.flush());
+    }
+    let amqp: Vec<_> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
     let data_dir = config.data_dir.clone();
     let broker = match Broker::open(config) {
         Ok(b) => Arc::new(b),
@@ -128,10 +154,34 @@ async fn serve(config: Config) -> ExitCode {
         eprintln!("warren: {e}");
         return ExitCode::FAILURE;
     }
-    warren::server::run(listeners, broker.clone(), stop_signal()).await;
+    // One stop signal for both servers: the API stops taking requests when the AMQP side
+    // starts closing its connections.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let api = management.map(|l| {
+        let http = l.local_addr().unwrap_or(config_listener(&broker));
+        let api = warren::http::Api::new(broker.clone(), amqp.clone(), http);
+        let mut rx = stop_rx.clone();
+        tokio::spawn(warren::http::serve(l, api, async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }))
+    });
+    warren::server::run(listeners, broker.clone(), async move {
+        stop_signal().await;
+        let _ = stop_tx.send(true);
+    })
+    .await;
+    if let Some(api) = api {
+        // Idle keep-alive clients are closed by the graceful shutdown; one stuck mid-request
+        // does not hold the exit back for long.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), api).await;
+    }
     broker.flush();
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+fn config_listener(broker: &Broker) -> std::net::SocketAddr {
+    broker.config.management.listener
 }
 
 async fn stop_signal() {

@@ -7,8 +7,12 @@ use std::process::{Command, Stdio};
 
 use common::Raw;
 
+/// The binary, with its management API on a port of the OS's choosing (15672 may be taken,
+/// and tests run in parallel).
 fn warren() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_warren"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_warren"));
+    c.args(["--management-bind", "127.0.0.1:0"]);
+    c
 }
 
 #[test]
@@ -94,6 +98,7 @@ async fn loopback_listeners_on_both_families_each_serve_clients() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("rabbit.toml");
     std::fs::write(&config, "listeners = [\"127.0.0.1:0\", \"[::1]:0\"]\n").unwrap();
+    // The AMQP lines come first, then the management API's.
     let mut child = warren()
         .arg("--config")
         .arg(&config)
@@ -157,4 +162,38 @@ fn a_definitions_file_that_cannot_load_stops_the_boot_with_one_line() {
         last.contains("defs.json") && last.contains("queue 'q'"),
         "{err}"
     );
+}
+
+/// `[management] enabled = false`: no API, and only the AMQP line on stdout.
+#[test]
+fn the_management_api_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rabbit.toml");
+    std::fs::write(&config, "[management]\nenabled = false\n").unwrap();
+    // Not `warren()`: its --management-bind would turn the API back on.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("warren listening on"), "{line}");
+    // Once it serves AMQP, the management line would have been printed already.
+    let addr = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    let _client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(Raw::open(addr));
+    let _ = child.kill();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(!rest.contains("management"), "{rest}");
+    let _ = child.wait();
 }

@@ -2,6 +2,7 @@
 //! exclusive queues they own. No sockets, no frames: the channel layer calls in here.
 
 pub mod args;
+pub mod connections;
 pub mod dead_letter;
 pub mod definitions_json;
 pub mod exchange;
@@ -70,6 +71,8 @@ pub struct Broker {
     /// Memory for message bodies being received in several frames, across connections
     /// (limited by `memory_budget`).
     pub content_budget: Arc<crate::protocol::content::ContentBudget>,
+    /// Open client connections (for the management API, forced closes, limits).
+    pub connections: Arc<connections::Registry>,
     vhosts: DashMap<String, Arc<VHost>>,
     /// Users and permissions.
     pub auth: crate::auth::Registry,
@@ -179,6 +182,7 @@ impl Broker {
             content_budget: crate::protocol::content::ContentBudget::new(
                 config.memory_budget as usize,
             ),
+            connections: Arc::default(),
             vhosts: DashMap::new(),
             auth: crate::auth::Registry::new(persist.as_ref().map(|p| p.defs.clone())),
             next_connection: AtomicU64::new(1),

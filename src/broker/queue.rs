@@ -758,6 +758,73 @@ pub struct Queue {
     missing_dlx_logged: AtomicBool,
     state: Mutex<State>,
     timer: Arc<Notify>,
+    /// Counters for the management API (`message_stats`), relaxed atomics bumped where the
+    /// event happens anyway; nothing walks messages to compute them.
+    pub stats: QueueStats,
+}
+
+/// A queue's message counters since it was declared (RabbitMQ's `message_stats` names).
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    /// Messages enqueued.
+    pub publish: AtomicU64,
+    /// Deliveries to consumers plus `basic.get`s answered.
+    pub deliver_get: AtomicU64,
+    /// `basic.get`s answered.
+    pub get: AtomicU64,
+    /// Deliveries of messages delivered before.
+    pub redeliver: AtomicU64,
+    /// Acknowledgements.
+    pub ack: AtomicU64,
+    /// Delivered to an acking consumer or get, and not yet acked, requeued or rejected.
+    pub unacked: AtomicU64,
+}
+
+impl QueueStats {
+    fn bump(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn settle(&self, n: u64) {
+        // Saturating: a settlement racing the first delivery count never wraps.
+        let _ = self
+            .unacked
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(n))
+            });
+    }
+}
+
+/// One consumer as the management API lists it.
+#[derive(Debug, Clone)]
+pub struct ConsumerView {
+    /// Consumer tag.
+    pub tag: Arc<str>,
+    /// Its channel.
+    pub channel: u16,
+    /// Its connection's id.
+    pub conn_id: u64,
+    /// Automatic acknowledgement.
+    pub no_ack: bool,
+    /// Exclusive consumer.
+    pub exclusive: bool,
+    /// `x-priority`.
+    pub priority: i64,
+    /// Prefetch (0 = unlimited).
+    pub prefetch: u32,
+}
+
+/// What the management API shows of a queue's state, taken under one lock.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueSnapshot {
+    /// Ready messages.
+    pub ready: u64,
+    /// Their body bytes.
+    pub ready_bytes: u64,
+    /// Memory they hold (paged-out bodies count nothing).
+    pub memory: u64,
+    /// Attached consumers.
+    pub consumers: u32,
 }
 
 impl Queue {
@@ -800,6 +867,7 @@ impl Queue {
             deleted: AtomicBool::new(false),
             missing_dlx_logged: AtomicBool::new(false),
             timer: Arc::new(Notify::new()),
+            stats: QueueStats::default(),
         }
     }
 
@@ -929,6 +997,7 @@ impl Queue {
                 }
                 let wait = entry.log.filter(|_| persistent).map(|l| l.seq);
                 s.next_seq += 1;
+                QueueStats::bump(&self.stats.publish, 1);
                 if self.over_budget(&s, cost(&entry)) {
                     match self.page_out(entry) {
                         Ok(p) => s.push_paged(priority, p),
@@ -1083,6 +1152,42 @@ impl Queue {
         }
     }
 
+    /// A delivery was acked: its log record is dead, and the counters move.
+    pub fn acked(&self, e: &Entry) {
+        QueueStats::bump(&self.stats.ack, 1);
+        self.stats.settle(1);
+        self.settled(e);
+    }
+
+    /// The attached consumers, for the management API.
+    pub fn consumers(&self) -> Vec<ConsumerView> {
+        self.state
+            .lock()
+            .consumers
+            .iter()
+            .map(|c| ConsumerView {
+                tag: c.handle.tag.clone(),
+                channel: c.channel,
+                conn_id: c.conn_id,
+                no_ack: c.handle.no_ack,
+                exclusive: c.exclusive,
+                priority: c.priority,
+                prefetch: c.handle.limit,
+            })
+            .collect()
+    }
+
+    /// Ready count, bytes, memory and consumers, under one lock.
+    pub fn snapshot(&self) -> QueueSnapshot {
+        let s = self.state.lock();
+        QueueSnapshot {
+            ready: s.len as u64,
+            ready_bytes: s.bytes as u64,
+            memory: s.resident as u64,
+            consumers: s.consumers.len() as u32,
+        }
+    }
+
     /// This queue's name in the message log.
     pub fn store_key(&self) -> &str {
         &self.store_key
@@ -1140,6 +1245,7 @@ impl Queue {
         {
             let mut s = self.state.lock();
             for mut e in entries {
+                self.stats.settle(1);
                 e.redelivered = true;
                 if self.args.counts_deliveries() {
                     e.delivery_count += 1;
@@ -1180,7 +1286,10 @@ impl Queue {
 
     /// Puts back a message that was pushed to a consumer but never written (the consumer
     /// went away in between); it keeps its flags.
-    pub fn requeue_unsent(self: &Arc<Self>, entry: Entry) {
+    pub fn requeue_unsent(self: &Arc<Self>, entry: Entry, no_ack: bool) {
+        if !no_ack {
+            self.stats.settle(1);
+        }
         if !self.is_deleted() {
             self.state.lock().insert_by_seq(entry);
         }
@@ -1189,6 +1298,7 @@ impl Queue {
     /// Rejected without requeue: dead-lettered with reason `rejected` (or dropped) — or,
     /// with delivery counting on and the limit used up, with reason `delivery_limit`.
     pub fn discard(self: &Arc<Self>, entries: Vec<Entry>) {
+        self.stats.settle(entries.len() as u64);
         let dead = entries
             .into_iter()
             .map(|e| {
@@ -1260,7 +1370,13 @@ impl Queue {
             if let Err(mpsc::error::SendError(event)) = c.sink.send(event) {
                 // The connection is gone but has not cancelled yet: keep the message, drop
                 // the consumer.
-                if let QueueEvent::Deliver { entry, .. } = event {
+                if let QueueEvent::Deliver {
+                    entry, consumer, ..
+                } = event
+                {
+                    if !consumer.no_ack {
+                        self.stats.settle(1);
+                    }
                     s.insert_by_seq(entry);
                 }
                 s.consumers.remove(i);
@@ -1285,6 +1401,13 @@ impl Queue {
     /// Tells the log a message went out: no-ack deliveries are settled at once; others get a
     /// delivered mark, so recovery can set `redelivered`.
     fn mark_delivered(&self, e: &Entry, no_ack: bool) {
+        QueueStats::bump(&self.stats.deliver_get, 1);
+        if e.redelivered {
+            QueueStats::bump(&self.stats.redeliver, 1);
+        }
+        if !no_ack {
+            QueueStats::bump(&self.stats.unacked, 1);
+        }
         if let (Some(p), Some(log)) = (&self.persist, e.log) {
             if no_ack {
                 p.store.ack(log.id);
@@ -1304,6 +1427,7 @@ impl Queue {
             s.expire_heads(now, &mut dead);
             let got = s.pop();
             if let Some(e) = &got {
+                QueueStats::bump(&self.stats.get, 1);
                 self.mark_delivered(e, no_ack);
             }
             // Taking the head exposes the next one: if it has expired, it goes now.

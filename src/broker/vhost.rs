@@ -1015,6 +1015,25 @@ impl VHost {
         }
     }
 
+    /// Every exchange, sorted by name (the management API lists them).
+    pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
+        let mut all: Vec<_> = self.exchanges.iter().map(|e| e.clone()).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Every queue, sorted by name (the management API lists them).
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        let mut all: Vec<_> = self.queues.iter().map(|q| q.clone()).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Looks a queue up whoever owns it (the management API sees exclusive queues too).
+    pub fn find_queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.queues.get(name).map(|q| q.clone())
+    }
+
     /// Every queue owned by a connection (it is closing).
     pub fn exclusive_queues(&self, conn_id: u64) -> Vec<Arc<Queue>> {
         self.queues

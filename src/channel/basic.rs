@@ -438,7 +438,7 @@ impl Channel {
                 ctx.kick(&u.queue);
             }
             if how == Settle::Ack {
-                u.queue.settled(&u.entry);
+                u.queue.acked(&u.entry);
             }
         }
         if how == Settle::Discard {

@@ -361,7 +361,7 @@ impl Channel {
             if !consumer.no_ack {
                 consumer.release(1, entry.msg.body.len() as u64);
             }
-            queue.requeue_unsent(entry);
+            queue.requeue_unsent(entry, consumer.no_ack);
             ctx.kick(&queue);
             return;
         }

@@ -39,6 +39,8 @@ pub(super) struct Opened {
     pub cancel_notify: bool,
     /// The user as logged in (tags: `impersonator` lifts the `user_id` check).
     pub login: Arc<crate::auth::User>,
+    /// `connection.start-ok` client properties (listed by the management API).
+    pub client_properties: amq_protocol::types::FieldTable,
 }
 
 /// How a handshake ended when it did not open the connection.
@@ -378,6 +380,7 @@ pub(super) async fn run(
         heartbeat: tune.heartbeat,
         cancel_notify,
         login,
+        client_properties: start_ok.client_properties,
     })
 }
 

@@ -28,6 +28,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::broker::Broker;
+use crate::broker::connections::ConnEntry;
 use crate::broker::queue::{Inbox, Queue, QueueEvent};
 use crate::broker::vhost::VHost;
 use crate::channel::{Channel, Ctx};
@@ -110,8 +111,20 @@ pub async fn run(
         }
         Ok(Ok(o)) => o,
     };
+    let mut opened = opened;
     let id = broker.next_connection_id();
     tracing::info!(%peer, user = %opened.user, vhost = %opened.vhost.name, "connection opened");
+    // Listed (and closable from outside) until this task ends; the guard unregisters it.
+    let local = wr.local_addr().unwrap_or(peer);
+    let registered = broker.connections.register(ConnEntry::new(
+        id,
+        peer,
+        local,
+        &opened.user,
+        &opened.vhost.name,
+        std::mem::take(&mut opened.client_properties),
+        (opened.frame_max, opened.channel_max, opened.heartbeat),
+    ));
     let (writer_tx, writer_rx) = mpsc::unbounded_channel();
     let backlog = Arc::new(Backlog::default());
     let wr = Arc::new(wr);
@@ -133,6 +146,7 @@ pub async fn run(
         backlog,
         closing: None,
         watermark,
+        registry: registered.entry.clone(),
     };
     let mut inbox = None;
     conn.serve(rd, rbuf, &mut inbox, shutdown).await;
@@ -142,6 +156,7 @@ pub async fn run(
         tracing::error!(%peer, "connection cleanup panicked");
     }
     drop(conn);
+    drop(registered);
     let _ = writer.await;
 }
 
@@ -255,6 +270,9 @@ struct Connection {
     closing: Option<Instant>,
     /// The message log's durable watermark: confirms of persistent messages wait for it.
     watermark: Option<crate::store::Watermark>,
+    /// This connection's entry in the broker's registry: its channel count is kept there,
+    /// and a close requested through it (management API) ends the connection with 320.
+    registry: Arc<ConnEntry>,
 }
 
 /// Why the main loop stopped.
@@ -317,6 +335,7 @@ impl Connection {
         let mut watermark = self.watermark.clone();
         let mut read_size = MIN_READ;
         let backlog = self.backlog.clone();
+        let registry = self.registry.clone();
         loop {
             // The peer is not reading: take in nothing until it does.
             let backed_up = backlog.over();
@@ -350,6 +369,10 @@ impl Connection {
                         "broker forced connection closure with reason 'shutdown'",
                     ));
                 }
+                // Closed from outside (management API): as at shutdown, with the given reason.
+                reason = registry.close_requested(), if self.closing.is_none() => {
+                    self.close_connection(AmqpError::connection_forced(reason));
+                }
                 // The writer got the backlog down: the peer is reading, so it is alive.
                 _ = backlog.drained.notified(), if backed_up => {
                     last_read = Instant::now();
@@ -371,8 +394,8 @@ impl Connection {
                     if handled.is_err() {
                         // What the panic left undelivered goes back to its queues.
                         for ev in events.drain(..) {
-                            if let QueueEvent::Deliver { queue, entry, .. } = ev {
-                                queue.requeue_unsent(entry);
+                            if let QueueEvent::Deliver { queue, entry, consumer, .. } = ev {
+                                queue.requeue_unsent(entry, consumer.no_ack);
                                 self.kicks.push(queue);
                             }
                         }
@@ -590,7 +613,7 @@ impl Connection {
                     chan.handle_delivery(&mut ctx!(self), consumer, queue, entry);
                 }
                 _ => {
-                    queue.requeue_unsent(entry);
+                    queue.requeue_unsent(entry, consumer.no_ack);
                     self.kicks.push(queue);
                 }
             },
@@ -746,6 +769,7 @@ impl Connection {
                     }
                     self.channels
                         .insert(id, Channel::new(id, self.broker.config.max_unacked_bytes));
+                    self.registry.set_channels(self.channels.len());
                     protocol::write_method(
                         &mut self.out,
                         id,
@@ -757,6 +781,7 @@ impl Connection {
                     if let Some(mut chan) = self.channels.remove(&id) {
                         chan.shut(&mut ctx!(self));
                     }
+                    self.registry.set_channels(self.channels.len());
                     protocol::write_method(
                         &mut self.out,
                         id,
@@ -767,6 +792,7 @@ impl Connection {
                 ch::AMQPMethod::CloseOk(_) => {
                     if self.channels.get(&id).is_some_and(Channel::is_closing) {
                         self.channels.remove(&id);
+                        self.registry.set_channels(self.channels.len());
                     }
                     return Ok(());
                 }
@@ -852,6 +878,7 @@ impl Connection {
     }
 
     fn release_channels(&mut self) {
+        self.registry.set_channels(0);
         let mut channels = std::mem::take(&mut self.channels);
         for chan in channels.values_mut() {
             if !chan.is_closing() {
@@ -871,8 +898,14 @@ impl Connection {
             rx.close();
         }
         while let Some(Ok(ev)) = inbox.as_mut().map(|rx| rx.try_recv()) {
-            if let QueueEvent::Deliver { queue, entry, .. } = ev {
-                queue.requeue_unsent(entry);
+            if let QueueEvent::Deliver {
+                queue,
+                entry,
+                consumer,
+                ..
+            } = ev
+            {
+                queue.requeue_unsent(entry, consumer.no_ack);
                 self.kicks.push(queue);
             }
         }

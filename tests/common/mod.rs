@@ -20,6 +20,8 @@ use warren::config::Config;
 /// A running broker; stops when dropped.
 pub struct TestBroker {
     pub addr: SocketAddr,
+    /// The management HTTP API, when started with it.
+    pub http: Option<SocketAddr>,
     /// The broker itself, for tests that set users, vhosts and permissions up directly.
     pub broker: Arc<Broker>,
     pub _dir: tempfile::TempDir,
@@ -36,9 +38,22 @@ impl TestBroker {
         Self::start_with_store(tweak, warren::store::StoreOptions::default()).await
     }
 
+    /// With the management API on 127.0.0.1:0 (its address in `http`).
+    pub async fn start_with_management() -> Self {
+        Self::start_full(|_| {}, warren::store::StoreOptions::default(), true).await
+    }
+
     pub async fn start_with_store(
         tweak: impl FnOnce(&mut Config),
         store: warren::store::StoreOptions,
+    ) -> Self {
+        Self::start_full(tweak, store, false).await
+    }
+
+    async fn start_full(
+        tweak: impl FnOnce(&mut Config),
+        store: warren::store::StoreOptions,
+        management: bool,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config {
@@ -51,11 +66,27 @@ impl TestBroker {
         let addr = listeners[0].local_addr().unwrap();
         let broker = Arc::new(Broker::open_with(config, store).unwrap());
         let (tx, rx) = oneshot::channel();
+        let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
+        let mut http = None;
+        if management {
+            let l = warren::http::bind("127.0.0.1:0".parse().unwrap())
+                .await
+                .unwrap();
+            let at = l.local_addr().unwrap();
+            http = Some(at);
+            let api = warren::http::Api::new(broker.clone(), vec![addr], at);
+            let mut rx = http_stopped;
+            tokio::spawn(warren::http::serve(l, api, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }));
+        }
         let done = tokio::spawn(warren::server::run(listeners, broker.clone(), async move {
             let _ = rx.await;
+            let _ = stop_http.send(true);
         }));
         Self {
             addr,
+            http,
             broker,
             _dir: dir,
             stop: Some(tx),
@@ -406,6 +437,8 @@ impl Raw {
 pub struct BinBroker {
     pub child: std::process::Child,
     pub addr: SocketAddr,
+    /// The management HTTP API (on a port of the OS's choosing).
+    pub http: SocketAddr,
     _stdout: std::io::BufReader<std::process::ChildStdout>,
 }
 
@@ -439,25 +472,31 @@ impl BinBroker {
             cmd.arg("--config").arg(c);
         }
         let mut child = cmd
-            .args(["--bind", "127.0.0.1:0", "--log", "warn", "--data-dir"])
+            .args(["--bind", "127.0.0.1:0", "--management-bind", "127.0.0.1:0"])
+            .args(["--log", "warn", "--data-dir"])
             .arg(dir)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()
             .unwrap();
         let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .expect("listening line");
+        // One AMQP line (`--bind` names one address), then the management API's.
+        let mut next_addr = || -> SocketAddr {
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            line.trim()
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .expect("listening line")
+        };
+        let addr = next_addr();
+        let http = next_addr();
         Self {
             child,
             addr,
+            http,
             _stdout: stdout,
         }
     }

@@ -1,0 +1,89 @@
+//! HTTP basic authentication for every `/api` path, as RabbitMQ's management plugin does
+//! it: no credentials is a bare 401 with `WWW-Authenticate`, wrong ones a 401
+//! `{"error":"not_authorized","reason":"Login failed"}`.
+//!
+//! A successful check puts a [`Principal`] (name and tags) into the request's extensions;
+//! handlers that need a tag ask [`Principal::require`]. Today the only user is the
+//! configured default user, checked by `Broker::authenticate` and treated as
+//! `administrator`; when users with tags exist, [`principal`] is the one place to look
+//! them up. Talks to `crate::broker` only.
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+
+use super::Api;
+use super::error::ApiError;
+
+/// Who is calling.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    /// User name.
+    pub name: String,
+    /// RabbitMQ user tags (`administrator`, `monitoring`, `management`, ...).
+    pub tags: Vec<String>,
+}
+
+impl Principal {
+    /// Whether the user has `tag` (`administrator` has them all).
+    pub fn has(&self, tag: &str) -> bool {
+        self.tags.iter().any(|t| t == tag || t == "administrator")
+    }
+
+    /// Refuses callers without `tag`, with RabbitMQ's 401 for a missing privilege.
+    ///
+    /// # Errors
+    /// 401 `not_authorized`.
+    pub fn require(&self, tag: &str) -> Result<(), ApiError> {
+        if self.has(tag) {
+            Ok(())
+        } else {
+            Err(ApiError::not_authorized("Not administrator user"))
+        }
+    }
+}
+
+/// The user these credentials name, if they are right.
+fn principal(api: &Api, user: &str, pass: &str) -> Option<Principal> {
+    api.broker.authenticate(user, pass).then(|| Principal {
+        name: user.into(),
+        tags: vec!["administrator".into()],
+    })
+}
+
+/// `user:password` from an `Authorization: Basic ...` header.
+fn credentials(value: &HeaderValue) -> Option<(String, String)> {
+    let v = value.to_str().ok()?;
+    let (scheme, b64) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    let s = String::from_utf8(raw).ok()?;
+    let (u, p) = s.split_once(':')?;
+    Some((u.into(), p.into()))
+}
+
+/// The middleware: authenticates, or answers 401.
+pub(super) async fn authenticate(State(api): State<Api>, mut req: Request, next: Next) -> Response {
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        let mut r = StatusCode::UNAUTHORIZED.into_response();
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""),
+        );
+        return r;
+    };
+    let found = credentials(value).and_then(|(u, p)| principal(&api, &u, &p));
+    match found {
+        Some(p) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+        None => ApiError::not_authorized("Login failed").into_response(),
+    }
+}

@@ -1,0 +1,249 @@
+//! The management HTTP API: the first part of RabbitMQ's management plugin (`/api/...`),
+//! served with axum on `[management] listener` (127.0.0.1:15672 by default).
+//!
+//! This file builds the router and runs the server; each resource has its own module
+//! (`overview` also holds vhosts, nodes and health checks; `connections` also channels and
+//! consumers). Every `/api` route goes through [`auth::authenticate`] (HTTP basic auth,
+//! giving a [`auth::Principal`]); errors are RabbitMQ's JSON ([`error`]); list endpoints
+//! take RabbitMQ's paging and filtering parameters ([`pagination`]).
+//!
+//! Dependencies flow one way: http → broker. The broker knows nothing of HTTP. Handlers
+//! run on the same runtime as the AMQP connections, so none of them may block: their
+//! broker calls take only short locks, and definition writes go through
+//! `crate::broker::blocking` inside the vhost operations. Request bodies are capped at
+//! [`MAX_BODY`].
+
+pub mod auth;
+pub mod bindings;
+pub mod connections;
+pub mod definitions;
+pub mod error;
+pub mod exchanges;
+pub mod overview;
+pub mod pagination;
+pub mod queues;
+pub mod values;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use tokio::net::TcpListener;
+
+use crate::broker::Broker;
+use crate::broker::vhost::VHost;
+use error::{ApiError, ApiResult};
+
+/// Largest request body accepted (definitions imports are the big ones): 16 MiB. Larger
+/// bodies are answered 413 without being read.
+pub const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// The version the API reports as `management_version` / `rabbitmq_version`: the RabbitMQ
+/// release whose behaviour Warren follows.
+pub const RABBITMQ_VERSION: &str = "3.10.8";
+
+/// What every handler shares.
+#[derive(Clone, Debug)]
+pub struct Api {
+    /// The broker.
+    pub broker: Arc<Broker>,
+    /// The AMQP listeners' real addresses (for `listeners` and the port health check).
+    pub amqp: Arc<Vec<SocketAddr>>,
+    /// This API's own address.
+    pub http: SocketAddr,
+    /// RabbitMQ's node name, `warren@HOSTNAME`.
+    pub node: Arc<str>,
+    /// When the API started (the node's `uptime`).
+    pub started: std::time::Instant,
+}
+
+impl Api {
+    /// State for a broker whose AMQP listeners are at `amqp` and this API at `http`.
+    pub fn new(broker: Arc<Broker>, amqp: Vec<SocketAddr>, http: SocketAddr) -> Self {
+        Self {
+            broker,
+            amqp: Arc::new(amqp),
+            http,
+            node: format!("warren@{}", hostname()).into(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// The vhost named in a path, or 404.
+    ///
+    /// # Errors
+    /// 404 when it does not exist.
+    pub fn vhost(&self, name: &str) -> ApiResult<Arc<VHost>> {
+        self.broker.vhost(name).ok_or_else(ApiError::not_found)
+    }
+
+    /// The vhosts a list endpoint covers: one (path given) or all.
+    ///
+    /// # Errors
+    /// 404 for a named vhost that does not exist.
+    pub fn vhosts(&self, name: Option<&str>) -> ApiResult<Vec<Arc<VHost>>> {
+        match name {
+            Some(n) => Ok(vec![self.vhost(n)?]),
+            None => Ok(self.broker.vhosts()),
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The router: every `/api` path, behind basic auth; anything else is a 404.
+pub fn router(api: Api) -> Router {
+    let routes = Router::new()
+        .route("/api/overview", get(overview::overview))
+        .route("/api/whoami", get(overview::whoami))
+        .route("/api/nodes", get(overview::nodes))
+        .route("/api/nodes/{node}", get(overview::node))
+        .route("/api/vhosts", get(overview::vhosts))
+        .route("/api/vhosts/{vhost}", get(overview::vhost))
+        .route("/api/aliveness-test/{vhost}", get(overview::aliveness))
+        .route("/api/health/checks/alarms", get(overview::health_ok))
+        .route("/api/health/checks/local-alarms", get(overview::health_ok))
+        .route(
+            "/api/health/checks/virtual-hosts",
+            get(overview::health_vhosts),
+        )
+        .route(
+            "/api/health/checks/port-listener/{port}",
+            get(overview::health_port),
+        )
+        .route(
+            "/api/health/checks/node-is-quorum-critical",
+            get(overview::health_quorum),
+        )
+        .route("/api/exchanges", get(exchanges::list_all))
+        .route("/api/exchanges/{vhost}", get(exchanges::list_vhost))
+        .route(
+            "/api/exchanges/{vhost}/{name}",
+            get(exchanges::show)
+                .put(exchanges::declare)
+                .delete(exchanges::delete),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}/publish",
+            post(exchanges::publish),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}/bindings/source",
+            get(bindings::exchange_source),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}/bindings/destination",
+            get(bindings::exchange_destination),
+        )
+        .route("/api/queues", get(queues::list_all))
+        .route("/api/queues/{vhost}", get(queues::list_vhost))
+        .route(
+            "/api/queues/{vhost}/{name}",
+            get(queues::show)
+                .put(queues::declare)
+                .delete(queues::delete),
+        )
+        .route("/api/queues/{vhost}/{name}/contents", delete(queues::purge))
+        .route("/api/queues/{vhost}/{name}/get", post(queues::get_messages))
+        .route(
+            "/api/queues/{vhost}/{name}/bindings",
+            get(bindings::queue_bindings),
+        )
+        .route("/api/bindings", get(bindings::list_all))
+        .route("/api/bindings/{vhost}", get(bindings::list_vhost))
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{kind}/{dest}",
+            get(bindings::between).post(bindings::create),
+        )
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{kind}/{dest}/{props}",
+            get(bindings::show).delete(bindings::delete),
+        )
+        .route("/api/connections", get(connections::list))
+        .route(
+            "/api/connections/{name}",
+            get(connections::show).delete(connections::close),
+        )
+        .route(
+            "/api/vhosts/{vhost}/connections",
+            get(connections::list_vhost),
+        )
+        .route("/api/channels", get(connections::channels))
+        .route("/api/consumers", get(connections::consumers))
+        .route("/api/consumers/{vhost}", get(connections::consumers_vhost))
+        .route(
+            "/api/definitions",
+            get(definitions::export_all).post(definitions::import_all),
+        )
+        .route(
+            "/api/definitions/{vhost}",
+            get(definitions::export_vhost).post(definitions::import_vhost),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            auth::authenticate,
+        ));
+    routes
+        .fallback(|| async { ApiError::not_found().into_response() })
+        // A declared length over the limit is refused before any of the body is read; a
+        // chunked body is cut off by `DefaultBodyLimit` once it passes the limit.
+        .layer(axum::middleware::from_fn(refuse_large))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(api)
+}
+
+/// 413 for a request whose `Content-Length` is over [`MAX_BODY`].
+async fn refuse_large(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return ApiError {
+            status: axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            error: "payload_too_large".into(),
+            reason: format!("request bodies are limited to {MAX_BODY} bytes"),
+        }
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Binds the API's listener.
+///
+/// # Errors
+/// The bind error, naming the address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr} (management): {e}"),
+        )
+    })
+}
+
+/// Serves the API on `listener` until `stop` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    api: Api,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let app = router(api);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::error!("management API stopped: {e}");
+    }
+}

@@ -1,0 +1,278 @@
+//! `/api/overview`, `/api/whoami`, `/api/nodes`, `/api/vhosts`, the aliveness test and the
+//! health checks: the broker-wide views.
+//!
+//! Totals are summed over the vhosts' queues and the connection registry at request time
+//! (no statistics database: every figure is a live count or a counter the queue keeps).
+//! Talks to `crate::broker` (vhosts, queues, connections) and the sibling resource modules
+//! for their JSON shapes.
+
+use axum::Json;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::auth::Principal;
+use super::error::{ApiError, ApiResult};
+use super::pagination::{ListQuery, shape};
+use super::{Api, RABBITMQ_VERSION, exchanges, queues};
+use crate::broker::vhost::{QueueFlags, VHost};
+
+/// Counters summed over queues.
+#[derive(Default)]
+struct Totals {
+    messages_ready: u64,
+    messages_unacknowledged: u64,
+    queues: u64,
+    consumers: u64,
+    publish: u64,
+    deliver_get: u64,
+    ack: u64,
+    redeliver: u64,
+}
+
+impl Totals {
+    fn add(&mut self, v: &VHost) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for q in v.queues() {
+            let s = q.snapshot();
+            self.queues += 1;
+            self.consumers += u64::from(s.consumers);
+            self.messages_ready += s.ready;
+            self.messages_unacknowledged += q.stats.unacked.load(Relaxed);
+            self.publish += q.stats.publish.load(Relaxed);
+            self.deliver_get += q.stats.deliver_get.load(Relaxed);
+            self.ack += q.stats.ack.load(Relaxed);
+            self.redeliver += q.stats.redeliver.load(Relaxed);
+        }
+    }
+
+    fn message_stats(&self) -> Value {
+        queues::stats_json(self.publish, self.deliver_get, self.ack, self.redeliver)
+    }
+
+    fn queue_totals(&self) -> Value {
+        json!({
+            "messages": self.messages_ready + self.messages_unacknowledged,
+            "messages_ready": self.messages_ready,
+            "messages_unacknowledged": self.messages_unacknowledged,
+        })
+    }
+}
+
+fn listeners(api: &Api) -> Vec<Value> {
+    let mut out: Vec<Value> = api
+        .amqp
+        .iter()
+        .map(|a| {
+            json!({"node": &*api.node, "protocol": "amqp", "ip_address": a.ip().to_string(),
+                   "port": a.port(), "socket_opts": {}})
+        })
+        .collect();
+    out.push(json!({"node": &*api.node, "protocol": "http",
+                    "ip_address": api.http.ip().to_string(), "port": api.http.port(),
+                    "socket_opts": {"port": api.http.port()}}));
+    out
+}
+
+/// `GET /api/overview`.
+pub async fn overview(State(api): State<Api>) -> Json<Value> {
+    let mut t = Totals::default();
+    let mut exchanges = 0;
+    for v in api.broker.vhosts() {
+        t.add(&v);
+        exchanges += v.exchanges().len();
+    }
+    let conns = api.broker.connections.list();
+    let channels: u64 = conns.iter().map(|c| u64::from(c.channel_count())).sum();
+    let types: Vec<Value> = [
+        (
+            "direct",
+            "AMQP direct exchange, as per the AMQP specification",
+        ),
+        (
+            "fanout",
+            "AMQP fanout exchange, as per the AMQP specification",
+        ),
+        (
+            "headers",
+            "AMQP headers exchange, as per the AMQP specification",
+        ),
+        (
+            "topic",
+            "AMQP topic exchange, as per the AMQP specification",
+        ),
+    ]
+    .iter()
+    .map(|(n, d)| json!({"name": n, "description": d, "enabled": true}))
+    .collect();
+    Json(json!({
+        "management_version": RABBITMQ_VERSION,
+        "rates_mode": "none",
+        "exchange_types": types,
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "product_name": "Warren",
+        "rabbitmq_version": RABBITMQ_VERSION,
+        "cluster_name": &*api.node,
+        "erlang_version": "none",
+        "erlang_full_version": "none",
+        "disable_stats": false,
+        "enable_queue_totals": false,
+        "message_stats": t.message_stats(),
+        "queue_totals": t.queue_totals(),
+        "object_totals": {
+            "connections": conns.len(),
+            "channels": channels,
+            "exchanges": exchanges,
+            "queues": t.queues,
+            "consumers": t.consumers,
+        },
+        "statistics_db_event_queue": 0,
+        "node": &*api.node,
+        "listeners": listeners(&api),
+        "contexts": [{"node": &*api.node, "description": "RabbitMQ Management",
+                      "path": "/", "port": api.http.port().to_string()}],
+    }))
+}
+
+/// `GET /api/whoami`.
+pub async fn whoami(Extension(p): Extension<Principal>) -> Json<Value> {
+    Json(json!({"name": p.name, "tags": p.tags}))
+}
+
+/// Resident memory of this process, bytes (Linux `/proc/self/statm`; 0 elsewhere).
+fn rss() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        // 4 KiB pages on the platforms Warren runs on.
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn node_json(api: &Api) -> Value {
+    let procs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    json!({
+        "mem_used": rss(),
+        "mem_limit": api.broker.config.memory_budget,
+        "uptime": api.started.elapsed().as_millis() as u64,
+        "name": &*api.node,
+        "type": "disc",
+        "running": true,
+        "os_pid": std::process::id().to_string(),
+        "processors": procs,
+        "partitions": [],
+        "applications": [],
+        "exchange_types": [],
+        "auth_mechanisms": [{"name": "PLAIN", "enabled": true}, {"name": "AMQPLAIN", "enabled": true}],
+        "listeners": listeners(api),
+        "mem_alarm": false,
+        "disk_free_alarm": false,
+        "being_drained": false,
+    })
+}
+
+/// `GET /api/nodes`: this one node.
+pub async fn nodes(State(api): State<Api>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+    Ok(Json(shape(vec![node_json(&api)], &q)?))
+}
+
+/// `GET /api/nodes/{node}`.
+pub async fn node(State(api): State<Api>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    if name != *api.node {
+        return Err(ApiError::not_found());
+    }
+    Ok(Json(node_json(&api)))
+}
+
+fn vhost_json(api: &Api, v: &VHost) -> Value {
+    let mut t = Totals::default();
+    t.add(v);
+    let desc = if v.name == api.broker.config.default_vhost {
+        "Default virtual host"
+    } else {
+        ""
+    };
+    let mut o = json!({
+        "name": v.name,
+        "description": desc,
+        "tags": [],
+        "metadata": {"description": desc, "tags": []},
+        "default_queue_type": "undefined",
+        "tracing": false,
+        "cluster_state": {&*api.node: "running"},
+        "message_stats": t.message_stats(),
+    });
+    if let (Value::Object(o), Value::Object(q)) = (&mut o, t.queue_totals()) {
+        o.extend(q);
+    }
+    o
+}
+
+/// `GET /api/vhosts`.
+pub async fn vhosts(State(api): State<Api>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+    let items = api
+        .broker
+        .vhosts()
+        .iter()
+        .map(|v| vhost_json(&api, v))
+        .collect();
+    Ok(Json(shape(items, &q)?))
+}
+
+/// `GET /api/vhosts/{vhost}`.
+pub async fn vhost(State(api): State<Api>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    let v = api.vhost(&name)?;
+    Ok(Json(vhost_json(&api, &v)))
+}
+
+/// `GET /api/aliveness-test/{vhost}`: declares the queue `aliveness-test`, publishes a
+/// message to it and reads it back, as RabbitMQ does (the queue is left behind).
+pub async fn aliveness(State(api): State<Api>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    let v = api.vhost(&name)?;
+    let q = "aliveness-test";
+    v.declare_queue(q, QueueFlags::default(), &Default::default(), 0)?;
+    let body = bytes::Bytes::from_static(b"test_message");
+    exchanges::publish_message(&v, "", q, Default::default(), body.clone())?;
+    let got = v.find_queue(q).and_then(|q| q.get(true));
+    match got {
+        Some((e, _)) if e.msg.body == body => Ok(Json(json!({"status": "ok"}))),
+        _ => Ok(Json(
+            json!({"status": "failed", "reason": "aliveness test message not received"}),
+        )),
+    }
+}
+
+/// `GET /api/health/checks/alarms` and `.../local-alarms`: Warren raises no alarms.
+pub async fn health_ok() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /api/health/checks/virtual-hosts`: every vhost is served by this process.
+pub async fn health_vhosts() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /api/health/checks/port-listener/{port}`.
+pub async fn health_port(State(api): State<Api>, Path(port): Path<String>) -> Response {
+    let Ok(port) = port.parse::<u16>() else {
+        return ApiError::bad_request(format!("{port} is not a port")).into_response();
+    };
+    let mut ports: Vec<u16> = api.amqp.iter().map(|a| a.port()).collect();
+    ports.push(api.http.port());
+    ports.dedup();
+    if ports.contains(&port) {
+        Json(json!({"status": "ok", "port": port})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "failed", "reason": "No active listener",
+                        "missing": port, "ports": ports})),
+        )
+            .into_response()
+    }
+}
+
+/// `GET /api/health/checks/node-is-quorum-critical`: one node, no quorum queues.
+pub async fn health_quorum() -> Json<Value> {
+    Json(json!({"status": "ok", "reason": "single node cluster"}))
+}
