@@ -183,6 +183,15 @@ impl Registry {
         self.by_id.iter().filter(|e| e.user == user).count()
     }
 
+    /// Channels open on all of `user`'s connections.
+    pub fn channels_of_user(&self, user: &str) -> usize {
+        self.by_id
+            .iter()
+            .filter(|e| e.user == user)
+            .map(|e| e.channel_count() as usize)
+            .sum()
+    }
+
     /// Open connections to `vhost`.
     pub fn count_vhost(&self, vhost: &str) -> usize {
         self.by_id.iter().filter(|e| e.vhost == vhost).count()

@@ -371,6 +371,28 @@ pub(super) async fn run(
             .with_method(10, 40),
         ));
     }
+    // Limits count the connections open now (two racing opens may both pass, by one).
+    if let Some(max) = vhost.limit("max-connections")
+        && broker.connections.count_vhost(&vhost.name) as u64 >= max
+    {
+        return Err(Refused::Close(
+            AmqpError::not_allowed(format!(
+                "access to vhost '{}' refused for user '{user}': connection limit ({max}) is reached",
+                vhost.name
+            ))
+            .with_method(10, 40),
+        ));
+    }
+    if let Some(max) = login.max_connections
+        && broker.connections.count_user(&user) as u64 >= max
+    {
+        return Err(Refused::Close(
+            AmqpError::not_allowed(format!(
+                "connection refused for user '{user}': user connection limit ({max}) is reached"
+            ))
+            .with_method(10, 40),
+        ));
+    }
     send(wr, c::AMQPMethod::OpenOk(c::OpenOk {})).await?;
     Ok(Opened {
         user,

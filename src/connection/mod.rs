@@ -767,6 +767,14 @@ impl Connection {
                             self.channels.len()
                         )));
                     }
+                    let user = &self.opened.user;
+                    if let Some(max) = self.broker.auth.user(user).and_then(|u| u.max_channels)
+                        && self.broker.connections.channels_of_user(user) as u64 >= max
+                    {
+                        return Err(AmqpError::not_allowed(format!(
+                            "number of channels opened for user '{user}' has reached the maximum allowed user limit of ({max})"
+                        )));
+                    }
                     self.channels
                         .insert(id, Channel::new(id, self.broker.config.max_unacked_bytes));
                     self.registry.set_channels(self.channels.len());
