@@ -85,7 +85,7 @@ pub async fn run(
     let (mut rd, mut wr) = stream.into_split();
     let mut rbuf = BytesMut::with_capacity(MIN_READ);
     let limit = Duration::from_secs(broker.config.handshake_timeout);
-    let opened = match tokio::time::timeout(
+    let mut opened = match tokio::time::timeout(
         limit,
         handshake::run(&mut rd, &mut wr, &mut rbuf, &broker, peer),
     )
@@ -111,7 +111,6 @@ pub async fn run(
         }
         Ok(Ok(o)) => o,
     };
-    let mut opened = opened;
     let id = broker.next_connection_id();
     tracing::info!(%peer, user = %opened.user, vhost = %opened.vhost.name, "connection opened");
     // Listed (and closable from outside) until this task ends; the guard unregisters it.

@@ -164,7 +164,7 @@ pub async fn list_all(
     State(api): State<Api>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    list(&api, None, &q, |_| true)
+    super::offload(|| list(&api, None, &q, |_| true))
 }
 
 /// `GET /api/bindings/{vhost}`.
@@ -173,7 +173,7 @@ pub async fn list_vhost(
     Path(vhost): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    list(&api, Some(&vhost), &q, |_| true)
+    super::offload(|| list(&api, Some(&vhost), &q, |_| true))
 }
 
 /// `GET /api/exchanges/{vhost}/{name}/bindings/source`.

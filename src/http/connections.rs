@@ -174,7 +174,7 @@ pub async fn consumers(
     State(api): State<Api>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    consumers_of(&api, None, &q)
+    super::offload(|| consumers_of(&api, None, &q))
 }
 
 /// `GET /api/consumers/{vhost}`.

@@ -131,11 +131,15 @@ fn topology(api: &Api, v: &VHost, with_vhost: bool) -> [Vec<Value>; 4] {
 
 /// `GET /api/definitions`.
 pub async fn export_all(State(api): State<Api>) -> Json<Value> {
+    super::offload(|| export_all_now(&api))
+}
+
+fn export_all_now(api: &Api) -> Json<Value> {
     let cfg = &api.broker.config;
     let vhosts = api.broker.vhosts();
     let mut all: [Vec<Value>; 4] = Default::default();
     for v in &vhosts {
-        for (into, from) in all.iter_mut().zip(topology(&api, v, true)) {
+        for (into, from) in all.iter_mut().zip(topology(api, v, true)) {
             into.extend(from);
         }
     }
@@ -173,7 +177,7 @@ pub async fn export_vhost(
     Path(vhost): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let v = api.vhost(&vhost)?;
-    let [policies, queues, exchanges, bindings] = topology(&api, &v, false);
+    let [policies, queues, exchanges, bindings] = super::offload(|| topology(&api, &v, false));
     Ok(Json(json!({
         "rabbit_version": RABBITMQ_VERSION,
         "rabbitmq_version": RABBITMQ_VERSION,
@@ -282,7 +286,7 @@ fn import(api: &Api, defs: &Value, only: Option<&str>) -> ApiResult<()> {
 /// `POST /api/definitions`.
 pub async fn import_all(State(api): State<Api>, body: Bytes) -> ApiResult<StatusCode> {
     let defs: Value = parse_body(&body)?;
-    import(&api, &defs, None)?;
+    super::offload(|| import(&api, &defs, None))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -294,6 +298,6 @@ pub async fn import_vhost(
 ) -> ApiResult<StatusCode> {
     api.vhost(&vhost)?;
     let defs: Value = parse_body(&body)?;
-    import(&api, &defs, Some(&vhost))?;
+    super::offload(|| import(&api, &defs, Some(&vhost)))?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -92,6 +92,13 @@ impl Api {
     }
 }
 
+/// Runs work that grows with the broker's size (a listing of every queue, an export, an
+/// import) so that the AMQP connections on this worker thread move to another meanwhile
+/// (`block_in_place` on the multi-threaded runtime), as the broker does for disk I/O.
+pub(crate) fn offload<R>(f: impl FnOnce() -> R) -> R {
+    crate::broker::blocking(f)
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()

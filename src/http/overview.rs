@@ -77,6 +77,10 @@ fn listeners(api: &Api) -> Vec<Value> {
 
 /// `GET /api/overview`.
 pub async fn overview(State(api): State<Api>) -> Json<Value> {
+    super::offload(|| overview_now(&api))
+}
+
+fn overview_now(api: &Api) -> Json<Value> {
     let mut t = Totals::default();
     let mut exchanges = 0;
     for v in api.broker.vhosts() {
@@ -129,7 +133,7 @@ pub async fn overview(State(api): State<Api>) -> Json<Value> {
         },
         "statistics_db_event_queue": 0,
         "node": &*api.node,
-        "listeners": listeners(&api),
+        "listeners": listeners(api),
         "contexts": [{"node": &*api.node, "description": "RabbitMQ Management",
                       "path": "/", "port": api.http.port().to_string()}],
     }))

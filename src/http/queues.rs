@@ -88,7 +88,7 @@ pub async fn list_all(
     State(api): State<Api>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    list(&api, None, &q)
+    super::offload(|| list(&api, None, &q))
 }
 
 /// `GET /api/queues/{vhost}`.
@@ -97,7 +97,7 @@ pub async fn list_vhost(
     Path(vhost): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    list(&api, Some(&vhost), &q)
+    super::offload(|| list(&api, Some(&vhost), &q))
 }
 
 fn find(api: &Api, vhost: &str, name: &str) -> ApiResult<(Arc<VHost>, Arc<Queue>)> {
