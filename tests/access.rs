@@ -570,7 +570,7 @@ async fn a_rabbitmq_export_loads_at_boot_and_its_users_log_in() {
     // The policy (max-length 100 on ^ref-) applies to the queues declared after it.
     let vh = b.broker.vhost("ref-vh").unwrap();
     let q = vh
-        .list_queues()
+        .queues()
         .into_iter()
         .find(|q| &*q.name == "ref-q")
         .unwrap();

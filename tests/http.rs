@@ -837,3 +837,230 @@ async fn request_bodies_are_bounded() {
     let text = String::from_utf8_lossy(&raw);
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
 }
+
+fn basic(user: &str, pass: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+    )
+}
+
+/// Users, vhosts and permissions made over HTTP are what AMQP clients log in with; tags
+/// gate the API as in RabbitMQ; deleting a vhost closes its connections with 320.
+#[tokio::test]
+async fn users_vhosts_and_permissions_over_http_govern_amqp_logins() {
+    let b = TestBroker::start_with_management().await;
+    let api = Api::of(&b);
+    let r = api
+        .send(
+            "PUT",
+            "/api/vhosts/tenant",
+            json!({"description": "a tenant"}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    assert_eq!(
+        api.send("PUT", "/api/vhosts/tenant", json!({}))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(api.json("/api/vhosts/tenant").await["name"], "tenant");
+    let r = api
+        .send(
+            "PUT",
+            "/api/users/alice",
+            json!({"password": "pw", "tags": "management"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let alice = api.json("/api/users/alice").await;
+    assert_eq!(alice["tags"], json!(["management"]));
+    assert_eq!(alice["hashing_algorithm"], "rabbit_password_hashing_sha256");
+    // No permissions yet: the vhost refuses her.
+    assert!(b.connect_as("alice", "pw", "tenant").await.is_err());
+    let r = api
+        .send(
+            "PUT",
+            "/api/permissions/tenant/alice",
+            json!({"configure": "^a-", "write": ".*", "read": ".*"}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let perms = api.json("/api/users/alice/permissions").await;
+    assert_eq!(perms[0]["configure"], "^a-");
+    let conn = b.connect_as("alice", "pw", "tenant").await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare("a-q".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
+    // alice is a management user: she may log in to the API but not create users.
+    let as_alice = basic("alice", "pw");
+    let r = request(api.0, "GET", "/api/users", Some(&as_alice), &[], b"").await;
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (401, json!("not_authorized"))
+    );
+    let r = request(api.0, "GET", "/api/whoami", Some(&as_alice), &[], b"").await;
+    assert_eq!(r.json()["name"], "alice");
+    // A user without a management tag cannot use the API at all.
+    api.send(
+        "PUT",
+        "/api/users/bob",
+        json!({"password": "pw", "tags": ""}),
+    )
+    .await;
+    let r = request(
+        api.0,
+        "GET",
+        "/api/overview",
+        Some(&basic("bob", "pw")),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    // A hash exported from RabbitMQ is accepted as it is.
+    let r = api
+        .send(
+            "PUT",
+            "/api/users/ref-sec",
+            json!({"password_hash": "rV8LSLs6WTEfrgLH19yhT+kEGDEaL2/Fq1P+8K47+lzx6e15",
+                   "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    api.send(
+        "PUT",
+        "/api/permissions/tenant/ref-sec",
+        json!({"configure": ".*", "write": ".*", "read": ".*"}),
+    )
+    .await;
+    assert!(b.connect_as("ref-sec", "s3cret-pw", "tenant").await.is_ok());
+    // Deleting the vhost closes alice's connection with 320 and removes her queue.
+    assert_eq!(api.delete("/api/vhosts/tenant").await.status, 204);
+    let e = ch
+        .queue_declare("a-q".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap_err();
+    assert_eq!(common::code(&e), 320, "{e:?}");
+    assert_eq!(api.get("/api/vhosts/tenant").await.status, 404);
+    assert_eq!(api.delete("/api/users/alice").await.status, 204);
+    assert_eq!(api.get("/api/users/alice").await.status, 404);
+}
+
+/// Limits set over HTTP: a vhost's max-connections and a user's max-channels, answered on
+/// AMQP with RabbitMQ's codes and texts.
+#[tokio::test]
+async fn limits_over_http_are_enforced_on_amqp() {
+    let b = TestBroker::start_with_management().await;
+    let api = Api::of(&b);
+    api.send("PUT", "/api/vhosts/lim", json!({})).await;
+    api.send("PUT", "/api/users/u", json!({"password": "pw", "tags": ""}))
+        .await;
+    api.send(
+        "PUT",
+        "/api/permissions/lim/u",
+        json!({"configure": ".*", "write": ".*", "read": ".*"}),
+    )
+    .await;
+    let r = api
+        .send(
+            "PUT",
+            "/api/vhost-limits/lim/max-connections",
+            json!({"value": 1}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        api.json("/api/vhost-limits/lim").await,
+        json!([{"vhost": "lim", "value": {"max-connections": 1}}])
+    );
+    let (_first, opened) = Raw::open_as(b.addr, "u", "pw", "lim").await;
+    assert!(matches!(
+        opened,
+        Some(AMQPClass::Connection(c::AMQPMethod::OpenOk(_)))
+    ));
+    let (_second, opened) = Raw::open_as(b.addr, "u", "pw", "lim").await;
+    match opened {
+        Some(AMQPClass::Connection(c::AMQPMethod::Close(cl))) => assert_eq!(
+            (cl.reply_code, cl.reply_text.as_str()),
+            (
+                530,
+                "NOT_ALLOWED - access to vhost 'lim' refused for user 'u': connection limit (1) is reached"
+            )
+        ),
+        other => panic!("{other:?}"),
+    }
+    drop(_first);
+    api.delete("/api/vhost-limits/lim/max-connections").await;
+    let r = api
+        .send(
+            "PUT",
+            "/api/user-limits/u/max-channels",
+            json!({"value": 1}),
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let (mut r1, _) = Raw::open_as(b.addr, "u", "pw", "lim").await;
+    r1.open_channel(1).await;
+    r1.send(
+        2,
+        AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::Open(
+            Default::default(),
+        )),
+    )
+    .await;
+    match r1.next_method().await {
+        Some(AMQPClass::Connection(c::AMQPMethod::Close(cl))) => assert_eq!(
+            (cl.reply_code, cl.reply_text.as_str(), cl.class_id),
+            (
+                530,
+                "NOT_ALLOWED - number of channels opened for user 'u' has reached the maximum allowed user limit of (1)",
+                0
+            )
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Policies over HTTP apply to queues declared after them and are in the export.
+#[tokio::test]
+async fn policies_over_http_apply_to_later_declares() {
+    let b = TestBroker::start_with_management().await;
+    let api = Api::of(&b);
+    let r = api
+        .send(
+            "PUT",
+            "/api/policies/%2F/cap",
+            json!({"pattern": "^capped-", "definition": {"max-length": 1, "ha-mode": "all"},
+                   "apply-to": "queues", "priority": 1}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        api.json("/api/policies/%2F/cap").await["pattern"],
+        "^capped-"
+    );
+    let (_c, ch) = b.channel().await;
+    ch.queue_declare("capped-q".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        ch.basic_publish(
+            "".into(),
+            "capped-q".into(),
+            BasicPublishOptions::default(),
+            b"m",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(common::ready(&ch, "capped-q").await, 1);
+    let defs = api.json("/api/definitions").await;
+    assert_eq!(defs["policies"][0]["name"], "cap");
+    assert_eq!(api.delete("/api/policies/%2F/cap").await.status, 204);
+    assert_eq!(api.get("/api/policies/%2F/cap").await.status, 404);
+}

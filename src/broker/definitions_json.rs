@@ -97,7 +97,7 @@ pub fn export(broker: &Broker, vhost: Option<&str>) -> Value {
             parameters.push(json!({"vhost": v.name, "component": "vhost-limits",
                                    "name": "limits", "value": limits_object(&meta.limits)}));
         }
-        for q in v.list_queues() {
+        for q in v.queues() {
             // Exclusive queues are the connection's, not definitions (as RabbitMQ).
             if q.owner.is_some() {
                 continue;
@@ -109,7 +109,7 @@ pub fn export(broker: &Broker, vhost: Option<&str>) -> Value {
                 "arguments": table_to_json(&q.arguments),
             }));
         }
-        for x in v.list_exchanges() {
+        for x in v.exchanges() {
             // The default and amq.* exchanges are the broker's (not exported, as RabbitMQ).
             if x.name.is_empty() || crate::broker::vhost::reserved(&x.name) {
                 continue;
@@ -120,7 +120,7 @@ pub fn export(broker: &Broker, vhost: Option<&str>) -> Value {
                 "arguments": table_to_json(&x.arguments),
             }));
         }
-        for x in v.list_exchanges() {
+        for x in v.exchanges() {
             if x.name.is_empty() {
                 continue;
             }
@@ -261,6 +261,9 @@ fn limit_pairs(v: Option<&Value>) -> std::collections::BTreeMap<String, i64> {
 /// # Errors
 /// The first definition refused, named.
 pub fn import(broker: &Broker, defs: &Value, vhost: Option<&str>) -> Result<(), ImportError> {
+    if !defs.is_object() {
+        return Err(ImportError("definitions must be a JSON object".into()));
+    }
     let list = |k: &str| {
         defs.get(k)
             .and_then(Value::as_array)

@@ -777,20 +777,6 @@ impl VHost {
         Ok(self.remove_queue(&q))
     }
 
-    /// Every exchange, by name (the default exchange `""` included).
-    pub fn list_exchanges(&self) -> Vec<Arc<Exchange>> {
-        let mut v: Vec<_> = self.exchanges.iter().map(|x| x.clone()).collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
-    }
-
-    /// Every queue, by name.
-    pub fn list_queues(&self) -> Vec<Arc<Queue>> {
-        let mut v: Vec<_> = self.queues.iter().map(|q| q.clone()).collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
-    }
-
     /// Adds or replaces a runtime policy (already compiled as `policy`); applies to queues
     /// and exchanges declared from now on.
     pub fn put_policy(&self, def: crate::store::definitions::PolicyDef, policy: Policy) {

@@ -75,7 +75,13 @@ pub async fn users(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     who.require("administrator")?;
-    let items = api.broker.auth.users().iter().map(|u| user_json(u)).collect();
+    let items = api
+        .broker
+        .auth
+        .users()
+        .iter()
+        .map(|u| user_json(u))
+        .collect();
     Ok(Json(shape(items, &q)?))
 }
 
@@ -86,7 +92,11 @@ pub async fn user(
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
     who.require("administrator")?;
-    let u = api.broker.auth.user(&name).ok_or_else(ApiError::not_found)?;
+    let u = api
+        .broker
+        .auth
+        .user(&name)
+        .ok_or_else(ApiError::not_found)?;
     Ok(Json(user_json(&u)))
 }
 
@@ -154,7 +164,13 @@ pub async fn permissions(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     who.require("administrator")?;
-    let items = api.broker.auth.permissions().iter().map(permission_json).collect();
+    let items = api
+        .broker
+        .auth
+        .permissions()
+        .iter()
+        .map(permission_json)
+        .collect();
     Ok(Json(shape(items, &q)?))
 }
 
@@ -165,7 +181,10 @@ pub async fn user_permissions(
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
     who.require("administrator")?;
-    api.broker.auth.user(&name).ok_or_else(ApiError::not_found)?;
+    api.broker
+        .auth
+        .user(&name)
+        .ok_or_else(ApiError::not_found)?;
     let items: Vec<Value> = api
         .broker
         .auth
@@ -273,7 +292,13 @@ pub async fn topic_permissions(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     who.require("administrator")?;
-    let items = api.broker.auth.topic_permissions().iter().map(topic_json).collect();
+    let items = api
+        .broker
+        .auth
+        .topic_permissions()
+        .iter()
+        .map(topic_json)
+        .collect();
     Ok(Json(shape(items, &q)?))
 }
 
@@ -362,13 +387,17 @@ pub async fn put_vhost(
 ) -> ApiResult<StatusCode> {
     who.require("administrator")?;
     let b: Value = parse_body(&body)?;
-    let mut def = api.broker.vhost(&name).map(|v| v.meta()).unwrap_or(VhostDef {
-        name: name.clone(),
-        description: String::new(),
-        tags: Vec::new(),
-        default_queue_type: None,
-        limits: Default::default(),
-    });
+    let mut def = api
+        .broker
+        .vhost(&name)
+        .map(|v| v.meta())
+        .unwrap_or(VhostDef {
+            name: name.clone(),
+            description: String::new(),
+            tags: Vec::new(),
+            default_queue_type: None,
+            limits: Default::default(),
+        });
     if let Some(d) = b.get("description").and_then(Value::as_str) {
         def.description = d.into();
     }
@@ -443,7 +472,9 @@ pub async fn put_vhost_limit(
 ) -> ApiResult<StatusCode> {
     who.require("administrator")?;
     if !matches!(limit.as_str(), "max-connections" | "max-queues") {
-        return Err(ApiError::bad_request(format!("unknown vhost limit {limit}")));
+        return Err(ApiError::bad_request(format!(
+            "unknown vhost limit {limit}"
+        )));
     }
     let b: LimitBody = parse_body(&body)?;
     let mut def = api.vhost(&vhost)?.meta();
@@ -493,7 +524,11 @@ pub async fn put_user_limit(
 ) -> ApiResult<StatusCode> {
     who.require("administrator")?;
     let b: LimitBody = parse_body(&body)?;
-    let u = api.broker.auth.user(&user).ok_or_else(ApiError::not_found)?;
+    let u = api
+        .broker
+        .auth
+        .user(&user)
+        .ok_or_else(ApiError::not_found)?;
     let value = u64::try_from(b.value).ok();
     let (conns, chans) = match limit.as_str() {
         "max-connections" => (value, u.max_channels),
@@ -514,7 +549,11 @@ pub async fn delete_user_limit(
     Path((user, limit)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     who.require("administrator")?;
-    let u = api.broker.auth.user(&user).ok_or_else(ApiError::not_found)?;
+    let u = api
+        .broker
+        .auth
+        .user(&user)
+        .ok_or_else(ApiError::not_found)?;
     let (conns, chans) = match limit.as_str() {
         "max-connections" => (None, u.max_channels),
         "max-channels" => (u.max_connections, None),
@@ -583,8 +622,16 @@ pub async fn put_policy(
     let def = PolicyDef {
         vhost,
         name,
-        pattern: b.get("pattern").and_then(Value::as_str).unwrap_or_default().into(),
-        apply_to: b.get("apply-to").and_then(Value::as_str).unwrap_or("all").into(),
+        pattern: b
+            .get("pattern")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .into(),
+        apply_to: b
+            .get("apply-to")
+            .and_then(Value::as_str)
+            .unwrap_or("all")
+            .into(),
         priority: priority as i32,
         definition: b.get("definition").cloned().unwrap_or(json!({})),
     };

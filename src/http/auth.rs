@@ -2,11 +2,11 @@
 //! it: no credentials is a bare 401 with `WWW-Authenticate`, wrong ones a 401
 //! `{"error":"not_authorized","reason":"Login failed"}`.
 //!
-//! A successful check puts a [`Principal`] (name and tags) into the request's extensions;
-//! handlers that need a tag ask [`Principal::require`]. Today the only user is the
-//! configured default user, checked by `Broker::authenticate` and treated as
-//! `administrator`; when users with tags exist, [`principal`] is the one place to look
-//! them up. Talks to `crate::broker` only.
+//! The broker's users log in with their passwords; one without `management`,
+//! `policymaker`, `monitoring` or `administrator` gets 401 `Not management user`. A
+//! successful check puts a [`Principal`] (name and tags) into the request's extensions;
+//! handlers that need a tag ask [`Principal::require`]. Talks to `crate::auth` (through
+//! the broker) only.
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -27,9 +27,14 @@ pub struct Principal {
 }
 
 impl Principal {
-    /// Whether the user has `tag` (`administrator` has them all).
+    /// Whether the user has `tag`, or one that includes it (`administrator` has them all;
+    /// `monitoring` and `policymaker` include `management`).
     pub fn has(&self, tag: &str) -> bool {
-        self.tags.iter().any(|t| t == tag || t == "administrator")
+        self.tags.iter().any(|t| {
+            t == tag
+                || t == "administrator"
+                || (tag == "management" && (t == "monitoring" || t == "policymaker"))
+        })
     }
 
     /// Refuses callers without `tag`, with RabbitMQ's 401 for a missing privilege.
@@ -40,18 +45,21 @@ impl Principal {
         if self.has(tag) {
             Ok(())
         } else {
-            Err(ApiError::not_authorized("Not administrator user"))
+            Err(ApiError::not_authorized(format!("Not {tag} user")))
         }
     }
 }
 
 /// The user these credentials name, if they are right.
 fn principal(api: &Api, user: &str, pass: &str) -> Option<Principal> {
-    api.broker.authenticate(user, pass).then(|| Principal {
-        name: user.into(),
-        tags: vec!["administrator".into()],
+    api.broker.auth.login(user, pass).map(|u| Principal {
+        name: u.name.clone(),
+        tags: u.tags.clone(),
     })
 }
+
+/// Tags that open the management API at all (RabbitMQ's `management` and above).
+const MANAGEMENT_TAGS: &[&str] = &["management", "policymaker", "monitoring", "administrator"];
 
 /// `user:password` from an `Authorization: Basic ...` header.
 fn credentials(value: &HeaderValue) -> Option<(String, String)> {
@@ -80,6 +88,13 @@ pub(super) async fn authenticate(State(api): State<Api>, mut req: Request, next:
     };
     let found = credentials(value).and_then(|(u, p)| principal(&api, &u, &p));
     match found {
+        Some(p)
+            if !MANAGEMENT_TAGS
+                .iter()
+                .any(|t| p.tags.iter().any(|x| x == t)) =>
+        {
+            ApiError::not_authorized("Not management user").into_response()
+        }
         Some(p) => {
             req.extensions_mut().insert(p);
             next.run(req).await

@@ -13,6 +13,7 @@
 //! `crate::broker::blocking` inside the vhost operations. Request bodies are capped at
 //! [`MAX_BODY`].
 
+pub mod access;
 pub mod auth;
 pub mod bindings;
 pub mod connections;
@@ -30,7 +31,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use tokio::net::TcpListener;
 
 use crate::broker::Broker;
@@ -116,7 +117,61 @@ pub fn router(api: Api) -> Router {
         .route("/api/nodes", get(overview::nodes))
         .route("/api/nodes/{node}", get(overview::node))
         .route("/api/vhosts", get(overview::vhosts))
-        .route("/api/vhosts/{vhost}", get(overview::vhost))
+        .route(
+            "/api/vhosts/{vhost}",
+            get(overview::vhost)
+                .put(access::put_vhost)
+                .delete(access::delete_vhost),
+        )
+        .route(
+            "/api/vhosts/{vhost}/permissions",
+            get(access::vhost_permissions),
+        )
+        .route("/api/users", get(access::users))
+        .route(
+            "/api/users/{user}",
+            get(access::user)
+                .put(access::put_user)
+                .delete(access::delete_user),
+        )
+        .route(
+            "/api/users/{user}/permissions",
+            get(access::user_permissions),
+        )
+        .route("/api/permissions", get(access::permissions))
+        .route(
+            "/api/permissions/{vhost}/{user}",
+            get(access::permission)
+                .put(access::put_permission)
+                .delete(access::delete_permission),
+        )
+        .route("/api/topic-permissions", get(access::topic_permissions))
+        .route(
+            "/api/topic-permissions/{vhost}/{user}",
+            get(access::topic_permission)
+                .put(access::put_topic_permission)
+                .delete(access::delete_topic_permission),
+        )
+        .route("/api/vhost-limits", get(access::vhost_limits))
+        .route("/api/vhost-limits/{vhost}", get(access::vhost_limits))
+        .route(
+            "/api/vhost-limits/{vhost}/{limit}",
+            put(access::put_vhost_limit).delete(access::delete_vhost_limit),
+        )
+        .route("/api/user-limits", get(access::user_limits))
+        .route("/api/user-limits/{user}", get(access::user_limits))
+        .route(
+            "/api/user-limits/{user}/{limit}",
+            put(access::put_user_limit).delete(access::delete_user_limit),
+        )
+        .route("/api/policies", get(access::policies))
+        .route("/api/policies/{vhost}", get(access::policies))
+        .route(
+            "/api/policies/{vhost}/{name}",
+            get(access::policy)
+                .put(access::put_policy)
+                .delete(access::delete_policy),
+        )
         .route("/api/aliveness-test/{vhost}", get(overview::aliveness))
         .route("/api/health/checks/alarms", get(overview::health_ok))
         .route("/api/health/checks/local-alarms", get(overview::health_ok))
