@@ -7,73 +7,16 @@
 //! implement (runtime parameters other than vhost limits, global parameters, policy keys
 //! such as `ha-mode`) is skipped with a warning naming it.
 
-use amq_protocol::types::{AMQPValue, FieldArray, FieldTable};
+use amq_protocol::types::AMQPValue;
 use serde_json::{Map, Value, json};
+
+use crate::protocol::json::{json_to_table, table_to_json};
 
 use crate::auth::{Algorithm, Password};
 use crate::broker::Broker;
 use crate::broker::exchange::Dest;
 use crate::broker::vhost::{ExchangeFlags, QueueFlags};
 use crate::store::definitions::{PolicyDef, TopicPermissionDef, VhostDef};
-
-/// A field table as RabbitMQ writes it in JSON.
-pub fn table_to_json(t: &FieldTable) -> Value {
-    Value::Object(
-        t.inner()
-            .iter()
-            .map(|(k, v)| (k.to_string(), value_to_json(v)))
-            .collect(),
-    )
-}
-
-fn value_to_json(v: &AMQPValue) -> Value {
-    if let Some(n) = crate::broker::args::as_int(v) {
-        return json!(n);
-    }
-    match v {
-        AMQPValue::Boolean(b) => json!(b),
-        AMQPValue::Float(f) => json!(f),
-        AMQPValue::Double(d) => json!(d),
-        AMQPValue::DecimalValue(d) => json!(f64::from(d.value) / 10f64.powi(i32::from(d.scale))),
-        AMQPValue::ShortString(s) => json!(s.as_str()),
-        AMQPValue::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
-        AMQPValue::ByteArray(b) => json!(String::from_utf8_lossy(b.as_slice())),
-        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_to_json).collect()),
-        AMQPValue::FieldTable(t) => table_to_json(t),
-        _ => Value::Null,
-    }
-}
-
-/// A JSON object as a field table (integers as signed 64-bit, strings as long strings).
-pub fn json_to_table(v: &Value) -> FieldTable {
-    let mut t = FieldTable::default();
-    if let Value::Object(m) = v {
-        for (k, v) in m {
-            t.insert(k.as_str().into(), json_to_value(v));
-        }
-    }
-    t
-}
-
-fn json_to_value(v: &Value) -> AMQPValue {
-    match v {
-        Value::Null => AMQPValue::Void,
-        Value::Bool(b) => AMQPValue::Boolean(*b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => AMQPValue::LongLongInt(i),
-            None => AMQPValue::Double(n.as_f64().unwrap_or_default()),
-        },
-        Value::String(s) => AMQPValue::LongString(s.as_str().into()),
-        Value::Array(a) => {
-            let mut arr = FieldArray::default();
-            for x in a {
-                arr.push(json_to_value(x));
-            }
-            AMQPValue::FieldArray(arr)
-        }
-        Value::Object(_) => AMQPValue::FieldTable(json_to_table(v)),
-    }
-}
 
 fn limits_object(limits: &std::collections::BTreeMap<String, i64>) -> Value {
     Value::Object(limits.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
@@ -213,6 +156,25 @@ pub fn export(broker: &Broker, vhost: Option<&str>) -> Value {
     Value::Object(out)
 }
 
+/// Tags as RabbitMQ takes them: a list, or one comma-separated string (older exports and
+/// `rabbitmqadmin`).
+pub fn tags_of(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::String(t)) => t
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Why an import stopped.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -275,17 +237,7 @@ pub fn import(broker: &Broker, defs: &Value, vhost: Option<&str>) -> Result<(), 
     for v in list("vhosts") {
         let meta = v.get("metadata").cloned().unwrap_or(Value::Null);
         let pick = |k: &str| meta.get(k).or_else(|| v.get(k));
-        let tags = match pick("tags") {
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect(),
-            Some(Value::String(t)) if !t.is_empty() => {
-                t.split(',').map(|t| t.trim().to_owned()).collect()
-            }
-            _ => Vec::new(),
-        };
+        let tags = tags_of(pick("tags"));
         let name = s(&v, "name").to_owned();
         let mut def = broker.vhost(&name).map(|x| x.meta()).unwrap_or(VhostDef {
             name: name.clone(),
@@ -340,20 +292,7 @@ pub fn import(broker: &Broker, defs: &Value, vhost: Option<&str>) -> Result<(), 
                 algorithm,
             },
         };
-        let tags = match u.get("tags") {
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect(),
-            Some(Value::String(t)) => t
-                .split(',')
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned)
-                .collect(),
-            _ => Vec::new(),
-        };
+        let tags = tags_of(u.get("tags"));
         let limits = limit_pairs(u.get("limits"));
         let get = |k: &str| limits.get(k).and_then(|&n| u64::try_from(n).ok());
         broker
@@ -449,7 +388,7 @@ pub fn import(broker: &Broker, defs: &Value, vhost: Option<&str>) -> Result<(), 
             name,
             s(&x, "type"),
             flags,
-            &json_to_table(x.get("arguments").unwrap_or(&Value::Null)),
+            &json_to_table(x.get("arguments").unwrap_or(&Value::Null)).unwrap_or_default(),
         )
         .map_err(|e| ImportError(format!("exchange '{name}' in vhost '{vh}': {}", e.text)))?;
     }
@@ -458,7 +397,8 @@ pub fn import(broker: &Broker, defs: &Value, vhost: Option<&str>) -> Result<(), 
         let Some(v) = broker.vhost(&vh) else {
             return Err(ImportError(format!("queue '{name}': no vhost '{vh}'")));
         };
-        let mut args = json_to_table(q.get("arguments").unwrap_or(&Value::Null));
+        let mut args =
+            json_to_table(q.get("arguments").unwrap_or(&Value::Null)).unwrap_or_default();
         // `type` outside the arguments is how RabbitMQ 3.10 exports a queue's type.
         if let Some(t) = q.get("type").and_then(Value::as_str)
             && !args.contains_key("x-queue-type")
@@ -485,7 +425,7 @@ pub fn import(broker: &Broker, defs: &Value, vhost: Option<&str>) -> Result<(), 
             s(&bd, "destination"),
             s(&bd, "routing_key"),
         );
-        let args = json_to_table(bd.get("arguments").unwrap_or(&Value::Null));
+        let args = json_to_table(bd.get("arguments").unwrap_or(&Value::Null)).unwrap_or_default();
         let r = if s(&bd, "destination_type") == "exchange" {
             v.bind_exchange(dst, src, key, &args)
         } else {

@@ -20,6 +20,7 @@ use super::auth::Principal;
 use super::error::{ApiError, ApiResult, parse_body};
 use super::pagination::{ListQuery, shape};
 use crate::auth::{Algorithm, Password, User};
+use crate::broker::definitions_json::tags_of;
 use crate::store::definitions::{PolicyDef, TopicPermissionDef, VhostDef};
 
 fn io_error(e: std::io::Error) -> ApiError {
@@ -35,24 +36,6 @@ fn created(new: bool) -> StatusCode {
         StatusCode::CREATED
     } else {
         StatusCode::NO_CONTENT
-    }
-}
-
-/// Tags as RabbitMQ accepts them: a list, or one comma-separated string.
-fn tags_of(v: Option<&Value>) -> Vec<String> {
-    match v {
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
-        Some(Value::String(s)) => s
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(str::to_owned)
-            .collect(),
-        _ => Vec::new(),
     }
 }
 

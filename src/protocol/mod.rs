@@ -8,6 +8,7 @@
 //! `AMQPClass` per message. No sockets, no tokio, no broker types.
 
 pub mod content;
+pub mod json;
 pub mod nesting;
 
 use std::sync::Arc;
