@@ -293,7 +293,6 @@ check "delete vhost" "vhost deleted" admin delete vhost name=$V
 check "list vhosts no longer shows it" "False" \
     json "'$V' in [v['name'] for v in d]" admin -f raw_json list vhosts
 check "a deleted vhost is not found" "Not found" admin delete vhost name=$V
-cleanup_objects
 
 echo "1..$N"
 echo "$PASS passed, $FAIL failed"
