@@ -15,14 +15,25 @@
 # (Debian's libanyevent-rabbitmq-perl, installed with apt-get when missing); (d)
 # conformance/node/amqplib.test.js with the amqplib pinned in conformance/node/
 # package-lock.json (node/npm from apt-get when missing, `npm ci` into
-# conformance/node/node_modules). (c) and (d) print TAP, turned into JUnit XML.
-# The last line printed is "N passed, M failed[, K skipped]", summed over all four
-# suites; exit status is non-zero when M > 0.
+# conformance/node/node_modules); (e) conformance/rabbitmqadmin.sh, rabbitmqadmin
+# against the broker's management HTTP API (rabbitmqadmin from Debian's
+# rabbitmq-server package, installed with apt-get --no-install-recommends when
+# missing, the server kept from starting). (c), (d) and (e) print TAP, turned into
+# JUnit XML. The last line printed is "N passed, M failed[, K skipped]", summed over
+# all five suites; exit status is non-zero when M > 0.
 #
-# Environment: CONFORMANCE_TIMEOUT (per-test timeout, s, default 30),
+# The management API: when this script starts Warren, at the address Warren prints
+# ("warren management listening on ADDR"; it is started with --management-bind
+# 127.0.0.1:0); with HOST and PORT, at HOST:$CONFORMANCE_MGMT_PORT (default 15672),
+# and suite (e) is skipped (one skipped test, with the reason) when nothing listens
+# there.
+#
+# Environment: WARREN_BIN (the warren binary to start when no HOST PORT is given;
+# default: `cargo build --release` and target/release/warren), CONFORMANCE_MGMT_PORT
+# (see above), CONFORMANCE_TIMEOUT (per-test timeout, s, default 30),
 # CONFORMANCE_SUITE_TIMEOUT (whole-suite bound, s, default 900; a suite killed
 # by it counts as one failure; the Perl and Node suites are bounded by the smaller
-# of it and CONFORMANCE_TAP_SUITE_TIMEOUT, default 120),
+# of it and CONFORMANCE_TAP_SUITE_TIMEOUT, default 120; so is the rabbitmqadmin suite),
 # CONFORMANCE_PYTHON (interpreter used to create the venv, default python3),
 # PYTEST_ARGS (extra arguments for both pytest runs, split on whitespace, no
 # quoting; e.g. "-x" or "-k qos"; py-amqp's own -k "not tls" wins over a -k here).
@@ -88,10 +99,21 @@ if [ ! -f "$AMQP_SRC/t/integration/test_rmq.py" ]; then
         || fail_early "cannot extract t/integration from $SDIST"
 fi
 
-# --- Perl and Node prerequisites -------------------------------------------------
+# --- Perl, Node and rabbitmqadmin prerequisites ------------------------------------
 # A missing prerequisite fails only its own suite (one failure, with the reason).
+# apt_install [--no-install-recommends] [--no-start] PKG...: --no-start keeps the
+# packages' maintainer scripts from starting services, with a policy-rc.d that
+# answers 101 ("action forbidden", see /usr/share/doc/init-system-helpers/
+# README.policy-rc.d) for the install when the system has none.
 apt_install() {
-    local sudo=()
+    local sudo=() opts=() no_start=""
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --no-install-recommends) opts+=("$1"); shift ;;
+            --no-start) no_start=1; shift ;;
+            *) break ;;
+        esac
+    done
     if [ "$(id -u)" -ne 0 ]; then
         if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
             sudo=(sudo -n)
@@ -104,12 +126,18 @@ apt_install() {
         echo "apt-get not found: install $* by hand"
         return 1
     fi
-    echo "conformance: apt-get install -y $*" >&2
-    local log="$RESULTS/apt.log"
-    { "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >"$log" 2>&1 \
+    echo "conformance: apt-get install -y ${opts[*]} $*" >&2
+    local log="$RESULTS/apt.log" policy=/usr/sbin/policy-rc.d made_policy="" rc=0
+    if [ -n "$no_start" ] && [ ! -e "$policy" ]; then
+        "${sudo[@]}" sh -c "printf '#!/bin/sh\\nexit 101\\n' > $policy && chmod 755 $policy" \
+            && made_policy=1
+    fi
+    { "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${opts[@]}" "$@" >"$log" 2>&1 \
         || { "${sudo[@]}" apt-get update -q >>"$log" 2>&1 \
-             && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >>"$log" 2>&1; }; } \
-        || { echo "apt-get install -y $* failed (see $log)"; return 1; }
+             && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${opts[@]}" "$@" >>"$log" 2>&1; }; } \
+        || rc=1
+    [ -z "$made_policy" ] || "${sudo[@]}" rm -f "$policy"
+    [ "$rc" -eq 0 ] || { echo "apt-get install -y ${opts[*]} $* failed (see $log)"; return 1; }
 }
 
 # Prints the reason on stdout and returns non-zero when the Perl suite cannot run.
@@ -139,10 +167,23 @@ setup_node() {
     fi
 }
 
+# rabbitmqadmin ships in rabbitmq-server (which pulls Erlang, not a running server:
+# --no-start); it is a python3 script.
+setup_rabbitmqadmin() {
+    if ! command -v rabbitmqadmin >/dev/null 2>&1; then
+        apt_install --no-install-recommends --no-start rabbitmq-server || return 1
+        command -v rabbitmqadmin >/dev/null 2>&1 \
+            || { echo "no rabbitmqadmin on PATH after installing rabbitmq-server"; return 1; }
+    fi
+    command -v python3 >/dev/null 2>&1 || apt_install python3 || return 1
+}
+
 PERL_SETUP_ERROR="$(setup_perl)" && PERL_SETUP_ERROR=""
 NODE_SETUP_ERROR="$(setup_node)" && NODE_SETUP_ERROR=""
 [ -z "$PERL_SETUP_ERROR" ] || echo "conformance: Perl suite cannot run: $PERL_SETUP_ERROR" >&2
+ADMIN_SETUP_ERROR="$(setup_rabbitmqadmin)" && ADMIN_SETUP_ERROR=""
 [ -z "$NODE_SETUP_ERROR" ] || echo "conformance: Node suite cannot run: $NODE_SETUP_ERROR" >&2
+[ -z "$ADMIN_SETUP_ERROR" ] || echo "conformance: rabbitmqadmin suite cannot run: $ADMIN_SETUP_ERROR" >&2
 
 # --- Broker --------------------------------------------------------------------
 BROKER_PID=""
@@ -172,10 +213,18 @@ except OSError:
 EOF
 }
 
+MGMT_HOST=""
+MGMT_PORT=""
+ADMIN_SKIP=""
 if [ -z "$HOST" ]; then
-    (cd "$ROOT" && cargo build --release) || fail_early "cargo build --release failed"
-    WARREN="${CARGO_TARGET_DIR:-$ROOT/target}/release/warren"
-    [ -x "$WARREN" ] || fail_early "$WARREN not found after cargo build"
+    if [ -n "${WARREN_BIN:-}" ]; then
+        WARREN="$WARREN_BIN"
+        [ -x "$WARREN" ] || fail_early "WARREN_BIN=$WARREN is not an executable"
+    else
+        (cd "$ROOT" && cargo build --release) || fail_early "cargo build --release failed"
+        WARREN="${CARGO_TARGET_DIR:-$ROOT/target}/release/warren"
+        [ -x "$WARREN" ] || fail_early "$WARREN not found after cargo build"
+    fi
     HOST=127.0.0.1
     PORT="$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
     DATA_DIR="$(mktemp -d)"
@@ -193,8 +242,24 @@ if [ -z "$HOST" ]; then
         [ $SECONDS -lt $deadline ] || fail_early "warren did not accept connections on $HOST:$PORT within 30 s"
         sleep 0.2
     done
+    # Printed when the management listener is bound, around the AMQP one's time.
+    for _ in $(seq 1 50); do
+        MGMT_ADDR="$(sed -n 's/.*warren management listening on \([^ ]*\).*/\1/p' "$RESULTS/warren.log" | head -n 1)"
+        [ -z "$MGMT_ADDR" ] || break
+        sleep 0.1
+    done
+    if [ -n "$MGMT_ADDR" ]; then
+        MGMT_HOST="${MGMT_ADDR%:*}"
+        MGMT_PORT="${MGMT_ADDR##*:}"
+    else
+        ADMIN_SETUP_ERROR="${ADMIN_SETUP_ERROR:-warren printed no 'warren management listening on ADDR' line (see $RESULTS/warren.log)}"
+    fi
 else
     port_open "$HOST" "$PORT" || fail_early "nothing accepts connections on $HOST:$PORT"
+    MGMT_HOST="$HOST"
+    MGMT_PORT="${CONFORMANCE_MGMT_PORT:-15672}"
+    port_open "$MGMT_HOST" "$MGMT_PORT" \
+        || ADMIN_SKIP="no management API: nothing accepts connections on $MGMT_HOST:$MGMT_PORT (set CONFORMANCE_MGMT_PORT)"
 fi
 
 # --- Suites ---------------------------------------------------------------------
@@ -203,7 +268,7 @@ EXTRA=(${PYTEST_ARGS:-})
 COMMON=(-c "$INI" -p skiplist -q -rfE --timeout "$TIMEOUT" "${EXTRA[@]}")
 export PYTHONPATH="$HERE/python${PYTHONPATH:+:$PYTHONPATH}"
 rm -f "$RESULTS/py-amqp.xml" "$RESULTS/pika.xml" "$RESULTS/perl.xml" "$RESULTS/amqplib.xml" \
-    "$RESULTS/perl.tap" "$RESULTS/amqplib.tap"
+    "$RESULTS/rabbitmqadmin.xml" "$RESULTS/perl.tap" "$RESULTS/amqplib.tap" "$RESULTS/rabbitmqadmin.tap"
 
 echo "== py-amqp $AMQP_VERSION t/integration/test_rmq.py against $HOST:$PORT"
 (cd "$AMQP_SRC" && RABBITMQ_HOST="$HOST" RABBITMQ_5672_TCP="$PORT" \
@@ -249,9 +314,22 @@ echo "== Node amqplib against $HOST:$PORT"
 tap_suite amqplib "$NODE_SETUP_ERROR" node "$NODE_DIR/amqplib.test.js" "$HOST" "$PORT"
 RC_NODE=0
 
+if [ -n "$ADMIN_SKIP" ]; then
+    echo "== rabbitmqadmin: skipped: $ADMIN_SKIP"
+    echo "ok 1 - rabbitmqadmin suite # SKIP $ADMIN_SKIP" > "$RESULTS/rabbitmqadmin.tap"
+    "$VENV/bin/python" "$HERE/python/tap_junit.py" rabbitmqadmin "$RESULTS/rabbitmqadmin.tap" 0 \
+        "$RESULTS/rabbitmqadmin.xml"
+else
+    echo "== rabbitmqadmin against the management API at $MGMT_HOST:$MGMT_PORT (AMQP $HOST:$PORT)"
+    tap_suite rabbitmqadmin "$ADMIN_SETUP_ERROR" bash "$HERE/rabbitmqadmin.sh" \
+        "$MGMT_HOST" "$MGMT_PORT" "$PORT"
+fi
+RC_ADMIN=0
+
 # --- Summary ---------------------------------------------------------------------
 "$VENV/bin/python" - "$RESULTS/py-amqp.xml" "$RC_AMQP" "$RESULTS/pika.xml" "$RC_PIKA" \
-    "$RESULTS/perl.xml" "$RC_PERL" "$RESULTS/amqplib.xml" "$RC_NODE" <<'EOF'
+    "$RESULTS/perl.xml" "$RC_PERL" "$RESULTS/amqplib.xml" "$RC_NODE" \
+    "$RESULTS/rabbitmqadmin.xml" "$RC_ADMIN" <<'EOF'
 import sys
 import xml.etree.ElementTree as ET
 

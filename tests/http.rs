@@ -904,6 +904,25 @@ async fn users_vhosts_and_permissions_over_http_govern_amqp_logins() {
     );
     let r = request(api.0, "GET", "/api/whoami", Some(&as_alice), &[], b"").await;
     assert_eq!(r.json()["name"], "alice");
+    // A management user sees only the vhosts she has permissions in.
+    api.send("PUT", "/api/queues/%2F/root-q", json!({})).await;
+    let r = request(api.0, "GET", "/api/vhosts", Some(&as_alice), &[], b"").await;
+    assert_eq!(r.json(), json!([api.json("/api/vhosts/tenant").await]));
+    let r = request(api.0, "GET", "/api/queues", Some(&as_alice), &[], b"").await;
+    let names: Vec<Value> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("a-q")]);
+    let r = request(api.0, "GET", "/api/queues/%2F", Some(&as_alice), &[], b"").await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        api.json("/api/vhosts/tenant").await["description"],
+        "a tenant"
+    );
     // A user without a management tag cannot use the API at all.
     api.send(
         "PUT",

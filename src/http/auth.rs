@@ -17,6 +17,11 @@ use base64::Engine;
 use super::Api;
 use super::error::ApiError;
 
+tokio::task_local! {
+    /// The caller of the request being handled.
+    pub(super) static CALLER: Principal;
+}
+
 /// Who is calling.
 #[derive(Clone, Debug)]
 pub struct Principal {
@@ -35,6 +40,12 @@ impl Principal {
                 || t == "administrator"
                 || (tag == "management" && (t == "monitoring" || t == "policymaker"))
         })
+    }
+
+    /// Whether the caller sees every vhost (`monitoring`, `administrator`); others see
+    /// only the vhosts they have permissions in, as in RabbitMQ.
+    pub fn sees_all_vhosts(&self) -> bool {
+        self.has("monitoring")
     }
 
     /// Refuses callers without `tag`, with RabbitMQ's 401 for a missing privilege.
@@ -96,8 +107,9 @@ pub(super) async fn authenticate(State(api): State<Api>, mut req: Request, next:
             ApiError::not_authorized("Not management user").into_response()
         }
         Some(p) => {
-            req.extensions_mut().insert(p);
-            next.run(req).await
+            req.extensions_mut().insert(p.clone());
+            // Also for the vhost lookups deep in handlers (`Api::vhost`, `Api::vhosts`).
+            CALLER.scope(p, next.run(req)).await
         }
         None => ApiError::not_authorized("Login failed").into_response(),
     }

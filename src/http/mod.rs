@@ -78,7 +78,19 @@ impl Api {
     /// # Errors
     /// 404 when it does not exist.
     pub fn vhost(&self, name: &str) -> ApiResult<Arc<VHost>> {
-        self.broker.vhost(name).ok_or_else(ApiError::not_found)
+        let v = self.broker.vhost(name).ok_or_else(ApiError::not_found)?;
+        if !self.may_see(&v.name) {
+            return Err(ApiError::access_refused());
+        }
+        Ok(v)
+    }
+
+    /// Whether the caller may see a vhost: every one for `monitoring` and `administrator`,
+    /// else those it has permissions in (outside a request: all).
+    fn may_see(&self, vhost: &str) -> bool {
+        auth::CALLER
+            .try_with(|p| p.sees_all_vhosts() || self.broker.auth.has_access(vhost, &p.name))
+            .unwrap_or(true)
     }
 
     /// The vhosts a list endpoint covers: one (path given) or all.
@@ -88,7 +100,12 @@ impl Api {
     pub fn vhosts(&self, name: Option<&str>) -> ApiResult<Vec<Arc<VHost>>> {
         match name {
             Some(n) => Ok(vec![self.vhost(n)?]),
-            None => Ok(self.broker.vhosts()),
+            None => Ok(self
+                .broker
+                .vhosts()
+                .into_iter()
+                .filter(|v| self.may_see(&v.name))
+                .collect()),
         }
     }
 }

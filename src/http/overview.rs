@@ -83,7 +83,7 @@ pub async fn overview(State(api): State<Api>) -> Json<Value> {
 fn overview_now(api: &Api) -> Json<Value> {
     let mut t = Totals::default();
     let mut exchanges = 0;
-    for v in api.broker.vhosts() {
+    for v in api.vhosts(None).unwrap_or_default() {
         t.add(&v);
         exchanges += v.exchanges().len();
     }
@@ -191,17 +191,13 @@ pub async fn node(State(api): State<Api>, Path(name): Path<String>) -> ApiResult
 fn vhost_json(api: &Api, v: &VHost) -> Value {
     let mut t = Totals::default();
     t.add(v);
-    let desc = if v.name == api.broker.config.default_vhost {
-        "Default virtual host"
-    } else {
-        ""
-    };
+    let meta = v.meta();
     let mut o = json!({
         "name": v.name,
-        "description": desc,
-        "tags": [],
-        "metadata": {"description": desc, "tags": []},
-        "default_queue_type": "undefined",
+        "description": meta.description,
+        "tags": meta.tags,
+        "metadata": {"description": meta.description, "tags": meta.tags},
+        "default_queue_type": meta.default_queue_type.as_deref().unwrap_or("undefined"),
         "tracing": false,
         "cluster_state": {&*api.node: "running"},
         "message_stats": t.message_stats(),
@@ -215,8 +211,7 @@ fn vhost_json(api: &Api, v: &VHost) -> Value {
 /// `GET /api/vhosts`.
 pub async fn vhosts(State(api): State<Api>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
     let items = api
-        .broker
-        .vhosts()
+        .vhosts(None)?
         .iter()
         .map(|v| vhost_json(&api, v))
         .collect();
