@@ -965,7 +965,28 @@ async fn users_vhosts_and_permissions_over_http_govern_amqp_logins() {
         .unwrap_err();
     assert_eq!(common::code(&e), 320, "{e:?}");
     assert_eq!(api.get("/api/vhosts/tenant").await.status, 404);
+    let conn = b.connect_as("ref-sec", "s3cret-pw", "/").await;
+    assert!(conn.is_err(), "no permissions in / for ref-sec");
+    api.send(
+        "PUT",
+        "/api/permissions/%2F/alice",
+        json!({"configure": ".*", "write": ".*", "read": ".*"}),
+    )
+    .await;
+    let ch = b
+        .connect_as("alice", "pw", "/")
+        .await
+        .unwrap()
+        .create_channel()
+        .await
+        .unwrap();
     assert_eq!(api.delete("/api/users/alice").await.status, 204);
+    // Her connections go with her, with RabbitMQ's reason.
+    let e = ch
+        .queue_declare("x".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap_err();
+    assert_eq!(common::code(&e), 320, "{e:?}");
     assert_eq!(api.get("/api/users/alice").await.status, 404);
 }
 

@@ -178,6 +178,16 @@ impl Registry {
         n
     }
 
+    /// Asks every connection of `user` to close; returns how many were asked.
+    pub fn close_user(&self, user: &str, reason: &str) -> usize {
+        let mut n = 0;
+        for e in self.by_id.iter().filter(|e| e.user == user) {
+            e.close(reason);
+            n += 1;
+        }
+        n
+    }
+
     /// Open connections of `user`.
     pub fn count_user(&self, user: &str) -> usize {
         self.by_id.iter().filter(|e| e.user == user).count()

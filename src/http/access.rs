@@ -132,6 +132,9 @@ pub async fn delete_user(
     if !api.broker.auth.delete_user(&name).map_err(io_error)? {
         return Err(ApiError::not_found());
     }
+    api.broker
+        .connections
+        .close_user(&name, &format!("user '{name}' is deleted"));
     Ok(StatusCode::NO_CONTENT)
 }
 
