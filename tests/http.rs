@@ -919,6 +919,14 @@ async fn users_vhosts_and_permissions_over_http_govern_amqp_logins() {
     assert_eq!(names, [json!("a-q")]);
     let r = request(api.0, "GET", "/api/queues/%2F", Some(&as_alice), &[], b"").await;
     assert_eq!(r.status, 401);
+    // Over the API too, declares need configure on the queue (tags do not lift it).
+    let put = |q: &'static str| request(api.0, "PUT", q, Some(&as_alice), &[], b"{}");
+    assert_eq!(put("/api/queues/tenant/a-ok").await.status, 201);
+    let r = put("/api/queues/tenant/other").await;
+    assert_eq!(
+        (r.status, r.json()["reason"].clone()),
+        (401, json!("Access refused."))
+    );
     assert_eq!(
         api.json("/api/vhosts/tenant").await["description"],
         "a tenant"

@@ -26,6 +26,7 @@ use super::error::{ApiError, ApiResult, parse_body};
 use super::exchanges::path_name;
 use super::pagination::{ListQuery, shape};
 use super::values::{json_to_table, table_to_json};
+use crate::auth::{Kind, Perm};
 use crate::broker::exchange::Dest;
 use crate::broker::vhost::VHost;
 
@@ -286,6 +287,7 @@ pub async fn create(
     body: Bytes,
 ) -> ApiResult<Response> {
     let (v, to_exchange) = ends(&api, &vhost, &source, &kind, &dest)?;
+    allow_binding(&api, &vhost, path_name(&source), to_exchange, &dest)?;
     let b: BindBody = parse_body(&body)?;
     let args = json_to_table(&b.arguments)
         .ok_or_else(|| ApiError::bad_request("arguments must be an object"))?;
@@ -306,6 +308,25 @@ pub async fn create(
         r.headers_mut().insert(header::LOCATION, h);
     }
     Ok(r)
+}
+
+/// A binding's permissions, in RabbitMQ's order: write on the destination, read on the
+/// source.
+fn allow_binding(
+    api: &Api,
+    vhost: &str,
+    source: &str,
+    to_exchange: bool,
+    dest: &str,
+) -> ApiResult<()> {
+    let kind = if to_exchange {
+        Kind::Exchange
+    } else {
+        Kind::Queue
+    };
+    let dest = if to_exchange { path_name(dest) } else { dest };
+    api.allow(vhost, Perm::Write, kind, dest)?;
+    api.allow(vhost, Perm::Read, Kind::Exchange, source)
 }
 
 fn find_one(
@@ -335,6 +356,7 @@ pub async fn delete(
     Path(p): Path<(String, String, String, String, String)>,
 ) -> ApiResult<StatusCode> {
     let (v, row) = find_one(&api, &p)?;
+    allow_binding(&api, &p.0, &row.source, row.to_exchange, &row.destination)?;
     if row.to_exchange {
         v.unbind_exchange(&row.destination, &row.source, &row.key, &row.args)?;
     } else {

@@ -21,6 +21,7 @@ use super::Api;
 use super::error::{ApiError, ApiResult, parse_body};
 use super::pagination::{ListQuery, shape};
 use super::values::{json_to_properties, json_to_table, lenient_bool, table_to_json};
+use crate::auth::{Kind, Perm};
 use crate::broker::exchange::Exchange;
 use crate::broker::message::Message;
 use crate::broker::queue::Published;
@@ -109,6 +110,7 @@ pub async fn declare(
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     let v = api.vhost(&vhost)?;
+    api.allow(&vhost, Perm::Configure, Kind::Exchange, path_name(&name))?;
     let b: ExchangeBody = parse_body(&body)?;
     // As RabbitMQ: without a type, a direct exchange.
     let kind = b.kind.unwrap_or_else(|| "direct".into());
@@ -143,6 +145,7 @@ pub async fn delete(
     Query(dq): Query<DeleteQuery>,
 ) -> ApiResult<StatusCode> {
     let (v, x) = find(&api, &vhost, &name)?;
+    api.allow(&vhost, Perm::Configure, Kind::Exchange, &x.name)?;
     v.delete_exchange(&x.name, dq.if_unused.as_deref() == Some("true"))?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -208,6 +211,7 @@ pub async fn publish(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let (v, x) = find(&api, &vhost, &name)?;
+    api.allow(&vhost, Perm::Write, Kind::Exchange, &x.name)?;
     let b: PublishBody = parse_body(&body)?;
     let payload = match b.payload_encoding.as_deref().unwrap_or("string") {
         "string" => Bytes::from(b.payload.into_bytes()),

@@ -23,6 +23,7 @@ use super::Api;
 use super::error::{ApiError, ApiResult, parse_body};
 use super::pagination::{ListQuery, shape};
 use super::values::{json_to_table, lenient_bool, lenient_u64, properties_to_json, table_to_json};
+use crate::auth::{Kind, Perm};
 use crate::broker::queue::Queue;
 use crate::broker::vhost::{QueueFlags, VHost};
 
@@ -133,6 +134,7 @@ pub async fn declare(
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     let v = api.vhost(&vhost)?;
+    api.allow(&vhost, Perm::Configure, Kind::Queue, &name)?;
     let b: QueueBody = parse_body(&body)?;
     let args = json_to_table(&b.arguments)
         .ok_or_else(|| ApiError::bad_request("arguments must be an object"))?;
@@ -168,6 +170,7 @@ pub async fn delete(
     Query(dq): Query<DeleteQuery>,
 ) -> ApiResult<StatusCode> {
     let (v, q) = find(&api, &vhost, &name)?;
+    api.allow(&vhost, Perm::Configure, Kind::Queue, &name)?;
     let s = q.snapshot();
     if dq.if_unused.as_deref() == Some("true") && s.consumers > 0 {
         return Err(ApiError::bad_request(format!(
@@ -189,6 +192,7 @@ pub async fn purge(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let (_, q) = find(&api, &vhost, &name)?;
+    api.allow(&vhost, Perm::Read, Kind::Queue, &name)?;
     q.purge();
     Ok(StatusCode::NO_CONTENT)
 }
@@ -228,6 +232,7 @@ pub async fn get_messages(
     body: Bytes,
 ) -> ApiResult<Response> {
     let (_, q) = find(&api, &vhost, &name)?;
+    api.allow(&vhost, Perm::Read, Kind::Queue, &name)?;
     let b: GetBody = parse_body(&body)?;
     let ackmode = b.ackmode.as_deref().unwrap_or("");
     let (requeue, ack) = match ackmode {
