@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use super::Api;
 use super::error::{ApiError, ApiResult, parse_body};
-use super::pagination::{ListQuery, shape};
+use super::pagination::{ListQuery, shape_by_name};
 use super::values::{json_to_table, lenient_bool, lenient_u64, properties_to_json, table_to_json};
 use crate::auth::{Kind, Perm};
 use crate::broker::queue::Queue;
@@ -79,9 +79,14 @@ pub fn queue_json(api: &Api, vhost: &VHost, q: &Queue) -> Value {
 fn list(api: &Api, vhost: Option<&str>, q: &ListQuery) -> ApiResult<Json<Value>> {
     let mut items = Vec::new();
     for v in api.vhosts(vhost)? {
-        items.extend(v.queues().iter().map(|q| queue_json(api, &v, q)));
+        items.extend(v.queues().into_iter().map(|q| (v.clone(), q)));
     }
-    Ok(Json(shape(items, q)?))
+    Ok(Json(shape_by_name(
+        items,
+        |(_, q)| &q.name,
+        |(v, q)| queue_json(api, v, q),
+        q,
+    )?))
 }
 
 /// `GET /api/queues`.
