@@ -1015,6 +1015,15 @@ impl VHost {
         all
     }
 
+    /// Calls `f` on every queue, in no order: for totals, which need no sorting. The map's
+    /// shard locks are released before `f` runs (it may take each queue's lock).
+    pub fn for_each_queue(&self, mut f: impl FnMut(&Queue)) {
+        let all: Vec<Arc<Queue>> = self.queues.iter().map(|q| q.clone()).collect();
+        for q in &all {
+            f(q);
+        }
+    }
+
     /// Looks a queue up whoever owns it (the management API sees exclusive queues too).
     pub fn find_queue(&self, name: &str) -> Option<Arc<Queue>> {
         self.queues.get(name).map(|q| q.clone())

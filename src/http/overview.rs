@@ -34,7 +34,7 @@ struct Totals {
 impl Totals {
     fn add(&mut self, v: &VHost) {
         use std::sync::atomic::Ordering::Relaxed;
-        for q in v.queues() {
+        v.for_each_queue(|q| {
             let s = q.snapshot();
             self.queues += 1;
             self.consumers += u64::from(s.consumers);
@@ -44,7 +44,7 @@ impl Totals {
             self.deliver_get += q.stats.deliver_get.load(Relaxed);
             self.ack += q.stats.ack.load(Relaxed);
             self.redeliver += q.stats.redeliver.load(Relaxed);
-        }
+        });
     }
 
     fn message_stats(&self) -> Value {
