@@ -18,7 +18,33 @@ use crate::broker::exchange::Dest;
 use crate::broker::vhost::{ExchangeFlags, QueueFlags};
 use crate::store::definitions::{PolicyDef, TopicPermissionDef, VhostDef};
 
-fn limits_object(limits: &std::collections::BTreeMap<String, i64>) -> Value {
+/// A user as RabbitMQ's definitions and `/api/users` show it.
+pub fn user_json(u: &crate::auth::User) -> Value {
+    let mut limits = Map::new();
+    if let Some(n) = u.max_connections {
+        limits.insert("max-connections".into(), json!(n));
+    }
+    if let Some(n) = u.max_channels {
+        limits.insert("max-channels".into(), json!(n));
+    }
+    json!({"name": u.name, "password_hash": u.password_hash,
+           "hashing_algorithm": u.algorithm.name(), "tags": u.tags, "limits": limits})
+}
+
+/// A permission as RabbitMQ's definitions and `/api/permissions` show it.
+pub fn permission_json(p: &crate::store::definitions::PermissionDef) -> Value {
+    json!({"user": p.user, "vhost": p.vhost, "configure": p.configure,
+           "write": p.write, "read": p.read})
+}
+
+/// A topic permission as RabbitMQ's definitions and `/api/topic-permissions` show it.
+pub fn topic_json(t: &TopicPermissionDef) -> Value {
+    json!({"user": t.user, "vhost": t.vhost, "exchange": t.exchange,
+           "write": t.write, "read": t.read})
+}
+
+/// Limits as a JSON object (`{"max-queues": 10}`).
+pub fn limits_object(limits: &std::collections::BTreeMap<String, i64>) -> Value {
     Value::Object(limits.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
 }
 
@@ -84,23 +110,7 @@ pub fn export(broker: &Broker, vhost: Option<&str>) -> Value {
     out.insert("rabbit_version".into(), json!(crate::RABBITMQ_VERSION));
     out.insert("rabbitmq_version".into(), json!(crate::RABBITMQ_VERSION));
     if vhost.is_none() {
-        let users: Vec<Value> = broker
-            .auth
-            .users()
-            .iter()
-            .map(|u| {
-                let mut limits = Map::new();
-                if let Some(n) = u.max_connections {
-                    limits.insert("max-connections".into(), json!(n));
-                }
-                if let Some(n) = u.max_channels {
-                    limits.insert("max-channels".into(), json!(n));
-                }
-                json!({"name": u.name, "password_hash": u.password_hash,
-                       "hashing_algorithm": u.algorithm.name(), "tags": u.tags,
-                       "limits": limits})
-            })
-            .collect();
+        let users: Vec<Value> = broker.auth.users().iter().map(|u| user_json(u)).collect();
         out.insert("users".into(), Value::Array(users));
         let vh: Vec<Value> = vhosts
             .iter()
@@ -119,20 +129,14 @@ pub fn export(broker: &Broker, vhost: Option<&str>) -> Value {
             .auth
             .permissions()
             .iter()
-            .map(|p| {
-                json!({"user": p.user, "vhost": p.vhost, "configure": p.configure,
-                            "write": p.write, "read": p.read})
-            })
+            .map(permission_json)
             .collect();
         out.insert("permissions".into(), Value::Array(perms));
         let topics: Vec<Value> = broker
             .auth
             .topic_permissions()
             .iter()
-            .map(|t| {
-                json!({"user": t.user, "vhost": t.vhost, "exchange": t.exchange,
-                            "write": t.write, "read": t.read})
-            })
+            .map(topic_json)
             .collect();
         out.insert("topic_permissions".into(), Value::Array(topics));
     }

@@ -362,11 +362,6 @@ impl Broker {
         self.vhosts.get(name).map(|v| v.clone())
     }
 
-    /// Checks a user's password.
-    pub fn authenticate(&self, user: &str, pass: &str) -> bool {
-        self.auth.login(user, pass).is_some()
-    }
-
     /// The message log's durable watermark, for publisher confirms (None without
     /// persistence).
     pub fn watermark(&self) -> Option<crate::store::Watermark> {

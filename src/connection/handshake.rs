@@ -37,8 +37,9 @@ pub(super) struct Opened {
     pub heartbeat: u16,
     /// The client understands server-sent basic.cancel.
     pub cancel_notify: bool,
-    /// The user as logged in (tags: `impersonator` lifts the `user_id` check).
-    pub login: Arc<crate::auth::User>,
+    /// The user has the `impersonator` tag (it lifts the `user_id` check), read once here
+    /// rather than per frame.
+    pub impersonator: bool,
     /// `connection.start-ok` client properties (listed by the management API).
     pub client_properties: amq_protocol::types::FieldTable,
 }
@@ -401,7 +402,7 @@ pub(super) async fn run(
         channel_max: tune.channel_max,
         heartbeat: tune.heartbeat,
         cancel_notify,
-        login,
+        impersonator: login.has_tag("impersonator"),
         client_properties: start_ok.client_properties,
     })
 }

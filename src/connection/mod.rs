@@ -293,7 +293,7 @@ macro_rules! ctx {
             conn_id: $self.id,
             vhost: &$self.vhost,
             user: &$self.opened.user,
-            impersonator: $self.opened.login.has_tag("impersonator"),
+            impersonator: $self.opened.impersonator,
             auth: &$self.broker.auth,
             out: &mut $self.out,
             inbox: &mut $self.inbox,

@@ -19,8 +19,10 @@ use super::Api;
 use super::auth::Principal;
 use super::error::{ApiError, ApiResult, parse_body};
 use super::pagination::{ListQuery, shape};
-use crate::auth::{Algorithm, Password, User};
-use crate::broker::definitions_json::tags_of;
+use crate::auth::{Algorithm, Password};
+use crate::broker::definitions_json::{
+    limits_object, permission_json, tags_of, topic_json, user_json,
+};
 use crate::store::definitions::{PolicyDef, TopicPermissionDef, VhostDef};
 
 fn io_error(e: std::io::Error) -> ApiError {
@@ -37,18 +39,6 @@ fn created(new: bool) -> StatusCode {
     } else {
         StatusCode::NO_CONTENT
     }
-}
-
-fn user_json(u: &User) -> Value {
-    let mut limits = serde_json::Map::new();
-    if let Some(n) = u.max_connections {
-        limits.insert("max-connections".into(), json!(n));
-    }
-    if let Some(n) = u.max_channels {
-        limits.insert("max-channels".into(), json!(n));
-    }
-    json!({"name": u.name, "password_hash": u.password_hash,
-           "hashing_algorithm": u.algorithm.name(), "tags": u.tags, "limits": limits})
 }
 
 /// `GET /api/users`.
@@ -136,11 +126,6 @@ pub async fn delete_user(
         .connections
         .close_user(&name, &format!("user '{name}' is deleted"));
     Ok(StatusCode::NO_CONTENT)
-}
-
-fn permission_json(p: &crate::store::definitions::PermissionDef) -> Value {
-    json!({"user": p.user, "vhost": p.vhost, "configure": p.configure,
-           "write": p.write, "read": p.read})
 }
 
 /// `GET /api/permissions`.
@@ -264,11 +249,6 @@ pub async fn delete_permission(
         return Err(ApiError::not_found());
     }
     Ok(StatusCode::NO_CONTENT)
-}
-
-fn topic_json(t: &TopicPermissionDef) -> Value {
-    json!({"user": t.user, "vhost": t.vhost, "exchange": t.exchange,
-           "write": t.write, "read": t.read})
 }
 
 /// `GET /api/topic-permissions`.
@@ -422,10 +402,6 @@ pub async fn delete_vhost(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn limits_json(limits: &std::collections::BTreeMap<String, i64>) -> Value {
-    Value::Object(limits.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
-}
-
 /// `GET /api/vhost-limits` and `/api/vhost-limits/{vhost}`.
 pub async fn vhost_limits(
     State(api): State<Api>,
@@ -438,7 +414,7 @@ pub async fn vhost_limits(
         .iter()
         .map(|v| v.meta())
         .filter(|m| !m.limits.is_empty())
-        .map(|m| json!({"vhost": m.name, "value": limits_json(&m.limits)}))
+        .map(|m| json!({"vhost": m.name, "value": limits_object(&m.limits)}))
         .collect();
     Ok(Json(Value::Array(items)))
 }

@@ -42,9 +42,7 @@ use error::{ApiError, ApiResult};
 /// bodies are answered 413 without being read.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
 
-/// The version the API reports as `management_version` / `rabbitmq_version`: the RabbitMQ
-/// release whose behaviour Warren follows.
-pub const RABBITMQ_VERSION: &str = "3.10.8";
+pub use crate::RABBITMQ_VERSION;
 
 /// What every handler shares.
 #[derive(Clone, Debug)]
