@@ -139,7 +139,10 @@ pub struct Cache {
     grant: Option<Grant>,
     /// The exchange last published to, allowed: the publish fast path.
     last_publish: Option<String>,
-    answers: std::collections::HashMap<(Perm, Kind, String), bool>,
+    /// By (permission, kind), then name: a hit looks a `&str` up without allocating.
+    answers: std::collections::HashMap<(Perm, Kind), std::collections::HashMap<String, bool>>,
+    /// How many names `answers` holds in all.
+    remembered: usize,
 }
 
 /// Who is asking, for checks and their error texts.
@@ -157,6 +160,7 @@ impl Cache {
         if self.generation != generation || self.grant.is_none() {
             self.generation = generation;
             self.answers.clear();
+            self.remembered = 0;
             self.last_publish = None;
             self.grant = Some(fetch());
         }
@@ -188,19 +192,28 @@ impl Cache {
         {
             return Ok(());
         }
-        let key = (perm, kind, name.to_owned());
-        let ok = match self.answers.get(&key) {
-            Some(&ok) => ok,
+        let cached = self
+            .answers
+            .get(&(perm, kind))
+            .and_then(|m| m.get(name))
+            .copied();
+        let ok = match cached {
+            Some(ok) => ok,
             None => {
                 let ok = self
                     .grant
                     .as_ref()
                     .and_then(|g| g.perms.as_ref())
                     .is_some_and(|p| p.allows(perm, name));
-                if self.answers.len() >= CACHE_MAX {
+                if self.remembered >= CACHE_MAX {
                     self.answers.clear();
+                    self.remembered = 0;
                 }
-                self.answers.insert(key, ok);
+                self.answers
+                    .entry((perm, kind))
+                    .or_default()
+                    .insert(name.to_owned(), ok);
+                self.remembered += 1;
                 ok
             }
         };
