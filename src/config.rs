@@ -97,6 +97,9 @@ pub struct Management {
     pub enabled: bool,
     /// Address the API listens on (RabbitMQ's management port, loopback only by default).
     pub listener: SocketAddr,
+    /// Milliseconds between statistics samples (rates, totals): RabbitMQ's
+    /// `collect_statistics_interval`, 5000 by default.
+    pub collect_statistics_interval: u64,
 }
 
 impl Default for Management {
@@ -104,6 +107,7 @@ impl Default for Management {
         Self {
             enabled: true,
             listener: SocketAddr::from(([127, 0, 0, 1], 15672)),
+            collect_statistics_interval: 5000,
         }
     }
 }

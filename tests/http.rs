@@ -759,6 +759,139 @@ async fn lists_page_filter_sort_and_project_as_rabbitmq() {
     assert_eq!(api.get("/api/queues?page=9").await.status, 400);
 }
 
+#[tokio::test]
+async fn unfiltered_pages_walk_vhosts_then_names_in_order_either_way() {
+    let b = TestBroker::start_with_management().await;
+    let api = Api::of(&b);
+    assert_eq!(
+        api.send("PUT", "/api/vhosts/v2", json!({})).await.status,
+        201
+    );
+    // Declared out of order, in two vhosts.
+    for (v, n) in [
+        ("v2", "b"),
+        ("%2F", "z"),
+        ("v2", "a"),
+        ("%2F", "y"),
+        ("%2F", "x"),
+    ] {
+        let r = api
+            .send("PUT", &format!("/api/queues/{v}/{n}"), json!({}))
+            .await;
+        assert_eq!(r.status, 201, "{v}/{n}");
+    }
+    let names = |p: &Value| -> Vec<String> {
+        p["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| {
+                format!(
+                    "{}/{}",
+                    q["vhost"].as_str().unwrap(),
+                    q["name"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let p1 = api.json("/api/queues?page=1&page_size=2").await;
+    assert_eq!(names(&p1), ["//x", "//y"]);
+    let p2 = api.json("/api/queues?page=2&page_size=2").await;
+    assert_eq!(names(&p2), ["//z", "v2/a"]);
+    assert_eq!(
+        (p2["total_count"].clone(), p2["page_count"].clone()),
+        (json!(5), json!(3))
+    );
+    let p3 = api.json("/api/queues?page=3&page_size=2").await;
+    assert_eq!(
+        (names(&p3), p3["item_count"].clone()),
+        (vec!["v2/b".to_string()], json!(1))
+    );
+    let r1 = api
+        .json("/api/queues?page=1&page_size=3&sort_reverse=true")
+        .await;
+    assert_eq!(names(&r1), ["v2/b", "v2/a", "//z"]);
+    let v = api
+        .json("/api/queues/v2?page=1&page_size=5&sort=name&columns=name")
+        .await;
+    assert_eq!(v["items"], json!([{"name": "a"}, {"name": "b"}]));
+    // A deleted queue leaves the index.
+    assert_eq!(
+        api.send("DELETE", "/api/queues/%2F/y", json!({}))
+            .await
+            .status,
+        204
+    );
+    let p1 = api.json("/api/queues?page=1&page_size=2").await;
+    assert_eq!(names(&p1), ["//x", "//z"]);
+}
+
+#[tokio::test]
+async fn rates_and_totals_come_from_the_statistics_sampler() {
+    let b = TestBroker::start_with_management().await;
+    let api = Api::of(&b);
+    let (_conn, ch) = b.channel().await;
+    let q = name("rates");
+    ch.queue_declare(q.as_str().into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    // Publishes until a sample shows a publish rate (the test broker samples every 50 ms).
+    let path = format!("/api/queues/%2F/{q}");
+    let mut published = 0u64;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let rate = loop {
+        for _ in 0..20 {
+            ch.basic_publish(
+                "".into(),
+                q.as_str().into(),
+                Default::default(),
+                b"m",
+                Default::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+            published += 1;
+        }
+        let shown = api.json(&path).await;
+        let r = shown["message_stats"]["publish_details"]["rate"]
+            .as_f64()
+            .unwrap();
+        if r > 0.0 {
+            assert!(shown["messages_details"]["rate"].as_f64().unwrap() > 0.0);
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no publish rate: {shown}"
+        );
+    };
+    assert!(rate.is_finite());
+    // Once publishing stops, the overview's totals catch up with every message and the
+    // rates fall back to 0.
+    loop {
+        let o = api.json("/api/overview").await;
+        let stats = &o["message_stats"];
+        if o["queue_totals"]["messages"] == published
+            && stats["publish"] == published
+            && stats["publish_details"]["rate"] == 0.0
+        {
+            assert_eq!(o["queue_totals"]["messages_ready"], published);
+            assert_eq!(o["rates_mode"], "basic");
+            let vh = api.json("/api/vhosts/%2F").await;
+            assert_eq!(vh["messages"], published);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "totals never caught up: {o}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
 #[test]
 fn the_binary_serves_the_management_api_on_the_port_it_prints() {
     let dir = tempfile::tempdir().unwrap();

@@ -12,6 +12,7 @@ pub mod paged;
 pub mod persist;
 pub mod queue;
 pub mod queue_args;
+pub mod stats;
 pub mod vhost;
 
 use std::sync::Arc;
@@ -78,6 +79,8 @@ pub struct Broker {
     pub auth: crate::auth::Registry,
     next_connection: AtomicU64,
     persist: Option<Arc<Persistence>>,
+    /// The statistics sampler's last sum over every queue (`stats`).
+    pub sampled: parking_lot::Mutex<stats::Slot>,
 }
 
 /// With the `test-hooks` feature (tests only): bytes per second the message log's disk is
@@ -186,6 +189,7 @@ impl Broker {
             vhosts: DashMap::new(),
             auth: crate::auth::Registry::new(persist.as_ref().map(|p| p.defs.clone())),
             next_connection: AtomicU64::new(1),
+            sampled: Default::default(),
             persist,
             config,
         };
@@ -330,6 +334,11 @@ impl Broker {
             blocking(|| p.defs.delete_policy(vhost, name))?;
         }
         Ok(v.delete_policy(name))
+    }
+
+    /// How many vhosts there are.
+    pub fn vhost_count(&self) -> usize {
+        self.vhosts.len()
     }
 
     /// Every vhost, sorted by name.

@@ -778,6 +778,8 @@ pub struct QueueStats {
     pub ack: AtomicU64,
     /// Delivered to an acking consumer or get, and not yet acked, requeued or rejected.
     pub unacked: AtomicU64,
+    /// The statistics sampler's last reading of these, with rates (`crate::broker::stats`).
+    pub sampled: parking_lot::Mutex<crate::broker::stats::Slot>,
 }
 
 impl QueueStats {

@@ -119,6 +119,10 @@ pub struct VHost {
     persist: Option<Arc<Persistence>>,
     /// Description, tags, default queue type and limits, as RabbitMQ's vhost object.
     meta: Mutex<VhostDef>,
+    /// The statistics sampler's last sum over this vhost's queues (`crate::broker::stats`).
+    pub sampled: parking_lot::Mutex<crate::broker::stats::Slot>,
+    /// Queue names in order, so the management API pages through them without sorting.
+    names: parking_lot::RwLock<std::collections::BTreeSet<Arc<str>>>,
 }
 
 /// Names starting with `amq.` are the broker's; clients may not create them.
@@ -147,6 +151,8 @@ impl VHost {
                 default_queue_type: None,
                 limits: Default::default(),
             }),
+            sampled: Default::default(),
+            names: Default::default(),
         });
         for (n, kind, internal) in PREDECLARED {
             let x = Exchange::new(
@@ -245,6 +251,7 @@ impl VHost {
             }));
             queue.start_timer();
             restored.push(queue.clone());
+            self.names.write().insert(queue.name.clone());
             self.queues.insert(queue.name.clone(), queue);
         }
         for b in loaded.bindings.iter().filter(|b| b.vhost == self.name) {
@@ -678,6 +685,7 @@ impl VHost {
             store,
         }));
         q.start_timer();
+        self.names.write().insert(q.name.clone());
         self.queues.insert(q.name.clone(), q.clone());
         Ok(Declared {
             queue: q,
@@ -859,6 +867,7 @@ impl VHost {
             .queues
             .remove_if(&q.name, |_, v| std::ptr::eq(Arc::as_ptr(v), q));
         let Some((_, q)) = removed else { return 0 };
+        self.names.write().remove(&q.name);
         if q.durable && q.owner.is_none() {
             let _ = self.save(|d| d.delete_queue(&self.name, &q.name));
         }
@@ -1001,6 +1010,11 @@ impl VHost {
         }
     }
 
+    /// How many exchanges the vhost has.
+    pub fn exchange_count(&self) -> usize {
+        self.exchanges.len()
+    }
+
     /// Every exchange, sorted by name (the management API lists them).
     pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
         let mut all: Vec<_> = self.exchanges.iter().map(|e| e.clone()).collect();
@@ -1008,11 +1022,38 @@ impl VHost {
         all
     }
 
-    /// Every queue, sorted by name (the management API lists them).
+    /// Every queue, sorted by name (the management API lists them), read from the name
+    /// index: no sort per call.
     pub fn queues(&self) -> Vec<Arc<Queue>> {
-        let mut all: Vec<_> = self.queues.iter().map(|q| q.clone()).collect();
-        all.sort_by(|a, b| a.name.cmp(&b.name));
-        all
+        self.queue_range(0, usize::MAX, false)
+    }
+
+    /// How many queues the vhost has.
+    pub fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// Up to `take` queues in name order (reversed when `reverse`), after skipping `skip`:
+    /// a page of the management API's listing costs the page, not the whole vhost.
+    pub fn queue_range(&self, skip: usize, take: usize, reverse: bool) -> Vec<Arc<Queue>> {
+        let names = self.names.read();
+        let pick = |n: &Arc<str>| self.queues.get(n).map(|q| q.clone());
+        if reverse {
+            names
+                .iter()
+                .rev()
+                .skip(skip)
+                .filter_map(pick)
+                .take(take)
+                .collect()
+        } else {
+            names
+                .iter()
+                .skip(skip)
+                .filter_map(pick)
+                .take(take)
+                .collect()
+        }
     }
 
     /// Calls `f` on every queue, in no order: for totals, which need no sorting. The map's

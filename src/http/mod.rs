@@ -344,6 +344,10 @@ pub async fn serve(
     api: Api,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    // The API's rates and totals come from the sampler; it lives as long as the API.
+    let every =
+        std::time::Duration::from_millis(api.broker.config.management.collect_statistics_interval);
+    let sampler = tokio::spawn(crate::broker::stats::run(api.broker.clone(), every));
     let app = router(api);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop)
@@ -351,4 +355,5 @@ pub async fn serve(
     {
         tracing::error!("management API stopped: {e}");
     }
+    sampler.abort();
 }

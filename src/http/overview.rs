@@ -1,8 +1,9 @@
 //! `/api/overview`, `/api/whoami`, `/api/nodes`, `/api/vhosts`, the aliveness test and the
 //! health checks: the broker-wide views.
 //!
-//! Totals are summed over the vhosts' queues and the connection registry at request time
-//! (no statistics database: every figure is a live count or a counter the queue keeps).
+//! Object counts are live (map sizes, the connection registry); message totals and rates
+//! are the statistics sampler's last sums (`crate::broker::stats`), so these answers cost
+//! the same at 100,000 queues as at one.
 //! Talks to `crate::broker` (vhosts, queues, connections) and the sibling resource modules
 //! for their JSON shapes.
 
@@ -16,48 +17,15 @@ use super::auth::Principal;
 use super::error::{ApiError, ApiResult};
 use super::pagination::{ListQuery, shape};
 use super::{Api, RABBITMQ_VERSION, exchanges, queues};
+use crate::broker::stats::Slot;
 use crate::broker::vhost::{QueueFlags, VHost};
 
-/// Counters summed over queues.
-#[derive(Default)]
-struct Totals {
-    messages_ready: u64,
-    messages_unacknowledged: u64,
-    queues: u64,
-    consumers: u64,
-    publish: u64,
-    deliver_get: u64,
-    ack: u64,
-    redeliver: u64,
-}
-
-impl Totals {
-    fn add(&mut self, v: &VHost) {
-        use std::sync::atomic::Ordering::Relaxed;
-        v.for_each_queue(|q| {
-            let s = q.snapshot();
-            self.queues += 1;
-            self.consumers += u64::from(s.consumers);
-            self.messages_ready += s.ready;
-            self.messages_unacknowledged += q.stats.unacked.load(Relaxed);
-            self.publish += q.stats.publish.load(Relaxed);
-            self.deliver_get += q.stats.deliver_get.load(Relaxed);
-            self.ack += q.stats.ack.load(Relaxed);
-            self.redeliver += q.stats.redeliver.load(Relaxed);
-        });
-    }
-
-    fn message_stats(&self) -> Value {
-        queues::stats_json(self.publish, self.deliver_get, self.ack, self.redeliver)
-    }
-
-    fn queue_totals(&self) -> Value {
-        json!({
-            "messages": self.messages_ready + self.messages_unacknowledged,
-            "messages_ready": self.messages_ready,
-            "messages_unacknowledged": self.messages_unacknowledged,
-        })
-    }
+/// `message_stats` and `queue_totals` of a sampled sum.
+fn sums(slot: &Slot) -> (Value, Value) {
+    (
+        queues::stats_json(&slot.figures, &slot.rates),
+        Value::Object(queues::depth_json(&slot.figures, &slot.rates)),
+    )
 }
 
 fn listeners(api: &Api) -> Vec<Value> {
@@ -81,12 +49,27 @@ pub async fn overview(State(api): State<Api>) -> Json<Value> {
 }
 
 fn overview_now(api: &Api) -> Json<Value> {
-    let mut t = Totals::default();
-    let mut exchanges = 0;
-    for v in api.vhosts(None).unwrap_or_default() {
-        t.add(&v);
-        exchanges += v.exchanges().len();
+    // Admins' totals are the broker's last sample; other users' sum their vhosts' samples.
+    let visible = api.vhosts(None).unwrap_or_default();
+    let (mut exchanges, mut queues) = (0, 0);
+    let mut slot = Slot::default();
+    for v in &visible {
+        exchanges += v.exchange_count();
+        queues += v.queue_count();
     }
+    if visible.len() == api.broker.vhost_count() {
+        slot = *api.broker.sampled.lock();
+    } else {
+        for v in &visible {
+            let s = *v.sampled.lock();
+            for i in 0..slot.rates.len() {
+                slot.figures.0[i] += s.figures.0[i];
+                slot.rates[i] += s.rates[i];
+            }
+            slot.consumers += s.consumers;
+        }
+    }
+    let (message_stats, queue_totals) = sums(&slot);
     let conns = api.broker.connections.list();
     let channels: u64 = conns.iter().map(|c| u64::from(c.channel_count())).sum();
     let types: Vec<Value> = [
@@ -112,7 +95,7 @@ fn overview_now(api: &Api) -> Json<Value> {
     .collect();
     Json(json!({
         "management_version": RABBITMQ_VERSION,
-        "rates_mode": "none",
+        "rates_mode": "basic",
         "exchange_types": types,
         "product_version": env!("CARGO_PKG_VERSION"),
         "product_name": "Warren",
@@ -122,14 +105,14 @@ fn overview_now(api: &Api) -> Json<Value> {
         "erlang_full_version": "none",
         "disable_stats": false,
         "enable_queue_totals": false,
-        "message_stats": t.message_stats(),
-        "queue_totals": t.queue_totals(),
+        "message_stats": message_stats,
+        "queue_totals": queue_totals,
         "object_totals": {
             "connections": conns.len(),
             "channels": channels,
             "exchanges": exchanges,
-            "queues": t.queues,
-            "consumers": t.consumers,
+            "queues": queues,
+            "consumers": slot.consumers,
         },
         "statistics_db_event_queue": 0,
         "node": &*api.node,
@@ -189,8 +172,7 @@ pub async fn node(State(api): State<Api>, Path(name): Path<String>) -> ApiResult
 }
 
 fn vhost_json(api: &Api, v: &VHost) -> Value {
-    let mut t = Totals::default();
-    t.add(v);
+    let (message_stats, totals) = sums(&v.sampled.lock());
     let meta = v.meta();
     let mut o = json!({
         "name": v.name,
@@ -200,9 +182,9 @@ fn vhost_json(api: &Api, v: &VHost) -> Value {
         "default_queue_type": meta.default_queue_type.as_deref().unwrap_or("undefined"),
         "tracing": false,
         "cluster_state": {&*api.node: "running"},
-        "message_stats": t.message_stats(),
+        "message_stats": message_stats,
     });
-    if let (Value::Object(o), Value::Object(q)) = (&mut o, t.queue_totals()) {
+    if let (Value::Object(o), Value::Object(q)) = (&mut o, totals) {
         o.extend(q);
     }
     o

@@ -128,41 +128,95 @@ pub fn shape_by_name<T>(
     if truthy(&q.sort_reverse) {
         items.reverse();
     }
-    // The page is shaped by `shape` itself (columns, the envelope), with the counts of the
-    // whole list put back.
-    let page = number(&q.page, "page")?.unwrap_or(1);
-    let page_size = number(&q.page_size, "page_size")?.unwrap_or(100);
-    if page_size == 0 || page_size > MAX_PAGE_SIZE {
-        return Err(ApiError::bad_request(format!(
-            "page_size must be between 1 and {MAX_PAGE_SIZE}"
-        )));
-    }
-    let filtered = items.len() as u64;
-    let page_count = filtered.div_ceil(page_size).max(1);
-    if page == 0 || page > page_count {
-        return Err(ApiError::bad_request("page out of range"));
-    }
-    let start = ((page - 1) * page_size) as usize;
-    let chunk: Vec<Value> = items
+    let w = Window::of(q, items.len(), total)?;
+    let chunk = items
         .iter()
-        .skip(start)
-        .take(page_size as usize)
+        .skip(w.skip)
+        .take(w.take)
         .map(to_json)
         .collect();
-    let inner = ListQuery {
-        columns: q.columns.clone(),
-        ..Default::default()
-    };
-    let chunk = shape(chunk, &inner)?;
-    Ok(serde_json::json!({
-        "filtered_count": filtered,
-        "item_count": chunk.as_array().map_or(0, Vec::len),
-        "items": chunk,
-        "page": page,
-        "page_count": page_count,
-        "page_size": page_size,
-        "total_count": total,
-    }))
+    w.envelope(chunk, q)
+}
+
+/// The page a query asks for, over a list of `filtered` items (`total` before filtering).
+#[derive(Debug)]
+pub struct Window {
+    /// Items before the page.
+    pub skip: usize,
+    /// Items on a full page.
+    pub take: usize,
+    page: u64,
+    page_size: u64,
+    page_count: u64,
+    filtered: u64,
+    total: u64,
+}
+
+impl Window {
+    /// The window of `q`'s page.
+    ///
+    /// # Errors
+    /// 400 for a bad number or a page out of range.
+    pub fn of(q: &ListQuery, filtered: usize, total: usize) -> ApiResult<Self> {
+        let page = number(&q.page, "page")?.unwrap_or(1);
+        let page_size = number(&q.page_size, "page_size")?.unwrap_or(100);
+        if page_size == 0 || page_size > MAX_PAGE_SIZE {
+            return Err(ApiError::bad_request(format!(
+                "page_size must be between 1 and {MAX_PAGE_SIZE}"
+            )));
+        }
+        let filtered = filtered as u64;
+        let page_count = filtered.div_ceil(page_size).max(1);
+        if page == 0 || page > page_count {
+            return Err(ApiError::bad_request("page out of range"));
+        }
+        Ok(Self {
+            skip: ((page - 1) * page_size) as usize,
+            take: page_size as usize,
+            page,
+            page_size,
+            page_count,
+            filtered,
+            total: total as u64,
+        })
+    }
+
+    /// When `q` asks for a page of a list in its natural order (by name, in which
+    /// `ordered` lists are kept) with no filter, the list can be paged before it is read:
+    /// this says so. `sort=name` keeps the natural order only for one source (one vhost).
+    pub fn natural(q: &ListQuery, one_source: bool) -> bool {
+        let sort = q.sort.as_deref().filter(|s| !s.is_empty());
+        q.page.is_some()
+            && q.name.as_deref().is_none_or(str::is_empty)
+            && (sort.is_none() || (sort == Some("name") && one_source))
+    }
+
+    /// Whether `q` reverses the order.
+    pub fn reverse(q: &ListQuery) -> bool {
+        truthy(&q.sort_reverse)
+    }
+
+    /// RabbitMQ's page object around `chunk` (this window's items, columns applied here).
+    ///
+    /// # Errors
+    /// As [`shape`].
+    pub fn envelope(&self, chunk: Vec<Value>, q: &ListQuery) -> ApiResult<Value> {
+        // The page is shaped by `shape` itself (columns), with the counts of the whole list.
+        let inner = ListQuery {
+            columns: q.columns.clone(),
+            ..Default::default()
+        };
+        let chunk = shape(chunk, &inner)?;
+        Ok(serde_json::json!({
+            "filtered_count": self.filtered,
+            "item_count": chunk.as_array().map_or(0, Vec::len),
+            "items": chunk,
+            "page": self.page,
+            "page_count": self.page_count,
+            "page_size": self.page_size,
+            "total_count": self.total,
+        }))
+    }
 }
 
 /// Filters, sorts, projects and pages `items`.

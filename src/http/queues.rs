@@ -3,12 +3,12 @@
 //!
 //! A queue's JSON is RabbitMQ's object with the fields Warren can fill from live state
 //! (ready count, bytes, memory, consumers, under the queue's lock once) and from the
-//! counters the queue keeps (`message_stats`); rates are always 0. Declares and deletes go
+//! counters the queue keeps (`message_stats`); rates come from the statistics sampler
+//! (`crate::broker::stats`). Declares and deletes go
 //! through the vhost's own operations, so the checks and reply texts are the AMQP ones,
 //! answered 400. Talks to `crate::broker::vhost` and `crate::broker::queue`.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -21,29 +21,50 @@ use serde_json::{Value, json};
 
 use super::Api;
 use super::error::{ApiError, ApiResult, parse_body};
-use super::pagination::{ListQuery, shape_by_name};
+use super::pagination::{ListQuery, Window, shape_by_name};
 use super::values::{json_to_table, lenient_bool, lenient_u64, properties_to_json, table_to_json};
 use crate::auth::{Kind, Perm};
 use crate::broker::queue::Queue;
+use crate::broker::stats::{Figures, fig};
 use crate::broker::vhost::{QueueFlags, VHost};
 
-/// RabbitMQ's `message_stats` object for these counters (rates are not kept: 0.0).
-pub fn stats_json(publish: u64, deliver_get: u64, ack: u64, redeliver: u64) -> Value {
-    let rate = json!({"rate": 0.0});
-    json!({
-        "publish": publish, "publish_details": rate,
-        "deliver_get": deliver_get, "deliver_get_details": rate,
-        "ack": ack, "ack_details": rate,
-        "redeliver": redeliver, "redeliver_details": rate,
-    })
+/// RabbitMQ's `message_stats` object for these counts, with the sampled rates.
+pub fn stats_json(f: &Figures, rates: &[f64; fig::N]) -> Value {
+    let mut o = serde_json::Map::new();
+    for (name, i) in [
+        ("publish", fig::PUBLISH),
+        ("deliver_get", fig::DELIVER_GET),
+        ("ack", fig::ACK),
+        ("redeliver", fig::REDELIVER),
+    ] {
+        o.insert(name.into(), f.0[i].into());
+        o.insert(format!("{name}_details"), json!({"rate": rates[i]}));
+    }
+    Value::Object(o)
 }
 
-/// One queue as RabbitMQ's management API shows it.
+/// The depth fields (`messages`, `messages_ready`, `messages_unacknowledged` and their
+/// `_details` rates) of a queue, a vhost or the overview's `queue_totals`.
+pub fn depth_json(f: &Figures, rates: &[f64; fig::N]) -> serde_json::Map<String, Value> {
+    let mut o = serde_json::Map::new();
+    for (name, i) in [
+        ("messages", fig::MESSAGES),
+        ("messages_ready", fig::READY),
+        ("messages_unacknowledged", fig::UNACKED),
+    ] {
+        o.insert(name.into(), f.0[i].into());
+        o.insert(format!("{name}_details"), json!({"rate": rates[i]}));
+    }
+    o
+}
+
+/// One queue as RabbitMQ's management API shows it: live figures, rates from the last
+/// statistics sample.
 pub fn queue_json(api: &Api, vhost: &VHost, q: &Queue) -> Value {
     let s = q.snapshot();
-    let unacked = q.stats.unacked.load(Relaxed);
-    let rate = json!({"rate": 0.0});
-    json!({
+    let live = Figures::with(q, &s);
+    let rates = q.stats.sampled.lock().rates;
+    let mut o = json!({
         "name": &*q.name,
         "vhost": vhost.name,
         "durable": q.durable,
@@ -59,26 +80,23 @@ pub fn queue_json(api: &Api, vhost: &VHost, q: &Queue) -> Value {
         "effective_policy_definition": {},
         "consumers": s.consumers,
         "memory": s.memory,
-        "messages": s.ready + unacked,
-        "messages_details": rate,
-        "messages_ready": s.ready,
-        "messages_ready_details": rate,
-        "messages_unacknowledged": unacked,
-        "messages_unacknowledged_details": rate,
         "message_bytes": s.ready_bytes,
         "message_bytes_ready": s.ready_bytes,
-        "message_stats": stats_json(
-            q.stats.publish.load(Relaxed),
-            q.stats.deliver_get.load(Relaxed),
-            q.stats.ack.load(Relaxed),
-            q.stats.redeliver.load(Relaxed),
-        ),
-    })
+        "message_stats": stats_json(&live, &rates),
+    });
+    if let Value::Object(m) = &mut o {
+        m.extend(depth_json(&live, &rates));
+    }
+    o
 }
 
 fn list(api: &Api, vhost: Option<&str>, q: &ListQuery) -> ApiResult<Json<Value>> {
+    let vhosts = api.vhosts(vhost)?;
+    if Window::natural(q, vhosts.len() <= 1) {
+        return page_in_order(api, &vhosts, q).map(Json);
+    }
     let mut items = Vec::new();
-    for v in api.vhosts(vhost)? {
+    for v in vhosts {
         items.extend(v.queues().into_iter().map(|q| (v.clone(), q)));
     }
     Ok(Json(shape_by_name(
@@ -87,6 +105,35 @@ fn list(api: &Api, vhost: Option<&str>, q: &ListQuery) -> ApiResult<Json<Value>>
         |(v, q)| queue_json(api, v, q),
         q,
     )?))
+}
+
+/// A page of queues in (vhost, name) order, read from each vhost's name index: at 100,000
+/// queues the first page costs 100 lookups, not a sort of every name.
+fn page_in_order(api: &Api, vhosts: &[Arc<VHost>], q: &ListQuery) -> ApiResult<Value> {
+    let total: usize = vhosts.iter().map(|v| v.queue_count()).sum();
+    let w = Window::of(q, total, total)?;
+    let reverse = Window::reverse(q);
+    let (mut skip, mut chunk) = (w.skip, Vec::with_capacity(w.take.min(total)));
+    let ordered: Box<dyn Iterator<Item = &Arc<VHost>>> = if reverse {
+        Box::new(vhosts.iter().rev())
+    } else {
+        Box::new(vhosts.iter())
+    };
+    for v in ordered {
+        if chunk.len() == w.take {
+            break;
+        }
+        let n = v.queue_count();
+        if skip >= n {
+            skip -= n;
+            continue;
+        }
+        for queue in v.queue_range(skip, w.take - chunk.len(), reverse) {
+            chunk.push(queue_json(api, v, &queue));
+        }
+        skip = 0;
+    }
+    w.envelope(chunk, q)
 }
 
 /// `GET /api/queues`.

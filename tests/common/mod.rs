@@ -39,8 +39,10 @@ impl TestBroker {
     }
 
     /// With the management API on 127.0.0.1:0 (its address in `http`).
+    /// Statistics are sampled every 50 ms, so tests see totals and rates move soon.
     pub async fn start_with_management() -> Self {
-        Self::start_full(|_| {}, warren::store::StoreOptions::default(), true).await
+        let tweak = |c: &mut Config| c.management.collect_statistics_interval = 50;
+        Self::start_full(tweak, warren::store::StoreOptions::default(), true).await
     }
 
     pub async fn start_with_store(
