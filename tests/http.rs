@@ -574,6 +574,76 @@ async fn exchanges_and_bindings_over_http_route_what_is_published() {
 }
 
 #[tokio::test]
+async fn channels_show_their_numbers_modes_prefetch_consumers_and_unacked() {
+    let b = TestBroker::start_with_management().await;
+    let api = Api::of(&b);
+    let conn = lapin::Connection::connect(&b.uri(), Default::default())
+        .await
+        .unwrap();
+    let _plain = conn.create_channel().await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let q = name("chv");
+    ch.queue_declare(q.as_str().into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
+    ch.basic_qos(7, Default::default()).await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    for _ in 0..3 {
+        ch.basic_publish(
+            "".into(),
+            q.as_str().into(),
+            Default::default(),
+            b"m",
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let mut consumer = ch
+        .basic_consume(
+            q.as_str().into(),
+            "t".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    use futures_lite::StreamExt;
+    for _ in 0..3 {
+        consumer.next().await.unwrap().unwrap();
+    }
+    let chans = api.json("/api/channels?sort=number").await;
+    let chans = chans.as_array().unwrap();
+    assert_eq!(chans.len(), 2, "{chans:?}");
+    let (a, c) = (&chans[0], &chans[1]);
+    assert_eq!(
+        (a["number"].clone(), c["number"].clone()),
+        (json!(1), json!(2))
+    );
+    assert_eq!(a["confirm"], false);
+    assert_eq!(a["consumer_count"], 0);
+    assert_eq!(c["confirm"], true);
+    assert_eq!(c["transactional"], false);
+    assert_eq!(c["prefetch_count"], 7);
+    assert_eq!(c["consumer_count"], 1);
+    assert_eq!(c["messages_unacknowledged"], 3);
+    assert_eq!(c["messages_unconfirmed"], 0);
+    assert!(c["name"].as_str().unwrap().ends_with(" (2)"));
+    let listed = api.json("/api/connections").await;
+    assert_eq!(listed[0]["auth_mechanism"], "PLAIN");
+    ch.basic_ack(3, lapin::options::BasicAckOptions { multiple: true })
+        .await
+        .unwrap();
+    // The ack is a method: once the next round trip is answered, the view has it.
+    ch.basic_qos(7, Default::default()).await.unwrap();
+    let chans = api.json("/api/channels?sort=number").await;
+    assert_eq!(chans[1]["messages_unacknowledged"], 0);
+    conn.close(200, "bye".into()).await.unwrap();
+}
+
+#[tokio::test]
 async fn connections_are_listed_and_a_delete_closes_one_with_320_and_the_reason() {
     let b = TestBroker::start_with_management().await;
     let api = Api::of(&b);

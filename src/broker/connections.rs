@@ -5,13 +5,14 @@
 //! The connection task registers itself once its handshake is done and unregisters when
 //! it ends (through [`Registered`], a drop guard, so a panic cannot leave an entry
 //! behind). The entry is shared (`Arc`) between the registry and the task; the task writes
-//! only the channel count, on `channel.open` / `channel.close`, never on the publish or
-//! delivery path. Knows nothing of sockets or frames: a forced close is a request the
+//! the channel list on `channel.open` / `channel.close`, and each channel its
+//! [`ChannelView`] (relaxed stores to its own atomics, read only by the management API). Knows nothing of sockets or frames: a forced close is a request the
 //! connection task picks up in its `select!` and answers with `connection.close` 320.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use amq_protocol::types::FieldTable;
 use dashmap::DashMap;
@@ -45,11 +46,35 @@ pub struct ConnEntry {
     pub heartbeat: u16,
     /// Channels open now; written by the connection task on channel.open / close only.
     pub channels: AtomicU32,
+    /// The open channels' views, by number.
+    views: Mutex<BTreeMap<u16, Arc<ChannelView>>>,
+    /// The SASL mechanism the client logged in with (`PLAIN`, `AMQPLAIN`).
+    pub auth_mechanism: &'static str,
     /// Why someone asked this connection to close (set before `kill` is notified).
     reason: Mutex<Option<String>>,
     /// Wakes the connection task to close with 320. `notify_one` keeps a permit when the
     /// task is not waiting at that moment, so a request is never lost.
     kill: Notify,
+}
+
+/// What the management API shows of one channel, written by the channel itself (relaxed
+/// stores after the methods and deliveries that change it) and read by the API.
+#[derive(Debug, Default)]
+pub struct ChannelView {
+    /// Per-consumer `basic.qos` prefetch count.
+    pub prefetch_count: AtomicU32,
+    /// Channel-wide (`global`) prefetch count.
+    pub global_prefetch_count: AtomicU32,
+    /// In confirm mode.
+    pub confirm: AtomicBool,
+    /// In transaction mode.
+    pub transactional: AtomicBool,
+    /// Consumers on the channel.
+    pub consumer_count: AtomicU32,
+    /// Deliveries not yet acknowledged.
+    pub messages_unacknowledged: AtomicU32,
+    /// Publishes not yet confirmed.
+    pub messages_unconfirmed: AtomicU32,
 }
 
 impl ConnEntry {
@@ -77,6 +102,8 @@ impl ConnEntry {
             channel_max,
             heartbeat,
             channels: AtomicU32::new(0),
+            views: Mutex::default(),
+            auth_mechanism: "PLAIN",
             reason: Mutex::new(None),
             kill: Notify::new(),
         }
@@ -90,6 +117,34 @@ impl ConnEntry {
     /// Records the channel count (the connection task, on channel.open / close).
     pub fn set_channels(&self, n: usize) {
         self.channels.store(n as u32, Ordering::Relaxed);
+    }
+
+    /// With the mechanism the client logged in with.
+    #[must_use]
+    pub fn with_mechanism(mut self, mechanism: &'static str) -> Self {
+        self.auth_mechanism = mechanism;
+        self
+    }
+
+    /// A channel was opened: its view, for the channel to keep up to date.
+    pub fn open_channel(&self, number: u16) -> Arc<ChannelView> {
+        let v = Arc::new(ChannelView::default());
+        self.views.lock().insert(number, v.clone());
+        v
+    }
+
+    /// A channel is gone.
+    pub fn close_channel(&self, number: u16) {
+        self.views.lock().remove(&number);
+    }
+
+    /// The open channels' views, by number.
+    pub fn channel_views(&self) -> Vec<(u16, Arc<ChannelView>)> {
+        self.views
+            .lock()
+            .iter()
+            .map(|(n, v)| (*n, v.clone()))
+            .collect()
     }
 
     /// Asks the connection to close with 320 CONNECTION_FORCED and `reason` as its text.

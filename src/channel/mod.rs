@@ -158,12 +158,18 @@ pub struct Channel {
     default_route: Option<(amq_protocol::types::ShortString, Arc<Queue>)>,
     /// Permission answers for this channel's user in its vhost.
     access: crate::auth::Cache,
+    /// What the management API shows of this channel (kept by [`Channel::sync_view`]).
+    view: Arc<crate::broker::connections::ChannelView>,
 }
 
 impl Channel {
     /// A freshly opened channel.
     /// A new channel whose unacked deliveries may hold `max_unacked_bytes` of bodies.
-    pub fn new(id: u16, max_unacked_bytes: u64) -> Self {
+    pub fn new(
+        id: u16,
+        max_unacked_bytes: u64,
+        view: Arc<crate::broker::connections::ChannelView>,
+    ) -> Self {
         Self {
             id,
             closing: false,
@@ -180,7 +186,30 @@ impl Channel {
             last_exchange: None,
             default_route: None,
             access: crate::auth::Cache::default(),
+            view,
         }
+    }
+
+    /// Copies the figures the management API shows into the channel's view: relaxed
+    /// stores to atomics only this channel writes, after each method (qos, consume,
+    /// settles, confirm and tx modes change there).
+    fn sync_view(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let v = &self.view;
+        let (confirm, tx, unconfirmed) = match &self.mode {
+            Mode::Plain => (false, false, 0),
+            Mode::Confirm { pending, .. } => (true, false, pending.len()),
+            Mode::Tx { .. } => (false, true, 0),
+        };
+        v.prefetch_count.store(self.prefetch, Relaxed);
+        v.global_prefetch_count
+            .store(self.global.limit.load(Relaxed), Relaxed);
+        v.confirm.store(confirm, Relaxed);
+        v.transactional.store(tx, Relaxed);
+        v.consumer_count.store(self.consumers.len() as u32, Relaxed);
+        v.messages_unacknowledged
+            .store(self.unacked.len() as u32, Relaxed);
+        v.messages_unconfirmed.store(unconfirmed as u32, Relaxed);
     }
 
     /// Checks a permission of the connection's user in its vhost, remembering the answer
@@ -253,6 +282,12 @@ impl Channel {
     /// # Errors
     /// Whatever the method's handler raises.
     pub fn handle_method(&mut self, ctx: &mut Ctx<'_>, method: AMQPClass) -> Result<()> {
+        let r = self.dispatch(ctx, method);
+        self.sync_view();
+        r
+    }
+
+    fn dispatch(&mut self, ctx: &mut Ctx<'_>, method: AMQPClass) -> Result<()> {
         match method {
             AMQPClass::Basic(m) => match m {
                 b::AMQPMethod::Qos(m) => self.basic_qos(ctx, m),
@@ -385,6 +420,10 @@ impl Channel {
                 entry,
                 consumer: Some(consumer),
             });
+            self.view.messages_unacknowledged.store(
+                self.unacked.len() as u32,
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
     }
 
@@ -428,6 +467,7 @@ impl Channel {
             .is_some_and(|c| Arc::ptr_eq(&c.handle, consumer));
         if ours {
             self.detach(&consumer.tag);
+            self.sync_view();
         }
         ours
     }
@@ -475,6 +515,10 @@ impl Channel {
             protocol::write_confirm(out, self.id, last, true, false);
             pending.clear();
         }
+        let left = pending.len() as u32;
+        self.view
+            .messages_unconfirmed
+            .store(left, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The oldest log record a confirm on this channel waits for.

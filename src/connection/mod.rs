@@ -115,15 +115,18 @@ pub async fn run(
     tracing::info!(%peer, user = %opened.user, vhost = %opened.vhost.name, "connection opened");
     // Listed (and closable from outside) until this task ends; the guard unregisters it.
     let local = wr.local_addr().unwrap_or(peer);
-    let registered = broker.connections.register(ConnEntry::new(
-        id,
-        peer,
-        local,
-        &opened.user,
-        &opened.vhost.name,
-        std::mem::take(&mut opened.client_properties),
-        (opened.frame_max, opened.channel_max, opened.heartbeat),
-    ));
+    let registered = broker.connections.register(
+        ConnEntry::new(
+            id,
+            peer,
+            local,
+            &opened.user,
+            &opened.vhost.name,
+            std::mem::take(&mut opened.client_properties),
+            (opened.frame_max, opened.channel_max, opened.heartbeat),
+        )
+        .with_mechanism(opened.mechanism),
+    );
     let (writer_tx, writer_rx) = mpsc::unbounded_channel();
     let backlog = Arc::new(Backlog::default());
     let wr = Arc::new(wr);
@@ -774,8 +777,14 @@ impl Connection {
                             "number of channels opened for user '{user}' has reached the maximum allowed user limit of ({max})"
                         )));
                     }
-                    self.channels
-                        .insert(id, Channel::new(id, self.broker.config.max_unacked_bytes));
+                    self.channels.insert(
+                        id,
+                        Channel::new(
+                            id,
+                            self.broker.config.max_unacked_bytes,
+                            self.registry.open_channel(id),
+                        ),
+                    );
                     self.registry.set_channels(self.channels.len());
                     protocol::write_method(
                         &mut self.out,
@@ -788,6 +797,7 @@ impl Connection {
                     if let Some(mut chan) = self.channels.remove(&id) {
                         chan.shut(&mut ctx!(self));
                     }
+                    self.registry.close_channel(id);
                     self.registry.set_channels(self.channels.len());
                     protocol::write_method(
                         &mut self.out,
@@ -799,6 +809,7 @@ impl Connection {
                 ch::AMQPMethod::CloseOk(_) => {
                     if self.channels.get(&id).is_some_and(Channel::is_closing) {
                         self.channels.remove(&id);
+                        self.registry.close_channel(id);
                         self.registry.set_channels(self.channels.len());
                     }
                     return Ok(());

@@ -17,7 +17,9 @@ use super::Api;
 use super::error::{ApiError, ApiResult};
 use super::pagination::{ListQuery, shape};
 use super::values::table_to_json;
-use crate::broker::connections::ConnEntry;
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::broker::connections::{ChannelView, ConnEntry};
 
 /// One connection as RabbitMQ's management API shows it.
 pub fn connection_json(api: &Api, c: &ConnEntry) -> Value {
@@ -35,7 +37,7 @@ pub fn connection_json(api: &Api, c: &ConnEntry) -> Value {
         "type": "network",
         "state": "running",
         "ssl": false,
-        "auth_mechanism": "PLAIN",
+        "auth_mechanism": c.auth_mechanism,
         "channels": c.channel_count(),
         "channel_max": c.channel_max,
         "frame_max": c.frame_max,
@@ -104,27 +106,39 @@ pub async fn close(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// One channel as RabbitMQ's management API shows it.
+fn channel_json(api: &Api, c: &ConnEntry, n: u16, v: &ChannelView) -> Value {
+    json!({
+        "name": format!("{} ({n})", c.name),
+        "number": n,
+        "node": &*api.node,
+        "vhost": c.vhost,
+        "user": c.user,
+        "user_who_performed_action": c.user,
+        "state": "running",
+        "prefetch_count": v.prefetch_count.load(Relaxed),
+        "global_prefetch_count": v.global_prefetch_count.load(Relaxed),
+        "confirm": v.confirm.load(Relaxed),
+        "transactional": v.transactional.load(Relaxed),
+        "consumer_count": v.consumer_count.load(Relaxed),
+        "messages_unacknowledged": v.messages_unacknowledged.load(Relaxed),
+        "messages_unconfirmed": v.messages_unconfirmed.load(Relaxed),
+        "messages_uncommitted": 0,
+        "acks_uncommitted": 0,
+        "connection_details": {"name": c.name, "peer_host": c.peer.ip().to_string(),
+                               "peer_port": c.peer.port()},
+    })
+}
+
 /// `GET /api/channels`.
-// compat: the registry keeps a connection's channel count, not its channels, so the
-// channels are listed by number 1..=count, with their connection's details.
 pub async fn channels(
     State(api): State<Api>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     let mut items = Vec::new();
     for c in api.broker.connections.list() {
-        for n in 1..=c.channel_count() {
-            items.push(json!({
-                "name": format!("{} ({n})", c.name),
-                "number": n,
-                "node": &*api.node,
-                "vhost": c.vhost,
-                "user": c.user,
-                "user_who_performed_action": c.user,
-                "state": "running",
-                "connection_details": {"name": c.name, "peer_host": c.peer.ip().to_string(),
-                                       "peer_port": c.peer.port()},
-            }));
+        for (n, v) in c.channel_views() {
+            items.push(channel_json(&api, &c, n, &v));
         }
     }
     Ok(Json(shape(items, &q)?))
