@@ -574,7 +574,7 @@ async fn a_rabbitmq_export_loads_at_boot_and_its_users_log_in() {
         .into_iter()
         .find(|q| &*q.name == "ref-q")
         .unwrap();
-    assert_eq!(q.args.max_length, Some(100));
+    assert_eq!(q.args.load().max_length, Some(100));
     assert_eq!(vh.runtime_policies().len(), 1);
     // Exported again, it imports into a fresh broker with the same users and topology.
     let exported = warren::broker::definitions_json::export(&b.broker, None);

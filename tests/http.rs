@@ -1315,3 +1315,103 @@ async fn policies_over_http_apply_to_later_declares() {
     assert_eq!(api.delete("/api/policies/%2F/cap").await.status, 204);
     assert_eq!(api.get("/api/policies/%2F/cap").await.status, 404);
 }
+
+#[tokio::test]
+async fn a_policy_change_applies_to_existing_queues_and_exchanges() {
+    let b = TestBroker::start_with_management().await;
+    let api = Api::of(&b);
+    let (_c, ch) = b.channel().await;
+    ch.confirm_select(Default::default()).await.unwrap();
+    let publish = |x: &'static str, k: &'static str| {
+        let ch = ch.clone();
+        async move {
+            ch.basic_publish(
+                x.into(),
+                k.into(),
+                Default::default(),
+                b"m",
+                Default::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        }
+    };
+    ch.queue_declare("old-q".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        publish("", "old-q").await;
+    }
+    assert_eq!(common::ready(&ch, "old-q").await, 5);
+    let r = api
+        .send(
+            "PUT",
+            "/api/policies/%2F/trim",
+            json!({"pattern": "^old-", "definition": {"max-length": 2}, "apply-to": "queues"}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    // Drop-head makes room at once, as RabbitMQ does when the policy lands.
+    assert_eq!(common::ready(&ch, "old-q").await, 2);
+    let shown = api.json("/api/queues/%2F/old-q").await;
+    assert_eq!(shown["policy"], "trim");
+    assert_eq!(
+        shown["effective_policy_definition"],
+        json!({"max-length": 2})
+    );
+    // Cleared: the limit is gone for what comes next.
+    assert_eq!(api.delete("/api/policies/%2F/trim").await.status, 204);
+    for _ in 0..3 {
+        publish("", "old-q").await;
+    }
+    assert_eq!(common::ready(&ch, "old-q").await, 5);
+    assert_eq!(
+        api.json("/api/queues/%2F/old-q").await["policy"],
+        Value::Null
+    );
+
+    // An alternate exchange set by policy on an exchange declared before it.
+    ch.exchange_declare(
+        "old-x".into(),
+        lapin::ExchangeKind::Direct,
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_declare("ae-q".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
+    ch.exchange_declare(
+        "the-ae".into(),
+        lapin::ExchangeKind::Fanout,
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        "ae-q".into(),
+        "the-ae".into(),
+        "".into(),
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    publish("old-x", "nowhere").await;
+    assert_eq!(common::ready(&ch, "ae-q").await, 0);
+    let r = api
+        .send(
+            "PUT",
+            "/api/policies/%2F/ae",
+            json!({"pattern": "^old-x$", "definition": {"alternate-exchange": "the-ae"},
+                   "apply-to": "exchanges"}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    publish("old-x", "nowhere").await;
+    assert_eq!(common::ready(&ch, "ae-q").await, 1);
+}

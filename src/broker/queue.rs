@@ -744,8 +744,9 @@ pub struct Queue {
     pub auto_delete: bool,
     /// Declared arguments, as given (for equivalence checks).
     pub arguments: FieldTable,
-    /// Effective settings (arguments merged with the matching policy).
-    pub args: QueueArgs,
+    /// Effective settings (arguments merged with the matching policy), swapped whole when
+    /// a policy change re-applies ([`Queue::apply_args`]); readers load without locking.
+    pub args: arc_swap::ArcSwap<QueueArgs>,
     vhost: Weak<VHost>,
     /// The stores, when persistence is on: persistent messages of durable queues go to the
     /// log, and any queue pages bodies out to it past its memory budget.
@@ -864,7 +865,7 @@ impl Queue {
             owner,
             auto_delete,
             arguments,
-            args,
+            args: arc_swap::ArcSwap::from_pointee(args),
             vhost,
             deleted: AtomicBool::new(false),
             missing_dlx_logged: AtomicBool::new(false),
@@ -914,7 +915,7 @@ impl Queue {
     /// Computes and records the timer's next deadline.
     fn schedule(&self) -> Option<u64> {
         let mut s = self.state.lock();
-        let idle = match self.args.expires {
+        let idle = match self.args.load().expires {
             Some(ms) if s.consumers.is_empty() => Some(s.last_used + ms),
             _ => None,
         };
@@ -934,6 +935,7 @@ impl Queue {
             s.expire_heads(now, &mut dead);
             self.dispatch_locked(&mut s, &mut dead);
             self.args
+                .load()
                 .expires
                 .is_some_and(|ms| s.consumers.is_empty() && now >= s.last_used + ms)
         };
@@ -951,6 +953,35 @@ impl Queue {
         }
     }
 
+    /// Re-applies settings after a policy change, as RabbitMQ does for existing queues.
+    /// What a policy cannot change keeps its declared value (the priority levels and single
+    /// active consumer are fixed at declare). A lower length limit takes effect at once
+    /// (drop-head drops, as it would on the next publish); new TTL and expiry values apply
+    /// from now on (messages keep the expiry they were given when enqueued).
+    pub fn apply_args(self: &Arc<Self>, mut new: QueueArgs) {
+        let old = self.args.load_full();
+        new.max_priority = old.max_priority;
+        new.single_active = old.single_active;
+        new.quorum = old.quorum;
+        self.args.store(Arc::new(new));
+        let mut dead = Vec::new();
+        {
+            let mut s = self.state.lock();
+            if self.args.load().overflow == Overflow::DropHead {
+                while self.over_limit(&s, 0, 0) {
+                    match s.pop() {
+                        Some(e) => dead.push((e, Reason::Maxlen)),
+                        None => break,
+                    }
+                }
+            }
+            // The idle expiry may have changed: the timer computes its deadline afresh.
+            s.scheduled = None;
+        }
+        self.timer.notify_one();
+        self.dead_letter(dead);
+    }
+
     /// Whether the queue has been deleted (deliveries to it are dropped).
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::Acquire)
@@ -958,7 +989,7 @@ impl Queue {
 
     /// Records use (declare, get, consume) for `x-expires`.
     pub fn touch(&self) {
-        if self.args.expires.is_some() {
+        if self.args.load().expires.is_some() {
             self.state.lock().last_used = now_ms();
         }
     }
@@ -981,8 +1012,8 @@ impl Queue {
         let result = {
             let mut s = self.state.lock();
             let over = self.over_limit(&s, 1, msg.size());
-            if over && self.args.overflow != Overflow::DropHead {
-                if self.args.overflow == Overflow::RejectPublishDlx {
+            if over && self.args.load().overflow != Overflow::DropHead {
+                if self.args.load().overflow == Overflow::RejectPublishDlx {
                     let seq = s.next_seq;
                     dead.push((Entry::new(seq, msg, priority, expires_at), Reason::Maxlen));
                 }
@@ -1046,7 +1077,7 @@ impl Queue {
     /// loop keeps counting: its failed deliveries here so far are the `rejected` count of its
     /// `x-death` entry for this queue.
     fn carried_count(&self, msg: Arc<Message>) -> (Arc<Message>, u32) {
-        if !self.args.counts_deliveries() {
+        if !self.args.load().counts_deliveries() {
             return (msg, 0);
         }
         let n = dead_letter::death_count(&msg, &self.name, Reason::Rejected);
@@ -1064,10 +1095,12 @@ impl Queue {
 
     fn over_limit(&self, s: &State, more: usize, bytes: usize) -> bool {
         self.args
+            .load()
             .max_length
             .is_some_and(|m| (s.len + more) as u64 > m)
             || self
                 .args
+                .load()
                 .max_length_bytes
                 .is_some_and(|m| (s.bytes + bytes) as u64 > m)
     }
@@ -1079,14 +1112,14 @@ impl Queue {
             .expiration()
             .as_ref()
             .and_then(|e| e.as_str().parse::<u64>().ok());
-        match (self.args.message_ttl, per_message) {
+        match (self.args.load().message_ttl, per_message) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
 
     fn priority_of(&self, msg: &Message) -> u8 {
-        match self.args.max_priority {
+        match self.args.load().max_priority {
             // A priority above the maximum counts as the maximum.
             Some(max) => msg.properties.priority().unwrap_or(0).min(max),
             None => 0,
@@ -1249,10 +1282,11 @@ impl Queue {
             for mut e in entries {
                 self.stats.settle(1);
                 e.redelivered = true;
-                if self.args.counts_deliveries() {
+                if self.args.load().counts_deliveries() {
                     e.delivery_count += 1;
                     if self
                         .args
+                        .load()
                         .delivery_limit
                         .is_some_and(|l| u64::from(e.delivery_count) > l)
                     {
@@ -1273,7 +1307,7 @@ impl Queue {
             // drop-head the oldest (often the requeued ones themselves) make room before
             // anything is delivered; reject-publish refuses only publishes, so a queue
             // with it may stay over its limit until consumers catch up.
-            if self.args.overflow == Overflow::DropHead {
+            if self.args.load().overflow == Overflow::DropHead {
                 while self.over_limit(&s, 0, 0) {
                     match s.pop() {
                         Some(e) => dead.push((e, Reason::Maxlen)),
@@ -1304,9 +1338,10 @@ impl Queue {
         let dead = entries
             .into_iter()
             .map(|e| {
-                let over = self.args.counts_deliveries()
+                let over = self.args.load().counts_deliveries()
                     && self
                         .args
+                        .load()
                         .delivery_limit
                         .is_some_and(|l| u64::from(e.delivery_count) + 1 > l);
                 (
@@ -1348,7 +1383,7 @@ impl Queue {
             if s.len == 0 {
                 return;
             }
-            let chosen = if self.args.single_active {
+            let chosen = if self.args.load().single_active {
                 // Only the first registered consumer is active.
                 s.consumers[0].handle.try_acquire().then_some(0)
             } else {
@@ -1387,7 +1422,7 @@ impl Queue {
                 }
                 continue;
             }
-            if !self.args.single_active {
+            if !self.args.load().single_active {
                 // Round-robin among consumers of the same priority: this one goes last.
                 let p = s.consumers[i].priority;
                 let end = s.consumers[i..]
@@ -1450,14 +1485,14 @@ impl Queue {
         {
             let mut s = self.state.lock();
             if s.consumers.iter().any(|x| x.exclusive)
-                || (c.exclusive && (!s.consumers.is_empty() || self.args.single_active))
+                || (c.exclusive && (!s.consumers.is_empty() || self.args.load().single_active))
             {
                 return Err(AmqpError::access_refused(format!(
                     "queue '{}' in vhost '{vhost}' in exclusive use",
                     self.name
                 )));
             }
-            let at = if self.args.single_active {
+            let at = if self.args.load().single_active {
                 s.consumers.len()
             } else {
                 s.consumers
@@ -1483,7 +1518,7 @@ impl Queue {
                 .retain(|c| !std::ptr::eq(Arc::as_ptr(&c.handle), consumer));
             s.last_used = now_ms();
             if s.consumers.is_empty() {
-                if let Some(ms) = self.args.expires {
+                if let Some(ms) = self.args.load().expires {
                     let t = s.last_used + ms;
                     self.wake_timer_for(&mut s, t);
                 }
@@ -1533,7 +1568,8 @@ impl Queue {
         for (e, _) in &dead {
             self.settled(e);
         }
-        if self.args.dlx.is_none() && self.args.delivery_limit_exchange.is_none() {
+        let args = self.args.load();
+        if args.dlx.is_none() && args.delivery_limit_exchange.is_none() {
             return;
         }
         let Some(vhost) = self.vhost.upgrade() else {
@@ -1541,9 +1577,9 @@ impl Queue {
         };
         let mut targets = Vec::new();
         for (e, reason) in dead {
-            let dlx = match (&self.args.delivery_limit_exchange, reason) {
+            let dlx = match (&args.delivery_limit_exchange, reason) {
                 (Some(x), Reason::DeliveryLimit) => x,
-                _ => match &self.args.dlx {
+                _ => match &args.dlx {
                     Some(x) => x,
                     None => continue,
                 },
@@ -1554,13 +1590,8 @@ impl Queue {
                 }
                 continue;
             };
-            let m = dead_letter::dead_lettered(
-                &e.msg,
-                &self.name,
-                reason,
-                dlx,
-                self.args.dlrk.as_deref(),
-            );
+            let m =
+                dead_letter::dead_lettered(&e.msg, &self.name, reason, dlx, args.dlrk.as_deref());
             let routed = vhost.route(&exchange, &m, &mut targets);
             let m = routed.message.unwrap_or(m);
             for q in targets.drain(..) {

@@ -48,6 +48,8 @@ pub struct QueueArgs {
     /// dead-lettered (default: the dead-letter exchange), so a retry loop through the DLX
     /// can end in a parking queue.
     pub delivery_limit_exchange: Option<String>,
+    /// The policy applied, by name, with its definition (the management API shows both).
+    pub policy: Option<(String, crate::config::PolicyDefinition)>,
 }
 
 /// RabbitMQ 4.x's default delivery limit for quorum queues.
@@ -107,6 +109,7 @@ impl QueueArgs {
             delivery_limit,
             quorum,
             delivery_limit_exchange: string("x-delivery-limit-exchange"),
+            policy: policy.map(|p| (p.name.clone(), p.definition.clone())),
         }
     }
 

@@ -785,8 +785,8 @@ impl VHost {
         Ok(self.remove_queue(&q))
     }
 
-    /// Adds or replaces a runtime policy (already compiled as `policy`); applies to queues
-    /// and exchanges declared from now on.
+    /// Adds or replaces a runtime policy (already compiled as `policy`); it applies to
+    /// existing queues and exchanges at once and to those declared from now on.
     pub fn put_policy(&self, def: crate::store::definitions::PolicyDef, policy: Policy) {
         let mut runtime = self.runtime.lock();
         runtime.retain(|p| p.name != def.name);
@@ -800,6 +800,23 @@ impl VHost {
         mine.push(policy);
         all.extend(mine);
         *self.policies.write() = Arc::new(all);
+        drop(runtime);
+        self.reapply_policies();
+    }
+
+    /// Applies the policies as they now are to every existing queue and exchange, as
+    /// RabbitMQ does when a policy is set or cleared.
+    fn reapply_policies(&self) {
+        let policies = self.policies.read().clone();
+        self.for_each_queue_arc(|q| {
+            let p = matching_policy(&policies, &q.name, true);
+            q.apply_args(QueueArgs::new(&q.arguments, p));
+        });
+        let exchanges: Vec<Arc<Exchange>> = self.exchanges.iter().map(|x| x.clone()).collect();
+        for x in exchanges {
+            let p = matching_policy(&policies, &x.name, false);
+            x.set_policy_alternate(p.and_then(|p| p.definition.alternate_exchange.clone()));
+        }
     }
 
     /// Removes a runtime policy; returns whether it existed.
@@ -820,6 +837,8 @@ impl VHost {
             .map(|(_, p)| p.clone())
             .collect();
         *self.policies.write() = Arc::new(all);
+        drop(runtime);
+        self.reapply_policies();
         true
     }
 
@@ -983,7 +1002,7 @@ impl VHost {
             current.route(key, msg, &mut collect);
             let matched = out.len() > before || hops > 0;
             if !matched
-                && let Some(ae) = &current.alternate
+                && let Some(ae) = &current.alternate_exchange()
                 && ae.as_str() != &*current.name
                 && !visited.iter().any(|v| &**v == ae.as_str())
             {
@@ -1059,6 +1078,10 @@ impl VHost {
     /// Calls `f` on every queue, in no order: for totals, which need no sorting. The map's
     /// shard locks are released before `f` runs (it may take each queue's lock).
     pub fn for_each_queue(&self, mut f: impl FnMut(&Queue)) {
+        self.for_each_queue_arc(|q| f(q));
+    }
+
+    fn for_each_queue_arc(&self, mut f: impl FnMut(&Arc<Queue>)) {
         let all: Vec<Arc<Queue>> = self.queues.iter().map(|q| q.clone()).collect();
         for q in &all {
             f(q);

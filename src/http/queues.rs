@@ -64,6 +64,8 @@ pub fn queue_json(api: &Api, vhost: &VHost, q: &Queue) -> Value {
     let s = q.snapshot();
     let live = Figures::with(q, &s);
     let rates = q.stats.sampled.lock().rates;
+    let args = q.args.load();
+    let policy = &args.policy;
     let mut o = json!({
         "name": &*q.name,
         "vhost": vhost.name,
@@ -75,9 +77,9 @@ pub fn queue_json(api: &Api, vhost: &VHost, q: &Queue) -> Value {
         "type": "classic",
         "state": "running",
         "node": &*api.node,
-        "policy": null,
+        "policy": policy.as_ref().map(|(n, _)| n.as_str()),
         "operator_policy": null,
-        "effective_policy_definition": {},
+        "effective_policy_definition": policy.as_ref().map_or(json!({}), |(_, d)| json!(d)),
         "consumers": s.consumers,
         "memory": s.memory,
         "message_bytes": s.ready_bytes,

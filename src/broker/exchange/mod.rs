@@ -126,6 +126,9 @@ pub struct Exchange {
     pub arguments: FieldTable,
     /// `alternate-exchange` argument, if any.
     pub alternate: Option<String>,
+    /// The alternate exchange a matching policy sets; swapped when policies change. The
+    /// argument wins over it, as in RabbitMQ.
+    policy_alternate: arc_swap::ArcSwapOption<String>,
     bindings: RwLock<Bindings>,
     deleted: std::sync::atomic::AtomicBool,
 }
@@ -146,8 +149,7 @@ impl Exchange {
             .inner()
             .get("alternate-exchange")
             .and_then(crate::broker::args::as_bytes)
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .or(policy_alternate);
+            .map(|b| String::from_utf8_lossy(b).into_owned());
         Self {
             name: name.into(),
             kind,
@@ -156,9 +158,23 @@ impl Exchange {
             internal,
             arguments,
             alternate,
+            policy_alternate: arc_swap::ArcSwapOption::from_pointee(policy_alternate),
             bindings: RwLock::default(),
             deleted: Default::default(),
         }
+    }
+
+    /// Where unroutable messages go: the argument, else the policy's (read only for a
+    /// message that matched nothing).
+    pub fn alternate_exchange(&self) -> Option<String> {
+        self.alternate
+            .clone()
+            .or_else(|| self.policy_alternate.load_full().map(|a| (*a).clone()))
+    }
+
+    /// Sets the alternate exchange a policy gives (after a policy change).
+    pub fn set_policy_alternate(&self, ae: Option<String>) {
+        self.policy_alternate.store(ae.map(Arc::new));
     }
 
     /// Marks the exchange deleted, for holders of a cached `Arc` (publishing channels).
