@@ -336,6 +336,56 @@ impl Broker {
         Ok(v.delete_policy(name))
     }
 
+    /// Samples every queue of every vhost once: each queue's statistics slot, each vhost's
+    /// sum and the broker's (`stats`). Blocking work (one short lock per queue): run it off
+    /// the reactor.
+    pub fn sample_statistics(&self) {
+        let now = std::time::Instant::now();
+        let mut all = stats::Figures::default();
+        let (mut queues, mut consumers) = (0, 0);
+        for v in self.vhosts() {
+            let mut sum = stats::Figures::default();
+            let (mut vq, mut vc) = (0u64, 0u64);
+            v.for_each_queue(|q| {
+                let (f, c) = q.figures();
+                q.stats.sampled.lock().record(now, f);
+                sum.add(&f);
+                vq += 1;
+                vc += u64::from(c);
+            });
+            {
+                let mut slot = v.sampled.lock();
+                slot.record(now, sum);
+                slot.queues = vq;
+                slot.consumers = vc;
+            }
+            all.add(&sum);
+            queues += vq;
+            consumers += vc;
+        }
+        let mut slot = self.sampled.lock();
+        slot.record(now, all);
+        slot.queues = queues;
+        slot.consumers = consumers;
+    }
+
+    /// Samples statistics now and then every `interval`, until the runtime stops.
+    pub async fn run_sampler(self: Arc<Self>, interval: std::time::Duration) {
+        let interval = interval.max(std::time::Duration::from_millis(10));
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let b = self.clone();
+            if tokio::task::spawn_blocking(move || b.sample_statistics())
+                .await
+                .is_err()
+            {
+                tracing::warn!("statistics sample failed");
+            }
+        }
+    }
+
     /// How many vhosts there are.
     pub fn vhost_count(&self) -> usize {
         self.vhosts.len()

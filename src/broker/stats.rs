@@ -7,14 +7,10 @@
 //! vhost's and in the broker's: the figures and, from the previous sample, their rates per
 //! second. Readers take a slot's short lock and copy it out, so `GET /api/overview` costs the
 //! same at 100,000 queues as at one; in exchange, totals are as old as the last sample (as
-//! RabbitMQ's are). Owns [`Figures`], [`Slot`] and [`sample`]; reads `Broker`, `VHost` and
-//! `Queue`, and is read by `crate::http`.
+//! RabbitMQ's are). Owns [`Figures`] and [`Slot`], plain data: the queues fill in their
+//! figures (`Queue::figures`), `Broker::sample_statistics` walks them, `crate::http` reads.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
-
-use super::Broker;
-use super::queue::{Queue, QueueSnapshot};
 
 /// RabbitMQ's default `collect_statistics_interval`.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
@@ -44,27 +40,8 @@ pub mod fig {
 pub struct Figures(pub [u64; fig::N]);
 
 impl Figures {
-    /// A queue's figures now (takes its lock once, for the ready count).
-    pub fn of(q: &Queue) -> (Self, u32) {
-        let s = q.snapshot();
-        (Self::with(q, &s), s.consumers)
-    }
-
-    /// A queue's figures, its ready count from a snapshot already taken.
-    pub fn with(q: &Queue, s: &QueueSnapshot) -> Self {
-        let unacked = q.stats.unacked.load(Relaxed);
-        let mut f = [0; fig::N];
-        f[fig::MESSAGES] = s.ready + unacked;
-        f[fig::READY] = s.ready;
-        f[fig::UNACKED] = unacked;
-        f[fig::PUBLISH] = q.stats.publish.load(Relaxed);
-        f[fig::DELIVER_GET] = q.stats.deliver_get.load(Relaxed);
-        f[fig::ACK] = q.stats.ack.load(Relaxed);
-        f[fig::REDELIVER] = q.stats.redeliver.load(Relaxed);
-        Self(f)
-    }
-
-    fn add(&mut self, o: &Self) {
+    /// Adds `o` into these figures.
+    pub fn add(&mut self, o: &Self) {
         for (a, b) in self.0.iter_mut().zip(o.0) {
             *a = a.saturating_add(b);
         }
@@ -107,56 +84,6 @@ impl Slot {
         }
         self.at = Some(at);
         self.figures = figures;
-    }
-}
-
-/// Samples every queue of every vhost once: each queue's slot, each vhost's sum and the
-/// broker's. Blocking work (one short lock per queue): run it off the reactor.
-pub fn sample(broker: &Broker) {
-    let now = Instant::now();
-    let mut all = Figures::default();
-    let (mut queues, mut consumers) = (0, 0);
-    for v in broker.vhosts() {
-        let mut sum = Figures::default();
-        let (mut vq, mut vc) = (0u64, 0u64);
-        v.for_each_queue(|q| {
-            let (f, c) = Figures::of(q);
-            q.stats.sampled.lock().record(now, f);
-            sum.add(&f);
-            vq += 1;
-            vc += u64::from(c);
-        });
-        {
-            let mut slot = v.sampled.lock();
-            slot.record(now, sum);
-            slot.queues = vq;
-            slot.consumers = vc;
-        }
-        all.add(&sum);
-        queues += vq;
-        consumers += vc;
-    }
-    let mut slot = broker.sampled.lock();
-    slot.record(now, all);
-    slot.queues = queues;
-    slot.consumers = consumers;
-}
-
-/// Samples now and then every `interval`, until the runtime stops. The first sample is
-/// taken before this returns, so the first request after start already has figures.
-pub async fn run(broker: std::sync::Arc<Broker>, interval: Duration) {
-    let interval = interval.max(Duration::from_millis(10));
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let b = broker.clone();
-        if tokio::task::spawn_blocking(move || sample(&b))
-            .await
-            .is_err()
-        {
-            tracing::warn!("statistics sample failed");
-        }
     }
 }
 

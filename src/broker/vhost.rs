@@ -125,6 +125,23 @@ pub struct VHost {
     names: parking_lot::RwLock<std::collections::BTreeSet<Arc<str>>>,
 }
 
+impl crate::broker::queue::QueueHost for VHost {
+    fn route_dead_letter(
+        &self,
+        exchange: &str,
+        msg: Arc<Message>,
+        out: &mut Vec<Arc<Queue>>,
+    ) -> Option<Arc<Message>> {
+        let x = self.exchange(exchange)?;
+        let routed = self.route(&x, &msg, out);
+        Some(routed.message.unwrap_or(msg))
+    }
+
+    fn remove_expired(&self, q: &Queue) {
+        self.remove_queue(q);
+    }
+}
+
 /// Names starting with `amq.` are the broker's; clients may not create them.
 pub fn reserved(name: &str) -> bool {
     name.starts_with("amq.")

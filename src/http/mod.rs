@@ -347,7 +347,7 @@ pub async fn serve(
     // The API's rates and totals come from the sampler; it lives as long as the API.
     let every =
         std::time::Duration::from_millis(api.broker.config.management.collect_statistics_interval);
-    let sampler = tokio::spawn(crate::broker::stats::run(api.broker.clone(), every));
+    let sampler = tokio::spawn(api.broker.clone().run_sampler(every));
     let app = router(api);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop)

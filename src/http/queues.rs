@@ -62,7 +62,7 @@ pub fn depth_json(f: &Figures, rates: &[f64; fig::N]) -> serde_json::Map<String,
 /// statistics sample.
 pub fn queue_json(api: &Api, vhost: &VHost, q: &Queue) -> Value {
     let s = q.snapshot();
-    let live = Figures::with(q, &s);
+    let live = q.figures_with(&s);
     let rates = q.stats.sampled.lock().rates;
     let args = q.args.load();
     let policy = &args.policy;
