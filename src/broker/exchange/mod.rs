@@ -6,6 +6,7 @@
 //! through another. Exchange-to-exchange hops, alternate exchanges and de-duplication are
 //! the vhost's job (`VHost::route`). Knows queues only as `Arc<Queue>` destinations.
 
+pub mod delayed;
 pub mod headers;
 pub mod topic;
 
@@ -126,6 +127,8 @@ pub struct Exchange {
     pub arguments: FieldTable,
     /// `alternate-exchange` argument, if any.
     pub alternate: Option<String>,
+    /// Set for an `x-delayed-message` exchange (`kind` is then its `x-delayed-type`).
+    pub delayed: Option<delayed::Delayed>,
     bindings: RwLock<Bindings>,
     deleted: std::sync::atomic::AtomicBool,
 }
@@ -156,8 +159,18 @@ impl Exchange {
             internal,
             arguments,
             alternate,
+            delayed: None,
             bindings: RwLock::default(),
             deleted: Default::default(),
+        }
+    }
+
+    /// The type as declared and listed: `x-delayed-message` for a delayed exchange.
+    pub fn type_name(&self) -> &'static str {
+        if self.delayed.is_some() {
+            delayed::TYPE
+        } else {
+            self.kind.name()
         }
     }
 
