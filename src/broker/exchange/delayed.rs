@@ -366,16 +366,20 @@ impl Scheduler {
         if exchange.delayed.is_none() || !exchange.durable {
             return false;
         }
-        let Some(stored) = crate::broker::persist::decode(bytes::Bytes::copy_from_slice(payload))
-        else {
+        // Only the head and the due time are read: a million pending messages are placed
+        // without decoding (or copying) a single body.
+        let (Some(head), Some(due)) = (
+            crate::broker::persist::peek(payload),
+            crate::broker::persist::expiry_of(payload),
+        ) else {
             return false;
         };
-        if stored.transient {
+        if head.transient {
             return false;
         }
         let mut st = self.state.lock();
         let p = Pending {
-            due: stored.expires_at.unwrap_or(0),
+            due,
             seq: st.next_seq,
             id: m.id.0,
             xid: exchange.delayed.as_ref().map_or(0, |d| d.id),
