@@ -84,7 +84,7 @@ pub fn export(broker: &Broker, vhost: Option<&str>) -> Value {
                 continue;
             }
             exchanges.push(json!({
-                "name": &*x.name, "vhost": v.name, "type": x.kind.name(),
+                "name": &*x.name, "vhost": v.name, "type": x.type_name(),
                 "durable": x.durable, "auto_delete": x.auto_delete, "internal": x.internal,
                 "arguments": table_to_json(&x.arguments),
             }));

@@ -157,8 +157,12 @@ impl Broker {
                     *counts.entry(&q.name).or_default() += 1;
                 }
             }
-            // A queue that no longer exists.
-            None => persist.store.ack(m.id),
+            // A delayed exchange's pending message, or a queue that no longer exists.
+            None => {
+                if !b.restore_delayed(key, &m, payload) {
+                    persist.store.ack(m.id)
+                }
+            }
         })?;
         for q in queues.values() {
             q.restored();
@@ -174,6 +178,25 @@ impl Broker {
             "recovered definitions and messages"
         );
         Ok(b)
+    }
+
+    /// Boot: hands a recovered record to its delayed exchange; false if it has none.
+    fn restore_delayed(
+        &self,
+        key: &str,
+        m: &crate::store::RecoveredMessage,
+        payload: &[u8],
+    ) -> bool {
+        let Some((vhost, exchange)) = exchange::delayed::parse_log_key(key) else {
+            return false;
+        };
+        let Some(v) = self.vhost(vhost) else {
+            return false;
+        };
+        let Some(x) = v.exchange(exchange) else {
+            return false;
+        };
+        v.delayed().restore(&x, m, payload)
     }
 
     fn build(

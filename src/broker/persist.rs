@@ -121,6 +121,17 @@ pub fn decode(mut p: Bytes) -> Option<Stored> {
     })
 }
 
+/// The expiry deadline field of a payload (0 = none) without decoding the rest: the
+/// delayed exchange keeps its due time there and reads only that back at recovery.
+pub fn expiry_of(p: &[u8]) -> Option<u64> {
+    peek(p)?;
+    let mut at = HEAD;
+    for _ in 0..2 {
+        at += 1 + usize::from(*p.get(at)?);
+    }
+    Some(u64::from_be_bytes(p.get(at..at + 8)?.try_into().ok()?))
+}
+
 /// What the fixed-size start of a payload says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Head {
@@ -163,6 +174,7 @@ mod tests {
         };
         let mut buf = Vec::new();
         encode(&msg, Some(123), 3, 2, false, &mut buf);
+        assert_eq!(expiry_of(&buf), Some(123));
         let s = decode(Bytes::from(buf)).unwrap();
         assert_eq!(s.msg.routing_key.as_str(), "rk");
         assert_eq!(s.msg.properties, msg.properties);

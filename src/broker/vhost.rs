@@ -14,7 +14,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 
 use crate::broker::args::{self, QUEUE_ARGS};
-use crate::broker::exchange::{Dest, Exchange, ExchangeKind};
+use crate::broker::exchange::{Dest, Exchange, ExchangeKind, delayed};
 use crate::broker::message::Message;
 use crate::broker::queue::{DeliverySink, Queue, QueueEvent, QueueInit};
 use crate::broker::queue_args::{QueueArgs, matching_policy};
@@ -123,6 +123,8 @@ pub struct VHost {
     pub sampled: parking_lot::Mutex<crate::broker::stats::Slot>,
     /// Queue names in order, so the management API pages through them without sorting.
     names: parking_lot::RwLock<std::collections::BTreeSet<Arc<str>>>,
+    /// Pending messages of the delayed exchanges, created with the first one.
+    delayed: std::sync::OnceLock<Arc<delayed::Scheduler>>,
 }
 
 impl crate::broker::queue::QueueHost for VHost {
@@ -170,6 +172,7 @@ impl VHost {
             }),
             sampled: Default::default(),
             names: Default::default(),
+            delayed: Default::default(),
         });
         for (n, kind, internal) in PREDECLARED {
             let x = Exchange::new(
@@ -231,12 +234,12 @@ impl VHost {
     pub fn restore(&self, loaded: &Loaded) -> Vec<Arc<Queue>> {
         let mut restored = Vec::new();
         for x in loaded.exchanges.iter().filter(|x| x.vhost == self.name) {
-            let Ok(kind) = ExchangeKind::parse(&x.kind) else {
+            let Ok((kind, is_delayed)) = delayed::resolve(&x.kind, &x.arguments) else {
                 continue;
             };
             let policy_ae = matching_policy(&self.policies.read().clone(), &x.name, false)
                 .and_then(|p| p.definition.alternate_exchange.clone());
-            let e = Exchange::new(
+            let mut e = Exchange::new(
                 &x.name,
                 kind,
                 true,
@@ -245,6 +248,7 @@ impl VHost {
                 x.arguments.clone(),
                 policy_ae,
             );
+            e.delayed = is_delayed.then(Default::default);
             self.exchanges.insert(e.name.clone(), Arc::new(e));
         }
         for q in loaded.queues.iter().filter(|q| q.vhost == self.name) {
@@ -331,6 +335,17 @@ impl VHost {
         ))
     }
 
+    /// The scheduler of this vhost's delayed exchanges.
+    pub fn delayed(&self) -> &Arc<delayed::Scheduler> {
+        self.delayed.get_or_init(|| {
+            Arc::new(delayed::Scheduler::new(
+                self.me.clone(),
+                &self.name,
+                self.persist.as_ref(),
+            ))
+        })
+    }
+
     /// Looks an exchange up.
     pub fn exchange(&self, name: &str) -> Option<Arc<Exchange>> {
         self.exchanges.get(name).map(|e| e.clone())
@@ -364,18 +379,23 @@ impl VHost {
         if flags.passive {
             return self.existing_exchange(name).map(|_| ());
         }
-        let kind = ExchangeKind::parse(kind)?;
+        let (kind, is_delayed) = delayed::resolve(kind, arguments)?;
         args::validate_exchange_args(arguments, name, &self.name)?;
         let _t = self.topology.lock();
         if let Some(x) = self.exchange(name) {
             let q = |s: &str| format!("'{s}'");
-            if x.kind != kind {
+            if x.kind != kind || x.delayed.is_some() != is_delayed {
+                let received = if is_delayed {
+                    delayed::TYPE
+                } else {
+                    kind.name()
+                };
                 return Err(self.inequivalent(
                     "exchange",
                     "type",
                     name,
-                    q(kind.name()),
-                    q(x.kind.name()),
+                    q(received),
+                    q(x.type_name()),
                 ));
             }
             for (arg, r, c) in [
@@ -414,7 +434,7 @@ impl VHost {
         }
         let policy_ae = matching_policy(&self.policies.read().clone(), name, false)
             .and_then(|p| p.definition.alternate_exchange.clone());
-        let x = Exchange::new(
+        let mut x = Exchange::new(
             name,
             kind,
             flags.durable,
@@ -423,12 +443,13 @@ impl VHost {
             arguments.clone(),
             policy_ae,
         );
+        x.delayed = is_delayed.then(Default::default);
         if x.durable {
             self.save(|d| {
                 d.put_exchange(&ExchangeDef {
                     vhost: self.name.clone(),
                     name: name.into(),
-                    kind: kind.name().into(),
+                    kind: x.type_name().into(),
                     auto_delete: flags.auto_delete,
                     internal: flags.internal,
                     arguments: arguments.clone(),
@@ -475,6 +496,9 @@ impl VHost {
         }
         self.exchanges.remove(&x.name);
         x.mark_deleted();
+        if x.delayed.is_some() {
+            self.delayed().forget(x);
+        }
         self.unbind_everywhere_locked(&Dest::Exchange(x.name.clone()));
     }
 

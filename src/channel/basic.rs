@@ -311,6 +311,17 @@ impl Channel {
         });
         // Without headers there is no CC or BCC, so the default exchange routes by the
         // routing key alone and the queue found last time still answers, unless deleted.
+        if let Some(delay) = crate::broker::exchange::delayed::delay_for(exchange, &msg) {
+            // compat: the plugin returns every mandatory delayed message at once; Warren
+            // returns (and does not hold) only one that nothing would take now.
+            if publish.mandatory
+                && !crate::broker::exchange::delayed::routable_now(ctx.vhost, exchange, &msg)
+            {
+                self.no_route(ctx, &msg);
+                return Published::Accepted(None);
+            }
+            return ctx.vhost.delayed().hold(exchange, msg, delay);
+        }
         let by_name = exchange.name.is_empty() && msg.properties.headers().is_none();
         if let Some((key, q)) = &self.default_route
             && by_name
@@ -327,16 +338,7 @@ impl Channel {
         let mut outcome = Published::Accepted(None);
         if targets.is_empty() && !routed.replied {
             if publish.mandatory {
-                ctx.send(
-                    self.id,
-                    AMQPClass::Basic(b::AMQPMethod::Return(b::Return {
-                        reply_code: 312,
-                        reply_text: "NO_ROUTE".into(),
-                        exchange: msg.exchange.clone(),
-                        routing_key: msg.routing_key.clone(),
-                    })),
-                );
-                ctx.content(self.id, &msg);
+                self.no_route(ctx, &msg);
             }
         } else {
             let msg = routed.message.unwrap_or(msg);
@@ -353,6 +355,20 @@ impl Channel {
         }
         self.route_buf = targets;
         outcome
+    }
+
+    /// basic.return 312 NO_ROUTE for an unroutable mandatory publish.
+    fn no_route(&self, ctx: &mut Ctx<'_>, msg: &Message) {
+        ctx.send(
+            self.id,
+            AMQPClass::Basic(b::AMQPMethod::Return(b::Return {
+                reply_code: 312,
+                reply_text: "NO_ROUTE".into(),
+                exchange: msg.exchange.clone(),
+                routing_key: msg.routing_key.clone(),
+            })),
+        );
+        ctx.content(self.id, msg);
     }
 
     pub(super) fn basic_get(&mut self, ctx: &mut Ctx<'_>, m: b::Get) -> Result<()> {

@@ -34,16 +34,21 @@ pub fn path_name(name: &str) -> &str {
 
 /// One exchange as RabbitMQ's management API shows it.
 pub fn exchange_json(vhost: &VHost, x: &Exchange) -> Value {
-    json!({
+    let mut v = json!({
         "name": &*x.name,
         "vhost": vhost.name,
-        "type": x.kind.name(),
+        "type": x.type_name(),
         "durable": x.durable,
         "auto_delete": x.auto_delete,
         "internal": x.internal,
         "arguments": table_to_json(&x.arguments),
         "policy": null,
-    })
+    });
+    // The plugin's info item; only delayed exchanges have it.
+    if let Some(d) = &x.delayed {
+        v["messages_delayed"] = d.messages_delayed().into();
+    }
+    v
 }
 
 fn list(api: &Api, vhost: Option<&str>, q: &ListQuery) -> ApiResult<Json<Value>> {

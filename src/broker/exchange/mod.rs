@@ -6,6 +6,7 @@
 //! through another. Exchange-to-exchange hops, alternate exchanges and de-duplication are
 //! the vhost's job (`VHost::route`). Knows queues only as `Arc<Queue>` destinations.
 
+pub mod delayed;
 pub mod headers;
 pub mod topic;
 
@@ -129,6 +130,8 @@ pub struct Exchange {
     /// The alternate exchange a matching policy sets; swapped when policies change. The
     /// argument wins over it, as in RabbitMQ.
     policy_alternate: arc_swap::ArcSwapOption<String>,
+    /// Set for an `x-delayed-message` exchange (`kind` is then its `x-delayed-type`).
+    pub delayed: Option<delayed::Delayed>,
     bindings: RwLock<Bindings>,
     deleted: std::sync::atomic::AtomicBool,
 }
@@ -159,6 +162,7 @@ impl Exchange {
             arguments,
             alternate,
             policy_alternate: arc_swap::ArcSwapOption::from_pointee(policy_alternate),
+            delayed: None,
             bindings: RwLock::default(),
             deleted: Default::default(),
         }
@@ -175,6 +179,15 @@ impl Exchange {
     /// Sets the alternate exchange a policy gives (after a policy change).
     pub fn set_policy_alternate(&self, ae: Option<String>) {
         self.policy_alternate.store(ae.map(Arc::new));
+    }
+
+    /// The type as declared and listed: `x-delayed-message` for a delayed exchange.
+    pub fn type_name(&self) -> &'static str {
+        if self.delayed.is_some() {
+            delayed::TYPE
+        } else {
+            self.kind.name()
+        }
     }
 
     /// Marks the exchange deleted, for holders of a cached `Arc` (publishing channels).
