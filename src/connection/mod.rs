@@ -727,6 +727,16 @@ impl Connection {
         match method {
             AMQPClass::Connection(c::AMQPMethod::Close(m)) => {
                 tracing::debug!(peer = %self.peer, "client closed the connection: {} {}", m.reply_code, m.reply_text);
+                // Channels give back what they hold and exclusive queues go before close-ok,
+                // so a client that saw close-ok finds them gone from any other connection
+                // (the final cleanup, after the linger, finds nothing left to do here).
+                self.release_channels();
+                for q in self.vhost.exclusive_queues(self.id) {
+                    self.vhost.remove_queue(&q);
+                }
+                for q in self.kicks.drain(..) {
+                    q.dispatch();
+                }
                 self.send0(c::AMQPMethod::CloseOk(c::CloseOk {}));
                 Err(Stop::Answered)
             }

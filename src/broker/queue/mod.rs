@@ -155,6 +155,10 @@ pub struct Queue {
     /// Effective settings (arguments merged with the matching policy), swapped whole when
     /// a policy change re-applies ([`Queue::apply_args`]); readers load without locking.
     pub args: arc_swap::ArcSwap<QueueArgs>,
+    /// `x-max-priority` and `x-single-active-consumer`, fixed at declare (no policy sets
+    /// them), kept outside `args` so dispatch reads them without a load.
+    max_priority: Option<u8>,
+    single_active: bool,
     vhost: Weak<dyn QueueHost>,
     /// The stores, when persistence is on: persistent messages of durable queues go to the
     /// log, and any queue pages bodies out to it past its memory budget.
@@ -273,6 +277,8 @@ impl Queue {
             owner,
             auto_delete,
             arguments,
+            max_priority: args.max_priority,
+            single_active: args.single_active,
             args: arc_swap::ArcSwap::from_pointee(args),
             vhost,
             deleted: AtomicBool::new(false),
@@ -296,8 +302,9 @@ impl Queue {
         let mut dead = Vec::new();
         {
             let mut s = self.state.lock();
-            if self.args.load().overflow == Overflow::DropHead {
-                while self.over_limit(&s, 0, 0) {
+            let args = self.args.load();
+            if args.overflow == Overflow::DropHead {
+                while self.over_limit(&args, &s, 0, 0) {
                     match s.pop() {
                         Some(e) => dead.push((e, Reason::Maxlen)),
                         None => break,

@@ -44,7 +44,7 @@ impl Queue {
             if s.len == 0 {
                 return;
             }
-            let chosen = if self.args.load().single_active {
+            let chosen = if self.single_active {
                 // Only the first registered consumer is active.
                 s.consumers[0].handle.try_acquire().then_some(0)
             } else {
@@ -83,7 +83,7 @@ impl Queue {
                 }
                 continue;
             }
-            if !self.args.load().single_active {
+            if !self.single_active {
                 // Round-robin among consumers of the same priority: this one goes last.
                 let p = s.consumers[i].priority;
                 let end = s.consumers[i..]
@@ -146,14 +146,14 @@ impl Queue {
         {
             let mut s = self.state.lock();
             if s.consumers.iter().any(|x| x.exclusive)
-                || (c.exclusive && (!s.consumers.is_empty() || self.args.load().single_active))
+                || (c.exclusive && (!s.consumers.is_empty() || self.single_active))
             {
                 return Err(AmqpError::access_refused(format!(
                     "queue '{}' in vhost '{vhost}' in exclusive use",
                     self.name
                 )));
             }
-            let at = if self.args.load().single_active {
+            let at = if self.single_active {
                 s.consumers.len()
             } else {
                 s.consumers

@@ -98,13 +98,13 @@ impl Queue {
     }
 
     /// The TTL that applies to `msg` here: the lower of the queue's and the message's.
-    pub(in crate::broker::queue) fn ttl(&self, msg: &Message) -> Option<u64> {
+    pub(in crate::broker::queue) fn ttl(&self, args: &QueueArgs, msg: &Message) -> Option<u64> {
         let per_message = msg
             .properties
             .expiration()
             .as_ref()
             .and_then(|e| e.as_str().parse::<u64>().ok());
-        match (self.args.load().message_ttl, per_message) {
+        match (args.message_ttl, per_message) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }

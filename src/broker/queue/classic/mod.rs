@@ -42,19 +42,23 @@ impl Queue {
         if self.is_deleted() {
             return Published::Accepted(None);
         }
+        // One load of the settings for the whole publish (a policy may swap them meanwhile;
+        // this message is handled under the ones it found).
+        let args = self.args.load();
+        let args: &QueueArgs = &args;
         // The clock is read only for messages that can expire.
-        let (expires_at, ttl_zero) = match self.ttl(&msg) {
+        let (expires_at, ttl_zero) = match self.ttl(args, &msg) {
             Some(ttl) => (Some(now_ms().saturating_add(ttl)), ttl == 0),
             None => (None, false),
         };
         let priority = self.priority_of(&msg);
-        let (msg, delivery_count) = self.carried_count(msg);
+        let (msg, delivery_count) = self.carried_count(args, msg);
         let mut dead = Vec::new();
         let result = {
             let mut s = self.state.lock();
-            let over = self.over_limit(&s, 1, msg.size());
-            if over && self.args.load().overflow != Overflow::DropHead {
-                if self.args.load().overflow == Overflow::RejectPublishDlx {
+            let over = self.over_limit(args, &s, 1, msg.size());
+            if over && args.overflow != Overflow::DropHead {
+                if args.overflow == Overflow::RejectPublishDlx {
                     let seq = s.next_seq;
                     dead.push((Entry::new(seq, msg, priority, expires_at), Reason::Maxlen));
                 }
@@ -93,7 +97,7 @@ impl Queue {
                     self.wake_timer_for(&mut s, t);
                 }
                 // drop-head: the oldest ready messages make room.
-                while self.over_limit(&s, 0, 0) {
+                while self.over_limit(args, &s, 0, 0) {
                     match s.pop() {
                         Some(e) => dead.push((e, Reason::Maxlen)),
                         None => break,
@@ -117,8 +121,12 @@ impl Queue {
     /// With delivery counting on, a message coming back to this queue through a dead-letter
     /// loop keeps counting: its failed deliveries here so far are the `rejected` count of its
     /// `x-death` entry for this queue.
-    pub(in crate::broker::queue) fn carried_count(&self, msg: Arc<Message>) -> (Arc<Message>, u32) {
-        if !self.args.load().counts_deliveries() {
+    pub(in crate::broker::queue) fn carried_count(
+        &self,
+        args: &QueueArgs,
+        msg: Arc<Message>,
+    ) -> (Arc<Message>, u32) {
+        if !args.counts_deliveries() {
             return (msg, 0);
         }
         let n = dead_letter::death_count(&msg, &self.name, Reason::Rejected);
@@ -136,23 +144,20 @@ impl Queue {
 
     pub(in crate::broker::queue) fn over_limit(
         &self,
+        args: &QueueArgs,
         s: &State,
         more: usize,
         bytes: usize,
     ) -> bool {
-        self.args
-            .load()
-            .max_length
-            .is_some_and(|m| (s.len + more) as u64 > m)
-            || self
-                .args
-                .load()
+        args.max_length.is_some_and(|m| (s.len + more) as u64 > m)
+            || args
                 .max_length_bytes
                 .is_some_and(|m| (s.bytes + bytes) as u64 > m)
     }
 
     pub(in crate::broker::queue) fn priority_of(&self, msg: &Message) -> u8 {
-        match self.args.load().max_priority {
+        // Fixed at declare: a policy cannot change it.
+        match self.max_priority {
             // A priority above the maximum counts as the maximum.
             Some(max) => msg.properties.priority().unwrap_or(0).min(max),
             None => 0,
@@ -313,8 +318,9 @@ impl Queue {
             // drop-head the oldest (often the requeued ones themselves) make room before
             // anything is delivered; reject-publish refuses only publishes, so a queue
             // with it may stay over its limit until consumers catch up.
-            if self.args.load().overflow == Overflow::DropHead {
-                while self.over_limit(&s, 0, 0) {
+            let args = self.args.load();
+            if args.overflow == Overflow::DropHead {
+                while self.over_limit(&args, &s, 0, 0) {
                     match s.pop() {
                         Some(e) => dead.push((e, Reason::Maxlen)),
                         None => break,
