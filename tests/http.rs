@@ -588,19 +588,7 @@ async fn channels_show_their_numbers_modes_prefetch_consumers_and_unacked() {
         .unwrap();
     ch.basic_qos(7, Default::default()).await.unwrap();
     ch.confirm_select(Default::default()).await.unwrap();
-    for _ in 0..3 {
-        ch.basic_publish(
-            "".into(),
-            q.as_str().into(),
-            Default::default(),
-            b"m",
-            Default::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    }
+    publish_confirmed(&ch, &q, 3).await;
     let mut consumer = ch
         .basic_consume(
             q.as_str().into(),
@@ -911,20 +899,8 @@ async fn rates_and_totals_come_from_the_statistics_sampler() {
     let mut published = 0u64;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let rate = loop {
-        for _ in 0..20 {
-            ch.basic_publish(
-                "".into(),
-                q.as_str().into(),
-                Default::default(),
-                b"m",
-                Default::default(),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-            published += 1;
-        }
+        publish_confirmed(&ch, &q, 20).await;
+        published += 20;
         let shown = api.json(&path).await;
         let r = shown["message_stats"]["publish_details"]["rate"]
             .as_f64()
@@ -1039,6 +1015,24 @@ async fn request_bodies_are_bounded() {
         .expect("an answer");
     let text = String::from_utf8_lossy(&raw);
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+}
+
+/// Publishes `n` messages `m` to queue `q` through the default exchange, each waited for
+/// (the channel is in confirm mode, so each is confirmed).
+async fn publish_confirmed(ch: &lapin::Channel, q: &str, n: usize) {
+    for _ in 0..n {
+        ch.basic_publish(
+            "".into(),
+            q.into(),
+            Default::default(),
+            b"m",
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
 }
 
 fn basic(user: &str, pass: &str) -> String {

@@ -27,9 +27,8 @@ use amq_protocol::types::{AMQPValue, FieldTable};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::broker::dead_letter::Reason;
 use crate::broker::message::{Entry, Message};
-use crate::broker::queue_args::{Overflow, QueueArgs};
+use crate::broker::queue_args::QueueArgs;
 use crate::store::Seq;
 
 /// What a queue needs of the vhost it lives in, and no more: a queue publishes its dead
@@ -302,15 +301,7 @@ impl Queue {
         let mut dead = Vec::new();
         {
             let mut s = self.state.lock();
-            let args = self.args.load();
-            if args.overflow == Overflow::DropHead {
-                while self.over_limit(&args, &s, 0, 0) {
-                    match s.pop() {
-                        Some(e) => dead.push((e, Reason::Maxlen)),
-                        None => break,
-                    }
-                }
-            }
+            self.drop_heads_over_limit(&self.args.load(), &mut s, &mut dead);
             // The idle expiry may have changed: the timer computes its deadline afresh.
             s.scheduled = None;
         }

@@ -97,12 +97,7 @@ impl Queue {
                     self.wake_timer_for(&mut s, t);
                 }
                 // drop-head: the oldest ready messages make room.
-                while self.over_limit(args, &s, 0, 0) {
-                    match s.pop() {
-                        Some(e) => dead.push((e, Reason::Maxlen)),
-                        None => break,
-                    }
-                }
+                self.drop_heads_over_limit(args, &mut s, &mut dead);
                 Published::Accepted(wait)
             }
         };
@@ -153,6 +148,25 @@ impl Queue {
             || args
                 .max_length_bytes
                 .is_some_and(|m| (s.bytes + bytes) as u64 > m)
+    }
+
+    /// With `drop-head` overflow, drops the oldest ready messages while the queue is over
+    /// its length limits (they are dead-lettered as `maxlen`).
+    pub(in crate::broker::queue) fn drop_heads_over_limit(
+        &self,
+        args: &QueueArgs,
+        s: &mut State,
+        dead: &mut Vec<(Entry, Reason)>,
+    ) {
+        if args.overflow != Overflow::DropHead {
+            return;
+        }
+        while self.over_limit(args, s, 0, 0) {
+            match s.pop() {
+                Some(e) => dead.push((e, Reason::Maxlen)),
+                None => break,
+            }
+        }
     }
 
     pub(in crate::broker::queue) fn priority_of(&self, msg: &Message) -> u8 {
@@ -318,15 +332,7 @@ impl Queue {
             // drop-head the oldest (often the requeued ones themselves) make room before
             // anything is delivered; reject-publish refuses only publishes, so a queue
             // with it may stay over its limit until consumers catch up.
-            let args = self.args.load();
-            if args.overflow == Overflow::DropHead {
-                while self.over_limit(&args, &s, 0, 0) {
-                    match s.pop() {
-                        Some(e) => dead.push((e, Reason::Maxlen)),
-                        None => break,
-                    }
-                }
-            }
+            self.drop_heads_over_limit(&self.args.load(), &mut s, &mut dead);
             self.dispatch_locked(&mut s, &mut dead);
         }
         self.dead_letter(dead);
