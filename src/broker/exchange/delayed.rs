@@ -92,13 +92,6 @@ pub fn delay_of(msg: &Message) -> Option<u64> {
         .inner()
         .get(DELAY_HEADER)?;
     let ms: i128 = match v {
-        AMQPValue::ShortShortInt(n) => (*n).into(),
-        AMQPValue::ShortShortUInt(n) => (*n).into(),
-        AMQPValue::ShortInt(n) => (*n).into(),
-        AMQPValue::ShortUInt(n) => (*n).into(),
-        AMQPValue::LongInt(n) => (*n).into(),
-        AMQPValue::LongUInt(n) => (*n).into(),
-        AMQPValue::LongLongInt(n) => (*n).into(),
         // `as` saturates and truncates towards zero, which is what the plugin's trunc does
         // within the range that matters.
         AMQPValue::Float(f) => *f as i128,
@@ -106,13 +99,16 @@ pub fn delay_of(msg: &Message) -> Option<u64> {
         AMQPValue::DecimalValue(d) => {
             i128::from(d.value) / 10i128.checked_pow(u32::from(d.scale)).unwrap_or(i128::MAX)
         }
-        AMQPValue::ShortString(s) => s.as_str().trim().parse().ok()?,
-        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes())
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?,
-        _ => return None,
+        // Integers of every width (and timestamps, integers in Erlang too) as they are;
+        // strings parsed.
+        v => match crate::broker::args::as_int(v) {
+            Some(n) => n.into(),
+            None => std::str::from_utf8(crate::broker::args::as_bytes(v)?)
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?,
+        },
     };
     (ms > 0 && ms <= i128::from(MAX_DELAY_MS)).then_some(ms as u64)
 }
