@@ -41,19 +41,21 @@
 //!
 //! # Other logs in the same group commit
 //!
-//! [`MessageStore::sync_with`] enlists a [`SyncTarget`] (such as a stream log) in the
+//! [`MessageStore::sync_with`] enlists a [`SyncTarget`] (a [`stream::StreamLog`]) in the
 //! pending batch and gives it a [`Seq`]: the committer calls the target's `flush_and_sync`
 //! after syncing its own segment and before the watermark passes that `Seq`, so stream
 //! publishes are confirmed by the same watermark, in the same batches.
 //!
 //! Files: `segment.rs` (format), `index.rs` (liveness, and when a segment may be deleted),
-//! `committer.rs` (batching, sync, watermark, GC), `recovery.rs` (open).
+//! `committer.rs` (batching, sync, watermark, GC), `recovery.rs` (open), `stream.rs` (stream
+//! queues' logs, separate directories and format).
 
 mod committer;
 pub mod definitions;
 mod index;
 mod recovery;
 mod segment;
+pub mod stream;
 
 use std::collections::HashMap;
 use std::fs::File;
