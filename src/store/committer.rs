@@ -263,7 +263,10 @@ impl State {
         self.sync_needed = true;
         let addr = Arc::as_ptr(&target) as *const () as usize;
         // Common case: the same stream again; one comparison, no hashing, no allocation.
-        let newest = self.targets.last().map(|t| Arc::as_ptr(t) as *const () as usize);
+        let newest = self
+            .targets
+            .last()
+            .map(|t| Arc::as_ptr(t) as *const () as usize);
         if newest != Some(addr) && self.target_set.insert(addr) {
             self.targets.push(target);
         }

@@ -716,7 +716,12 @@ impl StreamLog {
     /// Sparse-index entries held, for the memory test.
     #[cfg(test)]
     fn index_entries(&self) -> usize {
-        self.meta.read().segments.iter().map(|s| s.index.len()).sum()
+        self.meta
+            .read()
+            .segments
+            .iter()
+            .map(|s| s.index.len())
+            .sum()
     }
 }
 
@@ -959,4 +964,567 @@ fn parse_name(name: &str) -> Option<u64> {
         return None;
     }
     digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MessageStore, Seq, StoreError, StoreOptions};
+    use parking_lot::Condvar;
+    use std::time::{Duration, Instant};
+
+    fn opts(max_segment_bytes: u64) -> StreamOptions {
+        StreamOptions {
+            max_segment_bytes,
+            ..StreamOptions::default()
+        }
+    }
+
+    fn now_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    }
+
+    fn payload(i: u64, len: usize) -> Vec<u8> {
+        let mut p = format!("m{i}-").into_bytes();
+        p.resize(len.max(p.len()), b'x');
+        p
+    }
+
+    fn offsets(recs: &[StreamRecord]) -> Vec<u64> {
+        recs.iter().map(|r| r.offset).collect()
+    }
+
+    fn segment_files(dir: &Path) -> Vec<u64> {
+        let mut v: Vec<u64> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| parse_name(e.unwrap().file_name().to_str()?))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn append_flush_read_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = StreamLog::open(dir.path(), StreamOptions::default()).unwrap();
+        assert_eq!((log.committed(), log.first_offset()), (0, 0));
+        assert!(log.read(0, 10, usize::MAX).unwrap().is_empty());
+        for i in 0..5 {
+            assert_eq!(log.append(100 + i, &payload(i, 10)), i);
+        }
+        assert_eq!(log.pending_bytes(), 5 * (HEADER + 10));
+        // Not committed, not readable.
+        assert_eq!(log.committed(), 0);
+        assert!(log.read(0, 10, usize::MAX).unwrap().is_empty());
+        log.flush_and_sync().unwrap();
+        assert_eq!(log.pending_bytes(), 0);
+        assert_eq!(log.committed(), 5);
+        let recs = log.read(0, 10, usize::MAX).unwrap();
+        assert_eq!(offsets(&recs), vec![0, 1, 2, 3, 4]);
+        for r in &recs {
+            assert_eq!(r.timestamp_ms, 100 + r.offset);
+            assert_eq!(&r.payload[..], &payload(r.offset, 10)[..]);
+        }
+        // Limits: records, bytes (the first record always comes), and the start.
+        assert_eq!(offsets(&log.read(1, 2, usize::MAX).unwrap()), vec![1, 2]);
+        assert_eq!(offsets(&log.read(3, 10, 1).unwrap()), vec![3]);
+        assert_eq!(offsets(&log.read(0, 10, 25).unwrap()), vec![0, 1]);
+        assert!(log.read(5, 10, usize::MAX).unwrap().is_empty());
+        assert!(log.read(0, 0, usize::MAX).unwrap().is_empty());
+        assert_eq!(log.stats(), (5, 5 * (HEADER as u64 + 10), 1));
+        // An empty flush does nothing.
+        log.flush_and_sync().unwrap();
+        assert_eq!(log.committed(), 5);
+    }
+
+    #[test]
+    fn offsets_continue_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = StreamLog::open(dir.path(), opts(300)).unwrap();
+            for i in 0..7 {
+                log.append(i, &payload(i, 50));
+            }
+            log.flush_and_sync().unwrap();
+            // Appended but never flushed: lost, and its offset is given again.
+            log.append(99, b"lost");
+        }
+        let log = StreamLog::open(dir.path(), opts(300)).unwrap();
+        assert_eq!((log.first_offset(), log.committed()), (0, 7));
+        assert_eq!(log.append(7, &payload(7, 50)), 7);
+        log.flush_and_sync().unwrap();
+        let recs = log.read(0, 100, usize::MAX).unwrap();
+        assert_eq!(offsets(&recs), (0..8).collect::<Vec<_>>());
+        assert_eq!(&recs[7].payload[..], &payload(7, 50)[..]);
+        assert_eq!(log.offset_for_timestamp(3), 3);
+    }
+
+    #[test]
+    fn torn_tail_is_cut_at_the_first_bad_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = (HEADER + 20) as u64;
+        {
+            let log = StreamLog::open(dir.path(), StreamOptions::default()).unwrap();
+            for i in 0..10 {
+                log.append(i, &payload(i, 20));
+            }
+            log.flush_and_sync().unwrap();
+        }
+        let file = path(dir.path(), 0);
+        // A torn write: the last record is cut mid-payload.
+        let f = OpenOptions::new().write(true).open(&file).unwrap();
+        f.set_len(10 * rec - 7).unwrap();
+        drop(f);
+        let log = StreamLog::open(dir.path(), StreamOptions::default()).unwrap();
+        assert_eq!(log.committed(), 9);
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 9 * rec);
+        assert_eq!(log.append(1000, b"after"), 9);
+        log.flush_and_sync().unwrap();
+        let recs = log.read(0, 100, usize::MAX).unwrap();
+        assert_eq!(offsets(&recs), (0..10).collect::<Vec<_>>());
+        assert_eq!(&recs[9].payload[..], b"after");
+        drop(log);
+
+        // Corruption: one flipped payload byte in record 5 cuts it and everything after.
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[(5 * rec) as usize + HEADER + 3] ^= 0x40;
+        std::fs::write(&file, &bytes).unwrap();
+        let log = StreamLog::open(dir.path(), StreamOptions::default()).unwrap();
+        assert_eq!(log.committed(), 5);
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 5 * rec);
+        assert_eq!(log.append(2000, b"again"), 5);
+        log.flush_and_sync().unwrap();
+        assert_eq!(
+            offsets(&log.read(0, 100, usize::MAX).unwrap()),
+            vec![0, 1, 2, 3, 4, 5]
+        );
+        drop(log);
+
+        // A zero-filled tail (file extended, data never written) is dropped too.
+        let f = OpenOptions::new().write(true).open(&file).unwrap();
+        let good = 5 * rec + (HEADER + 5) as u64;
+        f.set_len(good + 4096).unwrap();
+        drop(f);
+        let log = StreamLog::open(dir.path(), StreamOptions::default()).unwrap();
+        assert_eq!(log.committed(), 6);
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), good);
+    }
+
+    #[test]
+    fn damage_in_an_older_segment_leaves_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = (HEADER + 50) as u64;
+        {
+            // Two records per segment.
+            let log = StreamLog::open(dir.path(), opts(2 * rec)).unwrap();
+            for i in 0..6 {
+                log.append(i, &payload(i, 50));
+            }
+            log.flush_and_sync().unwrap();
+        }
+        assert_eq!(segment_files(dir.path()), vec![0, 2, 4]);
+        let file = path(dir.path(), 2);
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[rec as usize + 10] ^= 1; // record 3's offset field
+        std::fs::write(&file, &bytes).unwrap();
+        let log = StreamLog::open(dir.path(), opts(2 * rec)).unwrap();
+        assert_eq!(log.committed(), 6);
+        assert_eq!(log.stats().0, 5);
+        assert_eq!(
+            offsets(&log.read(0, 100, usize::MAX).unwrap()),
+            vec![0, 1, 2, 4, 5]
+        );
+        assert_eq!(offsets(&log.read(3, 100, usize::MAX).unwrap()), vec![4, 5]);
+    }
+
+    #[test]
+    fn segments_roll_at_record_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = (HEADER + 50) as u64;
+        let log = StreamLog::open(dir.path(), opts(2 * rec + 10)).unwrap();
+        for i in 0..5 {
+            log.append(i, &payload(i, 50));
+        }
+        // A record larger than a segment gets one of its own.
+        log.append(5, &payload(5, 1000));
+        log.append(6, &payload(6, 50));
+        log.flush_and_sync().unwrap();
+        log.append(7, &payload(7, 50));
+        log.flush_and_sync().unwrap();
+        assert_eq!(segment_files(dir.path()), vec![0, 2, 4, 5, 6]);
+        for (base, len) in [(0, 2 * rec), (2, 2 * rec), (4, rec), (6, 2 * rec)] {
+            assert_eq!(
+                std::fs::metadata(path(dir.path(), base)).unwrap().len(),
+                len
+            );
+        }
+        assert_eq!(log.stats().2, 5);
+        let recs = log.read(0, 100, usize::MAX).unwrap();
+        assert_eq!(offsets(&recs), (0..8).collect::<Vec<_>>());
+        assert_eq!(recs[5].payload.len(), 1000);
+        assert_eq!(offsets(&log.read(3, 3, usize::MAX).unwrap()), vec![3, 4, 5]);
+        drop(log);
+        let log = StreamLog::open(dir.path(), opts(2 * rec + 10)).unwrap();
+        assert_eq!((log.committed(), log.stats().0), (8, 8));
+        // The active segment [6, 7] is full: the next record starts segment 8.
+        log.append(8, b"x");
+        log.flush_and_sync().unwrap();
+        assert_eq!(*segment_files(dir.path()).last().unwrap(), 8);
+    }
+
+    #[test]
+    fn retention_by_bytes_removes_whole_oldest_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = (HEADER + 50) as u64; // 74
+        let o = StreamOptions {
+            max_segment_bytes: 2 * rec,
+            max_length_bytes: Some(300),
+            max_age_ms: None,
+        };
+        let log = StreamLog::open(dir.path(), o.clone()).unwrap();
+        for i in 0..10 {
+            log.append(i, &payload(i, 50));
+            log.flush_and_sync().unwrap();
+        }
+        // 5 segments of 148 bytes; keeping 2 (296 <= 300).
+        assert_eq!(segment_files(dir.path()), vec![6, 8]);
+        assert_eq!(log.first_offset(), 6);
+        assert_eq!(log.stats(), (4, 4 * rec, 2));
+        // From below first_offset: reads from first_offset.
+        assert_eq!(
+            offsets(&log.read(0, 100, usize::MAX).unwrap()),
+            vec![6, 7, 8, 9]
+        );
+        assert_eq!(log.offset_for_timestamp(0), 6);
+        // The active segment is never removed, however small the limit.
+        drop(log);
+        let tiny = StreamOptions {
+            max_length_bytes: Some(1),
+            ..o
+        };
+        let log = StreamLog::open(dir.path(), tiny).unwrap();
+        assert_eq!(segment_files(dir.path()), vec![8]);
+        assert_eq!((log.first_offset(), log.committed()), (8, 10));
+        log.append(10, &payload(10, 50));
+        log.flush_and_sync().unwrap();
+        assert_eq!(segment_files(dir.path()), vec![10]);
+        assert_eq!(offsets(&log.read(0, 100, usize::MAX).unwrap()), vec![10]);
+    }
+
+    #[test]
+    fn retention_by_age_removes_segments_whose_newest_record_is_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = (HEADER + 50) as u64;
+        let o = StreamOptions {
+            max_segment_bytes: 2 * rec,
+            max_length_bytes: None,
+            max_age_ms: Some(60_000),
+        };
+        let log = StreamLog::open(dir.path(), o).unwrap();
+        let old = now_ms() - 600_000;
+        // Segment 0: both old. Segment 2: one old, one new. Segment 4: old, then active.
+        for (i, ts) in [old, old, old, now_ms(), old].into_iter().enumerate() {
+            log.append(ts, &payload(i as u64, 50));
+        }
+        log.flush_and_sync().unwrap();
+        assert_eq!(segment_files(dir.path()), vec![2, 4]);
+        assert_eq!(log.first_offset(), 2);
+        assert_eq!(
+            offsets(&log.read(0, 100, usize::MAX).unwrap()),
+            vec![2, 3, 4]
+        );
+        // The active segment stays even though all it holds is old.
+        let dir2 = tempfile::tempdir().unwrap();
+        let o = StreamOptions {
+            max_age_ms: Some(1),
+            ..StreamOptions::default()
+        };
+        let log = StreamLog::open(dir2.path(), o).unwrap();
+        log.append(1, b"ancient");
+        log.flush_and_sync().unwrap();
+        assert_eq!(log.stats().0, 1);
+    }
+
+    #[test]
+    fn offset_for_timestamp_finds_the_first_record_at_or_after() {
+        let dir = tempfile::tempdir().unwrap();
+        // Small records (one granule per segment) and large ones (several granules).
+        for (len, seg) in [(20usize, 1000u64), (30_000, 1 << 20)] {
+            let sub = dir.path().join(format!("s{len}"));
+            let log = StreamLog::open(&sub, opts(seg)).unwrap();
+            assert_eq!(log.offset_for_timestamp(5), 0);
+            for i in 0..100 {
+                log.append(1000 + 10 * i, &payload(i, len));
+                if i % 7 == 0 {
+                    log.flush_and_sync().unwrap();
+                }
+            }
+            log.flush_and_sync().unwrap();
+            assert!(log.stats().2 > 1 || log.index_entries() > 1);
+            assert_eq!(log.offset_for_timestamp(0), 0);
+            assert_eq!(log.offset_for_timestamp(1000), 0);
+            assert_eq!(log.offset_for_timestamp(1001), 1);
+            assert_eq!(log.offset_for_timestamp(1010), 1);
+            assert_eq!(log.offset_for_timestamp(1555), 56);
+            assert_eq!(log.offset_for_timestamp(1990), 99);
+            assert_eq!(log.offset_for_timestamp(1991), 100);
+            assert_eq!(log.offset_for_timestamp(u64::MAX), log.committed());
+            // Pending records are not considered.
+            log.append(5000, b"pending");
+            assert_eq!(log.offset_for_timestamp(4000), 100);
+        }
+    }
+
+    #[tokio::test]
+    async fn subscribe_wakes_on_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = StreamLog::open(dir.path(), StreamOptions::default()).unwrap();
+        let mut rx = log.subscribe();
+        assert_eq!(*rx.borrow_and_update(), 0);
+        log.append(1, b"a");
+        log.append(2, b"b");
+        let flusher = log.clone();
+        let t = tokio::task::spawn_blocking(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            flusher.flush_and_sync().unwrap();
+        });
+        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(*rx.borrow_and_update(), 2);
+        assert_eq!(offsets(&log.read(0, 10, usize::MAX).unwrap()), vec![0, 1]);
+        t.await.unwrap();
+    }
+
+    #[test]
+    fn the_index_is_sparse() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 1_000_000u64;
+        let log = StreamLog::open(dir.path(), opts(16 << 20)).unwrap();
+        let p = [7u8; 16];
+        for i in 0..n {
+            log.append(i, &p);
+            if i % 10_000 == 9_999 {
+                log.flush_and_sync().unwrap();
+            }
+        }
+        log.flush_and_sync().unwrap();
+        let entries = log.index_entries();
+        assert!(
+            entries > 0 && (entries as u64) < n / 50,
+            "{entries} entries"
+        );
+        for at in [0, 1, 123_456, 524_287, n - 1] {
+            let r = log.read(at, 2, usize::MAX).unwrap();
+            assert_eq!(r[0].offset, at);
+            assert_eq!(r[0].timestamp_ms, at);
+        }
+        assert_eq!(log.offset_for_timestamp(777_777), 777_777);
+        drop(log);
+        // Recovery builds the same index.
+        let log = StreamLog::open(dir.path(), opts(16 << 20)).unwrap();
+        assert_eq!(log.index_entries(), entries);
+        assert_eq!(log.committed(), n);
+    }
+
+    #[test]
+    fn delete_removes_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("stream");
+        let log = StreamLog::open(&sub, StreamOptions::default()).unwrap();
+        log.append(1, b"a");
+        log.flush_and_sync().unwrap();
+        log.append(2, b"b");
+        log.delete().unwrap();
+        assert!(!sub.exists());
+        // A flush after delete (a pending sync_with) is a no-op, not an error.
+        log.flush_and_sync().unwrap();
+        assert!(log.read(0, 10, usize::MAX).unwrap().is_empty());
+        assert_eq!(log.stats(), (0, 0, 0));
+    }
+
+    /// A target that counts its flushes, flushes a real stream, and can hold the committer
+    /// inside `flush_and_sync` until the test opens the gate.
+    struct Gated {
+        log: Arc<StreamLog>,
+        calls: AtomicU64,
+        /// (entered, open)
+        gate: Mutex<(bool, bool)>,
+        cv: Condvar,
+        fail: bool,
+    }
+
+    impl Gated {
+        fn new(log: Arc<StreamLog>, closed: bool, fail: bool) -> Arc<Gated> {
+            Arc::new(Gated {
+                log,
+                calls: AtomicU64::new(0),
+                gate: Mutex::new((false, !closed)),
+                cv: Condvar::new(),
+                fail,
+            })
+        }
+
+        fn wait_entered(&self) {
+            let mut g = self.gate.lock();
+            while !g.0 {
+                self.cv.wait(&mut g);
+            }
+        }
+
+        fn open(&self) {
+            self.gate.lock().1 = true;
+            self.cv.notify_all();
+        }
+    }
+
+    impl SyncTarget for Gated {
+        fn flush_and_sync(&self) -> io::Result<()> {
+            let mut g = self.gate.lock();
+            g.0 = true;
+            self.cv.notify_all();
+            while !g.1 {
+                self.cv.wait(&mut g);
+            }
+            drop(g);
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.fail {
+                return Err(io::Error::other("injected stream failure"));
+            }
+            self.log.flush_and_sync()
+        }
+    }
+
+    #[test]
+    fn sync_with_confirms_only_after_the_target_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) =
+            MessageStore::open(&dir.path().join("msgs"), StoreOptions::default()).unwrap();
+        let wm = store.watermark();
+        let log = StreamLog::open(&dir.path().join("stream"), StreamOptions::default()).unwrap();
+        let gated = Gated::new(log.clone(), true, false);
+
+        // Batch 1: the committer is held inside the target's flush.
+        log.append(1, b"first");
+        let seq = store.sync_with(gated.clone()).unwrap();
+        gated.wait_entered();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!wm.status(seq).unwrap());
+        assert_eq!(log.committed(), 0);
+
+        // Batch 2, formed while batch 1 is held: a message-log publish and the real stream,
+        // enlisted many times (once per publish) but flushed once.
+        let a = store.append_publish("q", b"classic").unwrap();
+        let mut last = Seq(0);
+        for i in 0..100 {
+            log.append(i, b"more");
+            last = store.sync_with(log.clone()).unwrap();
+        }
+        assert!(last > a.seq && a.seq > seq);
+        gated.open();
+        wm.wait_blocking(seq).unwrap();
+        assert_eq!(gated.calls.load(Ordering::SeqCst), 1);
+        assert!(log.committed() >= 1);
+        wm.wait_blocking(last).unwrap();
+        assert_eq!(log.committed(), 101);
+        assert_eq!(log.read(0, 1000, usize::MAX).unwrap().len(), 101);
+        assert_eq!(store.read(a.loc).unwrap(), Bytes::from_static(b"classic"));
+        // All 100 enlistments were one flush of the stream: it wrote one batch.
+        assert_eq!(log.index_entries(), 1);
+
+        // A batch holding only a target (no record) wakes the committer.
+        let idle = Gated::new(log.clone(), false, false);
+        let seq = store.sync_with(idle.clone()).unwrap();
+        wm.wait_blocking(seq).unwrap();
+        assert_eq!(idle.calls.load(Ordering::SeqCst), 1);
+        store.close().unwrap();
+    }
+
+    #[test]
+    fn a_failing_target_fails_the_watermark() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) =
+            MessageStore::open(&dir.path().join("msgs"), StoreOptions::default()).unwrap();
+        let wm = store.watermark();
+        let log = StreamLog::open(&dir.path().join("stream"), StreamOptions::default()).unwrap();
+        let ok = store.append_publish("q", b"before").unwrap();
+        wm.wait_blocking(ok.seq).unwrap();
+        let failing = Gated::new(log.clone(), false, true);
+        log.append(1, b"never confirmed");
+        let seq = store.sync_with(failing.clone()).unwrap();
+        assert!(matches!(wm.wait_blocking(seq), Err(StoreError::Io(_))));
+        assert!(matches!(wm.status(seq), Err(StoreError::Io(_))));
+        assert!(wm.status(ok.seq).unwrap());
+        // Fail-stop: nothing more is accepted.
+        assert!(store.sync_with(log.clone()).is_err());
+        assert!(store.append_publish("q", b"after").is_err());
+        assert_eq!(failing.calls.load(Ordering::SeqCst), 1);
+        assert!(store.close().is_err());
+    }
+
+    #[test]
+    fn a_failing_stream_write_is_fail_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("stream");
+        let log = StreamLog::open(&sub, opts(100)).unwrap();
+        log.append(1, b"a");
+        log.flush_and_sync().unwrap();
+        // Creating the next segment fails: its directory is gone.
+        std::fs::remove_dir_all(&sub).unwrap();
+        log.append(2, &[0; 200]);
+        assert!(log.flush_and_sync().is_err());
+        log.append(3, b"c");
+        assert!(log.flush_and_sync().is_err());
+        assert_eq!(log.committed(), 1);
+    }
+
+    /// `cargo test --release --lib store::stream -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn bench_append_flush_read() {
+        // On the project's disk, not a tmpfs: fdatasync must be real.
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        for (len, n) in [(16usize, 2_000_000u64), (1024, 500_000)] {
+            let dir = tempfile::tempdir_in(&base).unwrap();
+            let log = StreamLog::open(dir.path(), StreamOptions::default()).unwrap();
+            let p = vec![0xa5u8; len];
+            let t = Instant::now();
+            for i in 0..n {
+                log.append(i, &p);
+                if i % 1000 == 999 {
+                    log.flush_and_sync().unwrap();
+                }
+            }
+            log.flush_and_sync().unwrap();
+            let w = t.elapsed();
+            let t = Instant::now();
+            let mut at = 0;
+            let mut bytes = 0;
+            while at < n {
+                let recs = log.read(at, 1000, 1 << 20).unwrap();
+                bytes += recs.iter().map(|r| r.payload.len()).sum::<usize>();
+                at = recs.last().unwrap().offset + 1;
+            }
+            let r = t.elapsed();
+            let t = Instant::now();
+            drop(log);
+            let log = StreamLog::open(dir.path(), StreamOptions::default()).unwrap();
+            let o = t.elapsed();
+            assert_eq!(log.committed(), n);
+            eprintln!(
+                "{len} B x {n}: append+flush(1000) {:.0} rec/s ({:.1} MB/s, {} syncs); read {:.0} rec/s ({:.0} MB/s payload); reopen {:.0} ms; index {} entries",
+                n as f64 / w.as_secs_f64(),
+                (n * (len + HEADER) as u64) as f64 / w.as_secs_f64() / 1e6,
+                n / 1000,
+                n as f64 / r.as_secs_f64(),
+                bytes as f64 / r.as_secs_f64() / 1e6,
+                o.as_secs_f64() * 1e3,
+                log.index_entries(),
+            );
+        }
+    }
 }
