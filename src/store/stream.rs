@@ -10,7 +10,9 @@
 //! through [`SyncTarget`]: the broker appends here, then calls
 //! [`MessageStore::sync_with`](super::MessageStore::sync_with), and the message store's
 //! committer thread calls [`StreamLog::flush_and_sync`] in its next batch, so stream
-//! publishes are confirmed by the same watermark as message-log publishes. It must not keep
+//! publishes are confirmed by the same watermark as message-log publishes. Nothing else
+//! flushes a stream: the broker calls `sync_with` after every append (or run of appends),
+//! confirm mode or not, or the records stay pending and unreadable. It must not keep
 //! the stream in memory: reads are `pread`s (the page cache does the caching), and the index
 //! is sparse.
 //!
@@ -74,6 +76,10 @@ pub const DEFAULT_MAX_SEGMENT_BYTES: u64 = 500_000_000;
 /// Bytes of records per sparse-index entry (at least; a record never straddles entries).
 /// A read skips at most this much before the offset it wants.
 pub const GRANULE: u64 = 64 << 10;
+
+/// Pending bytes past which a publisher should wait (stop reading its socket, or await
+/// confirms) before appending more: the message store's own bound for its pending batch.
+pub const PENDING_MAX: usize = super::committer::PENDING_MAX;
 
 /// crc + len + offset + timestamp.
 const HEADER: usize = 24;
@@ -217,10 +223,15 @@ pub struct StreamLog {
     committed: AtomicU64,
     /// Oldest offset kept; mirror of `meta.segments[0].base`.
     first: AtomicU64,
+    /// First offset of the newest committed flush (this log's "chunk").
+    last_chunk: AtomicU64,
     /// The flusher -> consumers waiting at the tail: the committed offset.
     tx: watch::Sender<u64>,
     /// `delete` ran: flushes do nothing, reads find nothing.
     deleted: AtomicBool,
+    /// Deleted or failed: appends still get offsets but are not buffered (nothing will
+    /// ever write them; this bounds the memory of a publisher that has not noticed yet).
+    refusing: AtomicBool,
 }
 
 impl StreamLog {
@@ -238,9 +249,8 @@ impl StreamLog {
             std::fs::create_dir_all(dir)?;
             // The stream's directory entry must be durable before any confirm depends on
             // the files in it.
-            if let Some(parent) = dir.parent() {
-                File::open(parent)?.sync_all()?;
-            }
+            let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+            File::open(parent.unwrap_or(Path::new(".")))?.sync_all()?;
         }
         let mut bases = Vec::new();
         for entry in std::fs::read_dir(dir)? {
@@ -297,8 +307,12 @@ impl StreamLog {
             meta: RwLock::new(Meta { segments, bytes }),
             committed: AtomicU64::new(next),
             first: AtomicU64::new(first),
+            // Chunk boundaries are not on disk: after a reopen the last chunk is the last
+            // record.
+            last_chunk: AtomicU64::new(next.saturating_sub(1).max(first)),
             tx,
             deleted: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
         });
         // Limits may have been lowered since the stream was last open.
         log.apply_retention();
@@ -330,14 +344,16 @@ impl StreamLog {
         let mut p = self.pending.lock();
         let offset = p.next;
         p.next += 1;
+        if self.refusing.load(Ordering::Relaxed) {
+            return offset;
+        }
         encode(&mut p.buf, crc, len, offset, timestamp_ms, payload);
         self.pending_bytes.store(p.buf.len(), Ordering::Relaxed);
         offset
     }
 
     /// Encoded bytes appended and not yet taken by a flush. A publisher should stop reading
-    /// (or wait for confirms) while this is above about
-    /// `PENDING_MAX` (8 MiB, as the message store's own pending batch).
+    /// (or wait for confirms) while this is above [`PENDING_MAX`].
     pub fn pending_bytes(&self) -> usize {
         self.pending_bytes.load(Ordering::Relaxed)
     }
@@ -371,6 +387,7 @@ impl StreamLog {
         if w.buf.is_empty() {
             return Ok(());
         }
+        let chunk = header(&w.buf).offset;
         let updates = match self.write_batch(w) {
             Ok(updates) => updates,
             Err(e) => {
@@ -382,6 +399,9 @@ impl StreamLog {
                 let e = Arc::new(e);
                 w.failed = Some(e.clone());
                 w.buf = Vec::new();
+                self.refusing.store(true, Ordering::Relaxed);
+                self.pending.lock().buf = Vec::new();
+                self.pending_bytes.store(0, Ordering::Relaxed);
                 return Err(failed_earlier(&e));
             }
         };
@@ -397,6 +417,7 @@ impl StreamLog {
             }
             m.segments.back().map_or(0, |s| s.end)
         };
+        self.last_chunk.store(chunk, Ordering::Release);
         self.committed.store(committed, Ordering::Release);
         self.tx.send_replace(committed);
         // Still under `writer`: retention and the next flush's `Meta::apply` never interleave.
@@ -545,6 +566,18 @@ impl StreamLog {
     /// waiting at the tail await `changed()` instead of polling.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.tx.subscribe()
+    }
+
+    /// Where `x-stream-offset: last` starts: the first offset of the newest committed
+    /// flush (a flush is this log's chunk: what a publisher sent while the previous sync
+    /// ran), or after a reopen the newest record; [`committed`](Self::committed) when empty.
+    pub fn last_chunk_start(&self) -> u64 {
+        if self.first_offset() >= self.committed() {
+            return self.committed();
+        }
+        self.last_chunk
+            .load(Ordering::Acquire)
+            .max(self.first_offset())
     }
 
     /// The oldest offset still kept (it moves up with retention); equal to
@@ -699,6 +732,7 @@ impl StreamLog {
     pub fn delete(&self) -> io::Result<()> {
         let _writer = self.writer.lock();
         self.deleted.store(true, Ordering::Release);
+        self.refusing.store(true, Ordering::Relaxed);
         self.pending.lock().buf = Vec::new();
         self.pending_bytes.store(0, Ordering::Relaxed);
         {
@@ -1011,6 +1045,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = StreamLog::open(dir.path(), StreamOptions::default()).unwrap();
         assert_eq!((log.committed(), log.first_offset()), (0, 0));
+        assert_eq!(log.last_chunk_start(), 0);
         assert!(log.read(0, 10, usize::MAX).unwrap().is_empty());
         for i in 0..5 {
             assert_eq!(log.append(100 + i, &payload(i, 10)), i);
@@ -1022,6 +1057,7 @@ mod tests {
         log.flush_and_sync().unwrap();
         assert_eq!(log.pending_bytes(), 0);
         assert_eq!(log.committed(), 5);
+        assert_eq!(log.last_chunk_start(), 0);
         let recs = log.read(0, 10, usize::MAX).unwrap();
         assert_eq!(offsets(&recs), vec![0, 1, 2, 3, 4]);
         for r in &recs {
@@ -1038,6 +1074,13 @@ mod tests {
         // An empty flush does nothing.
         log.flush_and_sync().unwrap();
         assert_eq!(log.committed(), 5);
+        log.append(200, b"a");
+        log.append(201, b"b");
+        log.flush_and_sync().unwrap();
+        assert_eq!((log.committed(), log.last_chunk_start()), (7, 5));
+        drop(log);
+        let log = StreamLog::open(dir.path(), StreamOptions::default()).unwrap();
+        assert_eq!((log.committed(), log.last_chunk_start()), (7, 6));
     }
 
     #[test]
@@ -1345,6 +1388,9 @@ mod tests {
         log.flush_and_sync().unwrap();
         assert!(log.read(0, 10, usize::MAX).unwrap().is_empty());
         assert_eq!(log.stats(), (0, 0, 0));
+        assert_eq!(log.last_chunk_start(), log.committed());
+        log.append(3, b"c");
+        assert_eq!(log.pending_bytes(), 0);
     }
 
     /// A target that counts its flushes, flushes a real stream, and can hold the committer
@@ -1480,6 +1526,8 @@ mod tests {
         log.append(3, b"c");
         assert!(log.flush_and_sync().is_err());
         assert_eq!(log.committed(), 1);
+        // Nothing will write them, so they are not kept.
+        assert_eq!(log.pending_bytes(), 0);
     }
 
     /// `cargo test --release --lib store::stream -- --ignored --nocapture`
@@ -1493,10 +1541,13 @@ mod tests {
             let log = StreamLog::open(dir.path(), StreamOptions::default()).unwrap();
             let p = vec![0xa5u8; len];
             let t = Instant::now();
+            let mut in_flush = Duration::ZERO;
             for i in 0..n {
                 log.append(i, &p);
                 if i % 1000 == 999 {
+                    let f = Instant::now();
                     log.flush_and_sync().unwrap();
+                    in_flush += f.elapsed();
                 }
             }
             log.flush_and_sync().unwrap();
@@ -1516,10 +1567,12 @@ mod tests {
             let o = t.elapsed();
             assert_eq!(log.committed(), n);
             eprintln!(
-                "{len} B x {n}: append+flush(1000) {:.0} rec/s ({:.1} MB/s, {} syncs); read {:.0} rec/s ({:.0} MB/s payload); reopen {:.0} ms; index {} entries",
+                "{len} B x {n}: append+flush(1000) {:.0} rec/s ({:.1} MB/s, {} flushes, {:.0} us/flush, {:.0} ns/append); read {:.0} rec/s ({:.0} MB/s payload); reopen {:.0} ms; index {} entries",
                 n as f64 / w.as_secs_f64(),
                 (n * (len + HEADER) as u64) as f64 / w.as_secs_f64() / 1e6,
                 n / 1000,
+                in_flush.as_secs_f64() * 1e6 / (n / 1000) as f64,
+                (w - in_flush).as_secs_f64() * 1e9 / n as f64,
                 n as f64 / r.as_secs_f64(),
                 bytes as f64 / r.as_secs_f64() / 1e6,
                 o.as_secs_f64() * 1e3,
