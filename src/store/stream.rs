@@ -1530,6 +1530,42 @@ mod tests {
         assert_eq!(log.pending_bytes(), 0);
     }
 
+    /// Stream publishes confirmed through the message store's group commit: append +
+    /// `sync_with` per record, waiting for the watermark every 1,000 (a confirm window).
+    /// `cargo test --release --lib store::stream -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn bench_sync_with() {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        for (len, n) in [(16usize, 1_000_000u64), (1024, 300_000)] {
+            let dir = tempfile::tempdir_in(&base).unwrap();
+            let (store, _) =
+                MessageStore::open(&dir.path().join("msgs"), StoreOptions::default()).unwrap();
+            let wm = store.watermark();
+            let log =
+                StreamLog::open(&dir.path().join("stream"), StreamOptions::default()).unwrap();
+            let target: Arc<dyn SyncTarget> = log.clone();
+            let p = vec![0x5au8; len];
+            let t = Instant::now();
+            let mut seq = Seq(0);
+            for i in 0..n {
+                log.append(i, &p);
+                seq = store.sync_with(target.clone()).unwrap();
+                if i % 1000 == 999 {
+                    wm.wait_blocking(seq).unwrap();
+                }
+            }
+            wm.wait_blocking(seq).unwrap();
+            let e = t.elapsed();
+            assert_eq!(log.committed(), n);
+            eprintln!(
+                "sync_with {len} B x {n}: {:.0} confirmed rec/s, {} store batches",
+                n as f64 / e.as_secs_f64(),
+                store.stats().batches,
+            );
+        }
+    }
+
     /// `cargo test --release --lib store::stream -- --ignored --nocapture`
     #[test]
     #[ignore]
