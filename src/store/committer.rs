@@ -22,6 +22,13 @@
 //! MiB pending while the previous batch was written, and the broker's RSS peaked at 1.1
 //! GiB. When the log goes idle the committer also gives back both buffers if they grew.
 //!
+//! Sync targets (`SyncTarget`, e.g. a stream log): `MessageStore::sync_with` gives a
+//! target a sequence number without writing a record and enlists it in the pending batch
+//! (once per batch). After writing and syncing its own segment the committer calls every
+//! enlisted target's `flush_and_sync`, and only then publishes the batch's watermark, so a
+//! confirm for a stream publish means the stream's bytes are synced too. A failing target is
+//! a failed write: fail-stop.
+//!
 //! Fail-stop: the first failed write, sync, unlink or directory sync is logged once, the
 //! cause is kept, the watermark is marked failed (every unsynced confirm fails) and the
 //! thread exits; appends fail from then on. Nothing here touches the disk again.
@@ -33,12 +40,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Condvar, Mutex, RwLock};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use tokio::sync::watch;
 
 use super::index::Index;
 use super::segment::{self, ID_RECORD_LEN, KIND_ACK, KIND_DELIVERED};
-use super::{Appended, Faults, Location, MsgId, Seq, StoreError};
+use super::{Appended, Faults, Location, MsgId, Seq, StoreError, SyncTarget};
 
 /// Encoded bytes pending before appenders wait for the committer to take them. A batch
 /// this size is about 30 ms of a 250 MB/s disk, so the disk stays busy while the next one
@@ -143,6 +150,13 @@ pub(crate) struct State {
     pub(crate) flush_req: u64,
     pub(crate) appends: u64,
     pub(crate) records: u64,
+    /// Sync targets enlisted in the pending batch, each once (`sync_with`). Swapped with the
+    /// committer's own (empty) Vec at `take`, so its capacity is reused: no allocation per
+    /// batch once it has grown.
+    targets: Vec<Arc<dyn SyncTarget>>,
+    /// Addresses of `targets`, for deduplication when the newest one does not match.
+    /// Cleared (capacity kept) at `take`.
+    target_set: HashSet<usize>,
 }
 
 impl State {
@@ -164,6 +178,8 @@ impl State {
             flush_req: 0,
             appends: 0,
             records: 0,
+            targets: Vec::new(),
+            target_set: HashSet::new(),
         }
     }
 
@@ -236,6 +252,25 @@ impl State {
             },
             seq: Seq(self.seq),
         })
+    }
+
+    /// Gives `target` the next sequence number (no record is written) and enlists it in the
+    /// pending batch. The batch then counts as needing a sync: the watermark can only pass
+    /// this number once every earlier record of the log (acks included) is synced as well.
+    pub(crate) fn sync_with(&mut self, target: Arc<dyn SyncTarget>) -> Result<Seq, StoreError> {
+        self.check_open()?;
+        self.seq += 1;
+        self.sync_needed = true;
+        let addr = Arc::as_ptr(&target) as *const () as usize;
+        // Common case: the same stream again; one comparison, no hashing, no allocation.
+        let newest = self
+            .targets
+            .last()
+            .map(|t| Arc::as_ptr(t) as *const () as usize);
+        if newest != Some(addr) && self.target_set.insert(addr) {
+            self.targets.push(target);
+        }
+        Ok(Seq(self.seq))
     }
 
     pub(crate) fn ack(&mut self, id: u64) {
@@ -317,6 +352,8 @@ pub(crate) struct Committer {
     flushed: u64,
     /// The committer's half of the double buffer.
     buf: Vec<u8>,
+    /// The batch's sync targets (swapped with `State::targets`); empty between batches.
+    targets: Vec<Arc<dyn SyncTarget>>,
     faults: Faults,
     writes: u64,
     syncs: u64,
@@ -339,6 +376,7 @@ impl Committer {
             synced: 0,
             flushed: 0,
             buf: Vec::new(),
+            targets: Vec::new(),
             faults,
             writes: 0,
             syncs: 0,
@@ -368,7 +406,11 @@ impl Committer {
     /// Waits for work and takes the whole pending batch.
     fn take(&mut self) -> Batch {
         let mut st = self.shared.state.lock();
-        if st.pending.is_empty() && st.flush_req == self.flushed && !st.closing {
+        if st.pending.is_empty()
+            && st.targets.is_empty()
+            && st.flush_req == self.flushed
+            && !st.closing
+        {
             // Going idle: a flood's buffers are not kept for the next one (the allocator
             // can give them back to the OS).
             if self.buf.capacity() > IDLE_KEEP {
@@ -378,10 +420,17 @@ impl Committer {
                 st.pending = Vec::new();
             }
         }
-        while st.pending.is_empty() && st.flush_req == self.flushed && !st.closing {
+        // A batch of only sync targets (no record) is work too.
+        while st.pending.is_empty()
+            && st.targets.is_empty()
+            && st.flush_req == self.flushed
+            && !st.closing
+        {
             self.shared.work.wait(&mut st);
         }
         std::mem::swap(&mut self.buf, &mut st.pending);
+        std::mem::swap(&mut self.targets, &mut st.targets);
+        st.target_set.clear();
         if self.shared.full.swap(false, Ordering::Relaxed) {
             self.shared.room.notify_all();
         }
@@ -408,6 +457,12 @@ impl Committer {
         self.write(seg, &buf[start..])?;
         if batch.sync || batch.closing || batch.flush > self.flushed {
             self.sync_current()?;
+        }
+        // Sync targets after our own segment, before the watermark moves: their seqs are
+        // in `last_seq`. An error returns before `synced` advances (fail-stop in `run`).
+        // Draining drops the batch's Arcs, so a deleted stream is not kept alive.
+        for target in self.targets.drain(..) {
+            target.flush_and_sync()?;
         }
         if !self.file.as_ref().is_some_and(|f| f.dirty) {
             self.synced = batch.last_seq;
@@ -538,6 +593,8 @@ impl Committer {
             st.failed = true;
             st.pending = Vec::new();
             st.rolls.clear();
+            st.targets.clear();
+            st.target_set.clear();
             self.shared.full.store(false, Ordering::Relaxed);
             self.shared.room.notify_all();
         }

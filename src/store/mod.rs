@@ -39,14 +39,23 @@
 //! may be cold, or first try [`read_many_cached`](MessageStore::read_many_cached), which
 //! never waits for the disk.
 //!
+//! # Other logs in the same group commit
+//!
+//! [`MessageStore::sync_with`] enlists a [`SyncTarget`] (a [`stream::StreamLog`]) in the
+//! pending batch and gives it a [`Seq`]: the committer calls the target's `flush_and_sync`
+//! after syncing its own segment and before the watermark passes that `Seq`, so stream
+//! publishes are confirmed by the same watermark, in the same batches.
+//!
 //! Files: `segment.rs` (format), `index.rs` (liveness, and when a segment may be deleted),
-//! `committer.rs` (batching, sync, watermark, GC), `recovery.rs` (open).
+//! `committer.rs` (batching, sync, watermark, GC), `recovery.rs` (open), `stream.rs` (stream
+//! queues' logs, separate directories and format).
 
 mod committer;
 pub mod definitions;
 mod index;
 mod recovery;
 mod segment;
+pub mod stream;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -63,6 +72,18 @@ use tokio::sync::watch;
 
 use committer::{Committer, Counters, Durable, Progress, Shared, State};
 use segment::Record;
+
+/// Something else that must be on disk before a confirm: the committer calls
+/// [`flush_and_sync`](SyncTarget::flush_and_sync) on its thread (`warren-store`) for every
+/// target enlisted with [`MessageStore::sync_with`], once per batch.
+pub trait SyncTarget: Send + Sync {
+    /// Writes everything the target has buffered and makes it durable (fdatasync).
+    ///
+    /// # Errors
+    /// Any I/O failure. The message store then fails as on its own write error (fail-stop:
+    /// logged once, the watermark fails, every unconfirmed `Seq` is nacked).
+    fn flush_and_sync(&self) -> io::Result<()>;
+}
 
 /// Identifies one stored message (one queue's copy). Assigned by the store; never 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -513,6 +534,25 @@ impl MessageStore {
         };
         self.shared.work.notify_one();
         Ok(appended)
+    }
+
+    /// Assigns the next [`Seq`] without writing a record and enlists `target` in the pending
+    /// batch (each target once per batch; the same target again costs one comparison). The
+    /// committer calls `target.flush_and_sync()` after writing (and, if needed, syncing) its
+    /// own records of the batch and before the [`Watermark`] reaches the returned `Seq`:
+    /// whatever the target buffered before this call is durable once it is confirmed. A
+    /// batch holding only targets still wakes the committer.
+    ///
+    /// Use: `stream.append(..)` then `store.sync_with(stream.clone())`, and confirm the
+    /// publish when the watermark passes the `Seq`, like a message-log publish.
+    ///
+    /// # Errors
+    /// [`StoreError::Failed`] after an I/O failure (including a target's), or
+    /// [`StoreError::Closed`] while closing.
+    pub fn sync_with(&self, target: Arc<dyn SyncTarget>) -> Result<Seq, StoreError> {
+        let seq = self.shared.state.lock().sync_with(target)?;
+        self.shared.work.notify_one();
+        Ok(seq)
     }
 
     /// Whether the pending batch is full: an appender should then
