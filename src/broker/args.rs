@@ -190,7 +190,7 @@ pub fn validate_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> Resul
             "x-queue-mode" => keyword(&[b"default", b"lazy"], &|m| {
                 format!("\"unsupported queue mode '{m}'\"")
             })?,
-            // Streams come with their own issue; until then "stream" is unknown too.
+            // Streams are validated by `queue::stream` and never get here.
             "x-queue-type" => keyword(&[b"classic", b"quorum"], &|t| {
                 format!("\"unsupported queue type '{t}'\"")
             })?,

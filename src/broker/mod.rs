@@ -38,6 +38,8 @@ pub struct Persistence {
     pub budget: Budget,
     /// Where deep queues spill the index of their paged-out messages (unlinked files).
     pub spill_dir: std::path::PathBuf,
+    /// Where streams keep their logs, one directory each (`queue::stream_dir_name`).
+    pub stream_dir: std::path::PathBuf,
 }
 
 /// The memory budget for queued messages: past it, bodies live only in the message log.
@@ -142,6 +144,7 @@ impl Broker {
                 resident: Default::default(),
             },
             spill_dir,
+            stream_dir: config.data_dir.join("streams"),
         });
         let b = Self::build(config, Some(persist.clone()), &loaded)?;
         let queues: std::collections::HashMap<String, Arc<queue::Queue>> = b

@@ -44,6 +44,8 @@ pub struct QueueArgs {
     pub delivery_limit: Option<u64>,
     /// `x-queue-type: quorum` (delivery counting is always on).
     pub quorum: bool,
+    /// `x-queue-type: stream`.
+    pub stream: bool,
     /// Warren's `x-delivery-limit-exchange`: where messages over the delivery limit are
     /// dead-lettered (default: the dead-letter exchange), so a retry loop through the DLX
     /// can end in a parking queue.
@@ -74,6 +76,7 @@ impl QueueArgs {
         };
         let unsigned = |k: &str| int(k).and_then(|n| u64::try_from(n).ok());
         let quorum = string("x-queue-type").as_deref() == Some("quorum");
+        let stream = string("x-queue-type").as_deref() == Some("stream");
         let def = policy.map(|p| p.definition.clone()).unwrap_or_default();
         let overflow_name = string("x-overflow").or(def.overflow);
         let overflow = match overflow_name.as_deref() {
@@ -108,6 +111,7 @@ impl QueueArgs {
             ),
             delivery_limit,
             quorum,
+            stream,
             delivery_limit_exchange: string("x-delivery-limit-exchange"),
             policy: policy.map(|p| (p.name.clone(), p.definition.clone())),
         }

@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use crate::broker::args::{self, QUEUE_ARGS};
 use crate::broker::exchange::{Dest, Exchange, ExchangeKind, delayed};
 use crate::broker::message::Message;
-use crate::broker::queue::{DeliverySink, Queue, QueueEvent, QueueInit};
+use crate::broker::queue::{DeliverySink, Queue, QueueEvent, QueueInit, stream};
 use crate::broker::queue_args::{QueueArgs, matching_policy};
 use crate::broker::{Persistence, blocking};
 use crate::config::Policy;
@@ -260,7 +260,7 @@ impl VHost {
                 .persist
                 .as_ref()
                 .map(|p| (p.clone(), self.name.as_str()));
-            let queue = Arc::new(Queue::new(QueueInit {
+            let queue = match Queue::create(QueueInit {
                 name: &q.name,
                 durable: true,
                 owner: None,
@@ -269,7 +269,15 @@ impl VHost {
                 args,
                 vhost: self.me.clone(),
                 store,
-            }));
+            }) {
+                Ok(queue) => Arc::new(queue),
+                Err(e) => {
+                    // The definition stays; the next boot tries again.
+                    tracing::error!(vhost = %self.name, queue = %q.name, error = %e,
+                        "cannot open the queue's storage; it is not restored");
+                    continue;
+                }
+            };
             queue.start_timer();
             restored.push(queue.clone());
             self.names.write().insert(queue.name.clone());
@@ -661,8 +669,16 @@ impl VHost {
                         q_(q.auto_delete),
                     ));
                 }
-                args::validate_queue_args(arguments, name, &self.name)?;
-                if let Some((arg, r, c)) =
+                if stream::is_stream(arguments) {
+                    stream::validate(arguments, name, &self.name)?;
+                } else {
+                    args::validate_queue_args(arguments, name, &self.name)?;
+                }
+                if q.stream().is_some() {
+                    if let Some((arg, r, c)) = stream::inequivalence(&q.arguments, arguments) {
+                        return Err(self.inequivalent("queue", arg, name, r, c));
+                    }
+                } else if let Some((arg, r, c)) =
                     args::first_difference(&q.arguments, arguments, QUEUE_ARGS)
                 {
                     return Err(self.inequivalent(
@@ -685,8 +701,19 @@ impl VHost {
         if flags.passive {
             return Err(self.no_queue(name));
         }
-        args::validate_queue_args(arguments, name, &self.name)?;
-        check_queue_type(arguments, name, &self.name, flags)?;
+        if stream::is_stream(arguments) {
+            stream::check_flags(
+                name,
+                &self.name,
+                flags.durable,
+                flags.exclusive,
+                flags.auto_delete,
+            )?;
+            stream::validate(arguments, name, &self.name)?;
+        } else {
+            args::validate_queue_args(arguments, name, &self.name)?;
+            check_queue_type(arguments, name, &self.name, flags)?;
+        }
         if let Some(max) = self.limit("max-queues")
             && self.queues.len() as u64 >= max
         {
@@ -699,23 +726,11 @@ impl VHost {
             arguments,
             matching_policy(&self.policies.read().clone(), name, true),
         );
-        // Exclusive queues never outlive their connection, restart or not: not stored.
-        let stored = flags.durable && !flags.exclusive;
-        if stored {
-            self.save(|d| {
-                d.put_queue(&QueueDef {
-                    vhost: self.name.clone(),
-                    name: name.into(),
-                    auto_delete: flags.auto_delete,
-                    arguments: arguments.clone(),
-                })
-            })?;
-        }
         let store = self
             .persist
             .as_ref()
             .map(|p| (p.clone(), self.name.as_str()));
-        let q = Arc::new(Queue::new(QueueInit {
+        let q = Queue::create(QueueInit {
             name,
             durable: flags.durable,
             owner: flags.exclusive.then_some(conn_id),
@@ -724,7 +739,28 @@ impl VHost {
             args,
             vhost: self.me.clone(),
             store,
-        }));
+        })
+        .map_err(|e| {
+            tracing::error!(queue = name, error = %e, "cannot create the queue's storage");
+            AmqpError::internal_error(format!("cannot create queue '{name}': {e}"))
+        })?;
+        let q = Arc::new(q);
+        // Exclusive queues never outlive their connection, restart or not: not stored.
+        let stored = flags.durable && !flags.exclusive;
+        if stored
+            && let Err(e) = self.save(|d| {
+                d.put_queue(&QueueDef {
+                    vhost: self.name.clone(),
+                    name: name.into(),
+                    auto_delete: flags.auto_delete,
+                    arguments: arguments.clone(),
+                })
+            })
+        {
+            // A stream's new log goes with the definition that was not kept.
+            q.mark_deleted();
+            return Err(e);
+        }
         q.start_timer();
         self.names.write().insert(q.name.clone());
         self.queues.insert(q.name.clone(), q.clone());
@@ -811,6 +847,10 @@ impl VHost {
             Err(e) if e.code == 404 => return Ok(0),
             Err(e) => return Err(e),
         };
+        if q.stream().is_some() {
+            // compat: RabbitMQ deletes a stream whatever `if_unused` and `if_empty` say.
+            return Ok(self.remove_queue(&q));
+        }
         if if_unused && q.consumer_count() > 0 {
             return Err(AmqpError::precondition_failed(format!(
                 "queue '{name}' in vhost '{}' in use",

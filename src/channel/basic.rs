@@ -19,7 +19,7 @@ use super::{
 use crate::auth::{Kind, Perm};
 use crate::broker::message::Message;
 use crate::broker::names;
-use crate::broker::queue::{Consumer, ConsumerHandle, Published};
+use crate::broker::queue::{ConsumeOptions, Consumer, ConsumerHandle, Operation, Published};
 use crate::broker::vhost::{REPLY_TO, ReplyTarget};
 use crate::error::{AmqpError, Result};
 use crate::protocol::{self, content::Content};
@@ -104,7 +104,11 @@ impl Channel {
                 handle,
             },
         );
-        if let Err(e) = queue.add_consumer(consumer, &ctx.vhost.name) {
+        let options = ConsumeOptions {
+            arguments: &m.arguments,
+            prefetch: self.prefetch,
+        };
+        if let Err(e) = queue.add_consumer(consumer, options, &ctx.vhost.name) {
             self.detach(&tag);
             ctx.out.truncate(mark);
             return Err(e);
@@ -375,6 +379,7 @@ impl Channel {
         let name = self.queue_name(m.queue.as_str())?;
         self.allow(ctx, Perm::Read, Kind::Queue, &name)?;
         let queue = ctx.vhost.queue(&name, ctx.conn_id)?;
+        queue.supports(Operation::Get, &ctx.vhost.name)?;
         let Some((entry, remaining)) = queue.get(m.no_ack) else {
             ctx.send(
                 self.id,

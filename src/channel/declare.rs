@@ -8,6 +8,7 @@ use amq_protocol::protocol::{AMQPClass, exchange, queue};
 use super::{Channel, Ctx};
 use crate::auth::{Kind, Perm};
 use crate::broker::names;
+use crate::broker::queue::Operation;
 use crate::broker::vhost::{ExchangeFlags, QueueFlags};
 use crate::error::{AmqpError, Result};
 
@@ -152,15 +153,23 @@ impl Channel {
             if m.passive {
                 self.queue_name("")?
             } else {
-                if m.arguments
+                match m
+                    .arguments
                     .inner()
                     .get("x-queue-type")
                     .and_then(crate::broker::args::as_bytes)
-                    == Some(b"quorum")
                 {
-                    return Err(AmqpError::precondition_failed(
-                        "invalid property 'server-named' for queue ''",
-                    ));
+                    Some(b"quorum") => {
+                        return Err(AmqpError::precondition_failed(
+                            "invalid property 'server-named' for queue ''",
+                        ));
+                    }
+                    Some(b"stream") => {
+                        return Err(AmqpError::precondition_failed(
+                            "Cannot declare a server-named queue for type rabbit_stream_queue",
+                        ));
+                    }
+                    _ => {}
                 }
                 names::generate("amq.gen-")
             }
@@ -239,7 +248,9 @@ impl Channel {
     pub(super) fn queue_purge(&mut self, ctx: &mut Ctx<'_>, m: queue::Purge) -> Result<()> {
         let name = self.queue_name(m.queue.as_str())?;
         self.allow(ctx, Perm::Read, Kind::Queue, &name)?;
-        let n = ctx.vhost.queue(&name, ctx.conn_id)?.purge();
+        let q = ctx.vhost.queue(&name, ctx.conn_id)?;
+        q.supports(Operation::Purge, &ctx.vhost.name)?;
+        let n = q.purge();
         if !m.nowait {
             ctx.send(
                 self.id,

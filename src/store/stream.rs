@@ -215,6 +215,9 @@ pub struct StreamLog {
     pending: Mutex<Pending>,
     /// Mirror of `pending.buf.len()` for lock-free back-pressure checks.
     pending_bytes: AtomicUsize,
+    /// Signalled when a flush takes the pending buffer (or the log stops taking records):
+    /// publishers waiting in [`wait_for_room`](StreamLog::wait_for_room) go on.
+    room: parking_lot::Condvar,
     /// Flushers only.
     writer: Mutex<Writer>,
     /// Readers (shared) and the flusher (exclusive, briefly, after each sync).
@@ -298,6 +301,7 @@ impl StreamLog {
                 next,
             }),
             pending_bytes: AtomicUsize::new(0),
+            room: parking_lot::Condvar::new(),
             writer: Mutex::new(Writer {
                 buf: Vec::new(),
                 active,
@@ -337,19 +341,41 @@ impl StreamLog {
     ///
     /// [`flush_and_sync`]: StreamLog::flush_and_sync
     pub fn append(&self, timestamp_ms: u64, payload: &[u8]) -> u64 {
-        let len = u32::try_from(payload.len()).expect("stream record payload under 4 GiB");
+        self.append_parts(timestamp_ms, &[payload])
+    }
+
+    /// [`append`](Self::append) of the concatenation of `parts`, copied once, straight into
+    /// the pending buffer.
+    ///
+    /// # Panics
+    /// If the parts add up to 4 GiB or more.
+    pub fn append_parts(&self, timestamp_ms: u64, parts: &[&[u8]]) -> u64 {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let len = u32::try_from(total).expect("stream record payload under 4 GiB");
         // The expensive part of the checksum, outside the lock.
         let mut crc = crc32fast::Hasher::new();
-        crc.update(payload);
+        for part in parts {
+            crc.update(part);
+        }
         let mut p = self.pending.lock();
         let offset = p.next;
         p.next += 1;
         if self.refusing.load(Ordering::Relaxed) {
             return offset;
         }
-        encode(&mut p.buf, crc, len, offset, timestamp_ms, payload);
+        encode(&mut p.buf, crc, len, offset, timestamp_ms, parts);
         self.pending_bytes.store(p.buf.len(), Ordering::Relaxed);
         offset
+    }
+
+    /// Blocks the calling thread while more than [`PENDING_MAX`] bytes are pending, until a
+    /// flush takes them (or the log is deleted or failed), so a publisher cannot run ahead
+    /// of the disk by more than one batch. Not for async tasks without `block_in_place`.
+    pub fn wait_for_room(&self) {
+        let mut p = self.pending.lock();
+        while p.buf.len() > PENDING_MAX && !self.refusing.load(Ordering::Relaxed) {
+            self.room.wait(&mut p);
+        }
     }
 
     /// Encoded bytes appended and not yet taken by a flush. A publisher should stop reading
@@ -384,6 +410,7 @@ impl StreamLog {
             std::mem::swap(&mut w.buf, &mut p.buf);
             self.pending_bytes.store(0, Ordering::Relaxed);
         }
+        self.room.notify_all();
         if w.buf.is_empty() {
             return Ok(());
         }
@@ -402,6 +429,7 @@ impl StreamLog {
                 self.refusing.store(true, Ordering::Relaxed);
                 self.pending.lock().buf = Vec::new();
                 self.pending_bytes.store(0, Ordering::Relaxed);
+                self.room.notify_all();
                 return Err(failed_earlier(&e));
             }
         };
@@ -735,6 +763,9 @@ impl StreamLog {
         self.refusing.store(true, Ordering::Relaxed);
         self.pending.lock().buf = Vec::new();
         self.pending_bytes.store(0, Ordering::Relaxed);
+        self.room.notify_all();
+        // Consumers waiting at the tail look again, and find the stream gone.
+        self.tx.send_modify(|_| {});
         {
             let mut m = self.meta.write();
             m.segments.clear();
@@ -962,17 +993,19 @@ fn encode(
     len: u32,
     offset: u64,
     timestamp_ms: u64,
-    payload: &[u8],
+    payload: &[&[u8]],
 ) {
     let mut rest = [0u8; HEADER - 4];
     rest[..4].copy_from_slice(&len.to_le_bytes());
     rest[4..12].copy_from_slice(&offset.to_le_bytes());
     rest[12..].copy_from_slice(&timestamp_ms.to_le_bytes());
     crc.update(&rest);
-    buf.reserve(HEADER + payload.len());
+    buf.reserve(HEADER + len as usize);
     buf.extend_from_slice(&crc.finalize().to_le_bytes());
     buf.extend_from_slice(&rest);
-    buf.extend_from_slice(payload);
+    for part in payload {
+        buf.extend_from_slice(part);
+    }
 }
 
 fn corrupt(why: &'static str) -> io::Error {

@@ -14,10 +14,12 @@
 
 mod classic;
 mod consumer;
+pub mod stream;
 
 use crate::broker::stats::{Figures, fig};
 use classic::state::{Level, State};
 pub use consumer::*;
+pub use stream::{ConsumeOptions, Operation};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -168,11 +170,22 @@ pub struct Queue {
     store_key: Arc<str>,
     deleted: AtomicBool,
     missing_dlx_logged: AtomicBool,
+    /// The classic type's state (empty, and never locked on the hot path, for other types).
     state: Mutex<State>,
     timer: Arc<Notify>,
+    /// Which queue type this is, with that type's own parts.
+    kind: Kind,
     /// Counters for the management API (`message_stats`), relaxed atomics bumped where the
     /// event happens anyway; nothing walks messages to compute them.
     pub stats: QueueStats,
+}
+
+/// A queue's type. The interface's methods dispatch on it; the classic type's state is the
+/// queue's own `state`.
+#[derive(Debug)]
+enum Kind {
+    Classic,
+    Stream(Box<stream::Stream>),
 }
 
 /// A queue's message counters since it was declared (RabbitMQ's `message_stats` names).
@@ -283,8 +296,29 @@ impl Queue {
             deleted: AtomicBool::new(false),
             missing_dlx_logged: AtomicBool::new(false),
             timer: Arc::new(Notify::new()),
+            kind: Kind::Classic,
             stats: QueueStats::default(),
         }
+    }
+
+    /// A new queue of the type its arguments ask for: a stream opens (or recovers) its log
+    /// under the data directory.
+    ///
+    /// # Errors
+    /// The stream's log cannot be opened, or there is no data directory to keep it in.
+    pub fn create(init: QueueInit<'_>) -> std::io::Result<Self> {
+        if !init.args.stream {
+            return Ok(Self::new(init));
+        }
+        let Some((p, vhost)) = &init.store else {
+            return Err(std::io::Error::other("streams need a data directory"));
+        };
+        let dir = p.stream_dir.join(stream_dir_name(vhost, init.name));
+        let opts = stream::options(&init.arguments, init.args.policy.as_ref().map(|(_, d)| d));
+        let s = stream::Stream::open(&dir, opts, p.store.clone())?;
+        let mut q = Self::new(init);
+        q.kind = Kind::Stream(Box::new(s));
+        Ok(q)
     }
 
     /// Re-applies settings after a policy change, as RabbitMQ does for existing queues.
@@ -297,7 +331,13 @@ impl Queue {
         new.max_priority = old.max_priority;
         new.single_active = old.single_active;
         new.quorum = old.quorum;
+        new.stream = old.stream;
         self.args.store(Arc::new(new));
+        if self.stream().is_some() {
+            // compat: a stream's retention is fixed when it is declared (or recovered);
+            // RabbitMQ applies policy changes to it at once.
+            return;
+        }
         let mut dead = Vec::new();
         {
             let mut s = self.state.lock();
@@ -319,9 +359,12 @@ impl Queue {
     /// This queue's figures, its ready count from a snapshot already taken.
     pub fn figures_with(&self, s: &QueueSnapshot) -> Figures {
         let unacked = self.stats.unacked.load(Ordering::Relaxed);
+        // A stream's records stay after delivery: all of them are its messages (and
+        // "ready"), as RabbitMQ counts them.
+        let unacked_in_messages = if self.stream().is_some() { 0 } else { unacked };
         let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut f = [0; fig::N];
-        f[fig::MESSAGES] = s.ready + unacked;
+        f[fig::MESSAGES] = s.ready + unacked_in_messages;
         f[fig::READY] = s.ready;
         f[fig::UNACKED] = unacked;
         f[fig::PUBLISH] = c(&self.stats.publish);
@@ -338,6 +381,9 @@ impl Queue {
 
     /// The attached consumers, for the management API.
     pub fn consumers(&self) -> Vec<ConsumerView> {
+        if let Some(st) = self.stream() {
+            return st.consumers();
+        }
         self.state
             .lock()
             .consumers
@@ -356,6 +402,9 @@ impl Queue {
 
     /// Ready count, bytes, memory and consumers, under one lock.
     pub fn snapshot(&self) -> QueueSnapshot {
+        if let Some(st) = self.stream() {
+            return st.snapshot();
+        }
         let s = self.state.lock();
         QueueSnapshot {
             ready: s.len as u64,
@@ -372,16 +421,28 @@ impl Queue {
 
     /// Drops every ready message; returns how many.
     pub fn purge(&self) -> u32 {
+        if self.stream().is_some() {
+            // Refused before it gets here (`supports`); a stream's log is never purged.
+            return 0;
+        }
         self.state.lock().clear(true) as u32
     }
 
     /// Ready messages.
     pub fn message_count(&self) -> u32 {
+        if let Some(st) = self.stream() {
+            return u32::try_from(st.records()).unwrap_or(u32::MAX);
+        }
         self.state.lock().len as u32
     }
 
     /// Attached consumers.
     pub fn consumer_count(&self) -> u32 {
+        if self.stream().is_some() {
+            // compat: RabbitMQ's declare-ok reports 0 consumers for a stream, always;
+            // the management API shows the real number (`snapshot`).
+            return 0;
+        }
         self.state.lock().consumers.len() as u32
     }
 
@@ -389,6 +450,10 @@ impl Queue {
     /// consumers, who the caller notifies.
     pub fn mark_deleted(&self) -> (u32, Vec<Consumer>) {
         self.deleted.store(true, Ordering::Release);
+        if let Some(st) = self.stream() {
+            // compat: RabbitMQ's delete-ok reports 0 messages for a stream.
+            return (0, st.delete());
+        }
         if let Some(p) = &self.persist {
             p.store.delete_queue(&self.store_key);
         }
@@ -397,6 +462,14 @@ impl Queue {
         let n = s.clear(false) as u32;
         (n, std::mem::take(&mut s.consumers))
     }
+}
+
+/// A stream's directory under the data directory's `streams/`: a hash of its vhost and
+/// name (names may be 255 bytes of anything; file names may not).
+pub fn stream_dir_name(vhost: &str, name: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(store_key(vhost, name).as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A copy of `msg` with one header set (re-encoding its properties).

@@ -16,6 +16,10 @@ use crate::broker::queue::*;
 impl Queue {
     /// Delivers what credit allows (called after credit was given back).
     pub fn dispatch(self: &Arc<Self>) {
+        if let Some(st) = self.stream() {
+            st.wake();
+            return;
+        }
         let mut dead = Vec::new();
         {
             let mut s = self.state.lock();
@@ -141,7 +145,25 @@ impl Queue {
     /// # Errors
     /// 403 when an exclusive consumer is involved on either side (or an exclusive consumer
     /// on a single-active-consumer queue).
-    pub fn add_consumer(self: &Arc<Self>, c: Consumer, vhost: &str) -> Result<()> {
+    pub fn add_consumer(
+        self: &Arc<Self>,
+        c: Consumer,
+        o: ConsumeOptions<'_>,
+        vhost: &str,
+    ) -> Result<()> {
+        if let Some(st) = self.stream() {
+            return st.attach(self, c, o, vhost);
+        }
+        // Consumer arguments of another queue type, refused as RabbitMQ does.
+        if let Some(k) = ["x-stream-offset", "x-credit"]
+            .into_iter()
+            .find(|k| o.arguments.inner().contains_key(*k))
+        {
+            return Err(AmqpError::precondition_failed(format!(
+                "invalid arg '{k}' for queue '{}' in vhost '{vhost}' of queue type rabbit_classic_queue",
+                self.name
+            )));
+        }
         let mut dead = Vec::new();
         {
             let mut s = self.state.lock();
@@ -172,6 +194,10 @@ impl Queue {
 
     /// Detaches a consumer. Returns true when the queue is auto-delete and now unused.
     pub fn remove_consumer(self: &Arc<Self>, consumer: &ConsumerHandle) -> bool {
+        if let Some(st) = self.stream() {
+            st.detach(consumer);
+            return false;
+        }
         let mut dead = Vec::new();
         let unused = {
             let mut s = self.state.lock();

@@ -14,6 +14,10 @@ impl Queue {
     /// Starts the task that expires messages and the idle queue itself. It holds only a
     /// weak reference, and ends when the queue is deleted or dropped.
     pub fn start_timer(self: &Arc<Self>) {
+        if self.stream().is_some() {
+            // Nothing in a stream expires (retention runs as segments fill).
+            return;
+        }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };

@@ -42,6 +42,9 @@ impl Queue {
         if self.is_deleted() {
             return Published::Accepted(None);
         }
+        if let Some(st) = self.stream() {
+            return st.publish(self, &msg);
+        }
         // One load of the settings for the whole publish (a policy may swap them meanwhile;
         // this message is handled under the ones it found).
         let args = self.args.load();
@@ -298,6 +301,12 @@ impl Queue {
     /// delivery counting on, each return counts; past the limit the message is dead-lettered
     /// with reason `delivery_limit` instead.
     pub fn requeue(self: &Arc<Self>, entries: impl IntoIterator<Item = Entry>) {
+        if self.stream().is_some() {
+            // A stream keeps everything: a requeue (nack, reject, recover, a closed
+            // channel) only settles, as RabbitMQ 3.13+ does.
+            self.stats.settle(entries.into_iter().count() as u64);
+            return;
+        }
         if self.is_deleted() {
             return;
         }
@@ -344,7 +353,7 @@ impl Queue {
         if !no_ack {
             self.stats.settle(1);
         }
-        if !self.is_deleted() {
+        if !self.is_deleted() && self.stream().is_none() {
             self.state.lock().insert_by_seq(entry);
         }
     }
@@ -353,6 +362,10 @@ impl Queue {
     /// with delivery counting on and the limit used up, with reason `delivery_limit`.
     pub fn discard(self: &Arc<Self>, entries: Vec<Entry>) {
         self.stats.settle(entries.len() as u64);
+        if self.stream().is_some() {
+            // Nothing is dead-lettered from a stream (RabbitMQ 3.13+ settles).
+            return;
+        }
         let dead = entries
             .into_iter()
             .map(|e| {

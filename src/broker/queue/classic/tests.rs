@@ -2,6 +2,15 @@ use super::*;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+static NO_ARGUMENTS: std::sync::LazyLock<FieldTable> = std::sync::LazyLock::new(Default::default);
+
+fn no_options() -> ConsumeOptions<'static> {
+    ConsumeOptions {
+        arguments: &NO_ARGUMENTS,
+        prefetch: 0,
+    }
+}
+
 fn msg(body: &'static str) -> Arc<Message> {
     Arc::new(Message {
         exchange: "".into(),
@@ -57,8 +66,8 @@ fn round_robin_within_prefetch() {
     let q = queue(QueueArgs::default());
     let (a, mut ra) = consumer("a", 2, 0);
     let (b, mut rb) = consumer("b", 1, 0);
-    q.add_consumer(a, "/").unwrap();
-    q.add_consumer(b, "/").unwrap();
+    q.add_consumer(a, no_options(), "/").unwrap();
+    q.add_consumer(b, no_options(), "/").unwrap();
     for m in ["1", "2", "3", "4"] {
         q.publish(msg(m));
     }
@@ -72,8 +81,8 @@ fn higher_priority_consumers_first_while_they_have_credit() {
     let q = queue(QueueArgs::default());
     let (low, mut rl) = consumer("low", 10, 0);
     let (high, mut rh) = consumer("high", 2, 5);
-    q.add_consumer(low, "/").unwrap();
-    q.add_consumer(high, "/").unwrap();
+    q.add_consumer(low, no_options(), "/").unwrap();
+    q.add_consumer(high, no_options(), "/").unwrap();
     for m in ["1", "2", "3"] {
         q.publish(msg(m));
     }
@@ -90,8 +99,8 @@ fn single_active_consumer_gets_everything_until_it_leaves() {
     let (a, mut ra) = consumer("a", 0, 0);
     let (b, mut rb) = consumer("b", 0, 0);
     let a_handle = a.handle.clone();
-    q.add_consumer(a, "/").unwrap();
-    q.add_consumer(b, "/").unwrap();
+    q.add_consumer(a, no_options(), "/").unwrap();
+    q.add_consumer(b, no_options(), "/").unwrap();
     q.publish(msg("1"));
     q.publish(msg("2"));
     assert_eq!(bodies(&mut ra), vec!["1", "2"]);
@@ -215,7 +224,7 @@ fn ttl_zero_is_deliver_now_or_never() {
     q.publish(msg("lost"));
     assert_eq!(q.message_count(), 0);
     let (c, mut rc) = consumer("c", 0, 0);
-    q.add_consumer(c, "/").unwrap();
+    q.add_consumer(c, no_options(), "/").unwrap();
     q.publish(msg("kept"));
     assert_eq!(bodies(&mut rc), vec!["kept"]);
 }
@@ -224,8 +233,8 @@ fn ttl_zero_is_deliver_now_or_never() {
 fn exclusive_consumer_conflicts() {
     let q = queue(QueueArgs::default());
     let (a, _ra) = consumer("a", 0, 0);
-    q.add_consumer(a, "/").unwrap();
+    q.add_consumer(a, no_options(), "/").unwrap();
     let (mut b, _rb) = consumer("b", 0, 0);
     b.exclusive = true;
-    assert_eq!(q.add_consumer(b, "/").unwrap_err().code, 403);
+    assert_eq!(q.add_consumer(b, no_options(), "/").unwrap_err().code, 403);
 }
