@@ -74,7 +74,7 @@ pub fn export(broker: &Broker, vhost: Option<&str>) -> Value {
             queues.push(json!({
                 "name": &*q.name, "vhost": v.name, "durable": q.durable,
                 "auto_delete": q.auto_delete,
-                "type": if q.args.load().quorum { "quorum" } else { "classic" },
+                "type": q.type_name(),
                 "arguments": table_to_json(&q.arguments),
             }));
         }

@@ -66,6 +66,30 @@ pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// Removes stream logs that no stored definition owns: a crash between deleting a
+/// stream's definition and its files leaves them behind. (Owned by the definitions, not by
+/// the streams restored: a log that failed to open is kept for the next boot.)
+fn remove_orphan_streams(dir: &std::path::Path, loaded: &Loaded) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let owned: std::collections::HashSet<String> = loaded
+        .queues
+        .iter()
+        .filter(|q| queue::stream::is_stream(&q.arguments))
+        .map(|q| queue::stream_dir_name(&queue::store_key(&q.vhost, &q.name)))
+        .collect();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !owned.contains(&name) {
+            tracing::warn!(dir = %e.path().display(), "removing the log of a stream that no longer exists");
+            if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                tracing::warn!(dir = %e.path().display(), error = %err, "cannot remove it");
+            }
+        }
+    }
+}
+
 /// The broker: everything connections share.
 #[derive(Debug)]
 pub struct Broker {
@@ -153,6 +177,7 @@ impl Broker {
             .flat_map(|v| v.restore(&loaded))
             .map(|q| (q.store_key().to_owned(), q))
             .collect();
+        remove_orphan_streams(&persist.stream_dir, &loaded);
         let mut counts = std::collections::HashMap::<&str, u64>::new();
         recovery.replay(|key, m, payload| match queues.get(key) {
             Some(q) => {

@@ -24,7 +24,7 @@ use super::error::{ApiError, ApiResult, parse_body};
 use super::pagination::{ListQuery, Window, shape_by_name};
 use super::values::{json_to_table, lenient_bool, lenient_u64, properties_to_json, table_to_json};
 use crate::auth::{Kind, Perm};
-use crate::broker::queue::Queue;
+use crate::broker::queue::{Operation, Queue};
 use crate::broker::stats::{Figures, fig};
 use crate::broker::vhost::{QueueFlags, VHost};
 
@@ -74,7 +74,7 @@ pub fn queue_json(api: &Api, vhost: &VHost, q: &Queue) -> Value {
         "exclusive": q.owner.is_some(),
         "exclusive_consumer_tag": null,
         "arguments": table_to_json(&q.arguments),
-        "type": "classic",
+        "type": q.type_name(),
         "state": "running",
         "node": &*api.node,
         "policy": policy.as_ref().map(|(n, _)| n.as_str()),
@@ -247,6 +247,8 @@ pub async fn purge(
 ) -> ApiResult<StatusCode> {
     let (_, q) = find(&api, &vhost, &name)?;
     api.allow(&vhost, Perm::Read, Kind::Queue, &name)?;
+    q.supports(Operation::Purge, &vhost)
+        .map_err(|e| ApiError::bad_request(e.text))?;
     q.purge();
     Ok(StatusCode::NO_CONTENT)
 }
@@ -303,6 +305,8 @@ pub async fn get_messages(
             "Unsupported encoding: '{encoding}'"
         )));
     }
+    q.supports(Operation::Get, &vhost)
+        .map_err(|e| ApiError::bad_request(e.text))?;
     let mut taken = Vec::new();
     let mut out = Vec::new();
     for _ in 0..b.count.unwrap_or(1) {

@@ -313,7 +313,9 @@ impl Queue {
         let Some((p, vhost)) = &init.store else {
             return Err(std::io::Error::other("streams need a data directory"));
         };
-        let dir = p.stream_dir.join(stream_dir_name(vhost, init.name));
+        let dir = p
+            .stream_dir
+            .join(stream_dir_name(&store_key(vhost, init.name)));
         let opts = stream::options(&init.arguments, init.args.policy.as_ref().map(|(_, d)| d));
         let s = stream::Stream::open(&dir, opts, p.store.clone())?;
         let mut q = Self::new(init);
@@ -372,6 +374,15 @@ impl Queue {
         f[fig::ACK] = c(&self.stats.ack);
         f[fig::REDELIVER] = c(&self.stats.redeliver);
         Figures(f)
+    }
+
+    /// The queue type's name as RabbitMQ's management API and definitions show it.
+    pub fn type_name(&self) -> &'static str {
+        match &self.kind {
+            Kind::Stream(_) => "stream",
+            Kind::Classic if self.args.load().quorum => "quorum",
+            Kind::Classic => "classic",
+        }
     }
 
     /// Whether the queue has been deleted (deliveries to it are dropped).
@@ -466,9 +477,10 @@ impl Queue {
 
 /// A stream's directory under the data directory's `streams/`: a hash of its vhost and
 /// name (names may be 255 bytes of anything; file names may not).
-pub fn stream_dir_name(vhost: &str, name: &str) -> String {
+/// `key` is the queue's [`store_key`].
+pub fn stream_dir_name(key: &str) -> String {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(store_key(vhost, name).as_bytes());
+    let digest = sha2::Sha256::digest(key.as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -288,6 +288,56 @@ pub fn start_at(args: &FieldTable, queue: &str, vhost: &str, now_ms: u64) -> Res
     }
 }
 
+/// A consumer's stream filter (RabbitMQ 3.13+): the `x-stream-filter` values it wants,
+/// and whether it also wants messages published without a filter value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Filter {
+    /// Wanted `x-stream-filter-value`s.
+    pub values: Vec<Vec<u8>>,
+    /// `x-stream-match-unfiltered` (default false).
+    pub match_unfiltered: bool,
+}
+
+/// Parses `x-stream-filter` (a string or an array of strings) and
+/// `x-stream-match-unfiltered` (a bool); `None` without a filter.
+///
+/// # Errors
+/// 406 `invalid arg 'x-stream-filter' …` for other types.
+pub(super) fn filter(args: &FieldTable, queue: &str, vhost: &str) -> Result<Option<Filter>> {
+    let Some(v) = args.inner().get("x-stream-filter") else {
+        return Ok(None);
+    };
+    let bad = |k: &str, v: &AMQPValue| {
+        invalid(
+            k,
+            queue,
+            vhost,
+            format!("{{unacceptable_type,{}}}", type_name(v)),
+        )
+    };
+    let string = |v: &AMQPValue| match v {
+        AMQPValue::LongString(_) | AMQPValue::ShortString(_) => as_bytes(v).map(<[u8]>::to_vec),
+        _ => None,
+    };
+    let values = match v {
+        AMQPValue::FieldArray(a) => a
+            .as_slice()
+            .iter()
+            .map(|x| string(x).ok_or_else(|| bad("x-stream-filter", x)))
+            .collect::<Result<Vec<_>>>()?,
+        other => vec![string(other).ok_or_else(|| bad("x-stream-filter", other))?],
+    };
+    let match_unfiltered = match args.inner().get("x-stream-match-unfiltered") {
+        None => false,
+        Some(AMQPValue::Boolean(b)) => *b,
+        Some(other) => return Err(bad("x-stream-match-unfiltered", other)),
+    };
+    Ok(Some(Filter {
+        values,
+        match_unfiltered,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

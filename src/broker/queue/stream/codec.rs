@@ -4,8 +4,12 @@
 //!
 //! ```text
 //! [version u8 = 1][exchange len u8][exchange][routing key len u8][routing key]
-//! [properties len u32 LE][properties, as on the wire][body]
+//! [filter flag u8][filter len u32 LE][properties len u32 LE]
+//! [filter value][properties, as on the wire][body]
 //! ```
+//!
+//! The filter value is the publisher's `x-stream-filter-value` header (flag 1), kept apart
+//! so a filtering reader compares it without decoding properties.
 //!
 //! Properties are stored as the publisher's content header carried them, so replaying a
 //! record is copies, not a decode and re-encode: the offset header is inserted by walking
@@ -53,13 +57,31 @@ pub(super) fn stored_properties(msg: &Message) -> Bytes {
     crate::protocol::encode_properties(&p)
 }
 
-/// Longest record head: version, two short strings with their lengths, properties length.
-pub(super) const HEAD_MAX: usize = 1 + 2 * 256 + 4;
+/// Longest record head: version, two short strings with their lengths, the filter flag
+/// and the two lengths.
+pub(super) const HEAD_MAX: usize = 1 + 2 * 256 + 1 + 4 + 4;
 
-/// The head of a record's payload (everything before the properties); the record is
-/// `head ‖ properties ‖ body`, handed to `StreamLog::append_parts` as three parts so
-/// nothing is copied twice. Built on the stack: no allocation.
-pub(super) fn encode_head(msg: &Message, properties_len: usize) -> ([u8; HEAD_MAX], usize) {
+/// The header a publisher sets for stream filtering (RabbitMQ 3.13+).
+pub(super) const FILTER_HEADER: &str = "x-stream-filter-value";
+
+/// The message's `x-stream-filter-value`, when it is a string.
+pub(super) fn filter_value(msg: &Message) -> Option<&[u8]> {
+    let h = msg.properties.headers().as_ref()?;
+    match h.inner().get(FILTER_HEADER)? {
+        amq_protocol::types::AMQPValue::LongString(s) => Some(s.as_bytes()),
+        amq_protocol::types::AMQPValue::ShortString(s) => Some(s.as_str().as_bytes()),
+        _ => None,
+    }
+}
+
+/// The head of a record's payload; the record is `head ‖ filter ‖ properties ‖ body`,
+/// handed to `StreamLog::append_parts` as four parts so nothing is copied twice. Built on
+/// the stack: no allocation.
+pub(super) fn encode_head(
+    msg: &Message,
+    filter: Option<&[u8]>,
+    properties_len: usize,
+) -> ([u8; HEAD_MAX], usize) {
     let mut head = [0u8; HEAD_MAX];
     let mut at = 0;
     let mut put = |bytes: &[u8]| {
@@ -72,39 +94,78 @@ pub(super) fn encode_head(msg: &Message, properties_len: usize) -> ([u8; HEAD_MA
         put(&[s.len() as u8]);
         put(s.as_bytes());
     }
+    put(&[u8::from(filter.is_some())]);
+    put(&(filter.map_or(0, <[u8]>::len) as u32).to_le_bytes());
     put(&(properties_len as u32).to_le_bytes());
     (head, at)
+}
+
+/// A record's parts, located: (exchange, routing key, filter value, properties, body).
+struct Parts<'a> {
+    exchange: &'a str,
+    routing_key: &'a str,
+    filter: Option<&'a [u8]>,
+    properties: &'a [u8],
+    body_at: usize,
+}
+
+fn parts(b: &[u8]) -> Option<Parts<'_>> {
+    if b.first() != Some(&VERSION) {
+        return None;
+    }
+    let mut at = 1;
+    let mut short = || -> Option<&str> {
+        let n = usize::from(*b.get(at)?);
+        let s = std::str::from_utf8(b.get(at + 1..at + 1 + n)?).ok()?;
+        at += 1 + n;
+        Some(s)
+    };
+    let exchange = short()?;
+    let routing_key = short()?;
+    let flag = *b.get(at)?;
+    let u32_at = |i: usize| -> Option<usize> {
+        Some(u32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?) as usize)
+    };
+    let flen = u32_at(at + 1)?;
+    let plen = u32_at(at + 5)?;
+    at += 9;
+    let filter = b.get(at..at + flen)?;
+    at += flen;
+    let properties = b.get(at..at + plen)?;
+    Some(Parts {
+        exchange,
+        routing_key,
+        filter: (flag == 1).then_some(filter),
+        properties,
+        body_at: at + plen,
+    })
+}
+
+/// Whether a record passes a consumer's `x-stream-filter`: its filter value is one of
+/// `values`, or it has none and unfiltered messages are wanted. `None` for a payload this
+/// module did not write.
+pub(super) fn passes(payload: &[u8], values: &[Vec<u8>], match_unfiltered: bool) -> Option<bool> {
+    let p = parts(payload)?;
+    Some(match p.filter {
+        Some(f) => values.iter().any(|v| v.as_slice() == f),
+        None => match_unfiltered,
+    })
 }
 
 /// The message a record holds, as delivered: the offset header in its properties.
 /// `None` when the payload is not one this module wrote (the log's checksums make that a
 /// bug, not disk damage).
 pub(super) fn decode(payload: &Bytes, offset: u64) -> Option<Arc<Message>> {
-    let b = payload.as_ref();
-    if b.first() != Some(&VERSION) {
-        return None;
-    }
-    let mut at = 1;
-    let short = |at: &mut usize| -> Option<ShortString> {
-        let n = usize::from(*b.get(*at)?);
-        let s = std::str::from_utf8(b.get(*at + 1..*at + 1 + n)?).ok()?;
-        *at += 1 + n;
-        Some(s.into())
-    };
-    let exchange = short(&mut at)?;
-    let routing_key = short(&mut at)?;
-    let len = u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?) as usize;
-    at += 4;
-    let props = b.get(at..at + len)?;
-    let raw_properties = with_offset(props, offset)?;
+    let p = parts(payload)?;
+    let raw_properties = with_offset(p.properties, offset)?;
     Some(Arc::new(Message {
-        exchange,
-        routing_key,
+        exchange: ShortString::from(p.exchange),
+        routing_key: ShortString::from(p.routing_key),
         // Deliveries are written from the encoded properties; nothing on the way out
         // reads the decoded ones.
         properties: crate::protocol::Properties::default(),
         raw_properties,
-        body: payload.slice(at + len..),
+        body: payload.slice(p.body_at..),
     }))
 }
 
@@ -157,8 +218,17 @@ mod tests {
     fn round_trip(p: BasicProperties, offset: u64) -> (Arc<Message>, BasicProperties) {
         let m = message(p);
         let props = stored_properties(&m);
-        let (head, n) = encode_head(&m, props.len());
-        let payload = Bytes::from([&head[..n], &props[..], &m.body[..]].concat());
+        let filter = filter_value(&m);
+        let (head, n) = encode_head(&m, filter, props.len());
+        let payload = Bytes::from(
+            [
+                &head[..n],
+                filter.unwrap_or_default(),
+                &props[..],
+                &m.body[..],
+            ]
+            .concat(),
+        );
         let out = decode(&payload, offset).expect("decodes");
         let (_, parsed) = amq_protocol::protocol::basic::parse_properties(&out.raw_properties[..])
             .expect("valid");
@@ -210,6 +280,25 @@ mod tests {
         let (_, p) = round_trip(BasicProperties::default().with_headers(h), 2);
         assert_eq!(offset_of(&p), Some(AMQPValue::LongLongInt(2)));
         assert_eq!(p.headers().as_ref().unwrap().inner().len(), 1);
+    }
+
+    #[test]
+    fn filter_values_are_kept_apart_for_the_reader() {
+        let mut h = FieldTable::default();
+        h.insert(FILTER_HEADER.into(), AMQPValue::LongString("red".into()));
+        let m = message(BasicProperties::default().with_headers(h));
+        let props = stored_properties(&m);
+        let (head, n) = encode_head(&m, filter_value(&m), props.len());
+        let payload = [&head[..n], b"red", &props[..], &m.body[..]].concat();
+        assert_eq!(passes(&payload, &[b"red".to_vec()], false), Some(true));
+        assert_eq!(passes(&payload, &[b"blue".to_vec()], true), Some(false));
+        let bare = message(BasicProperties::default());
+        let (head, n) = encode_head(&bare, None, bare.raw_properties.len());
+        let payload = [&head[..n], &bare.raw_properties[..], &bare.body[..]].concat();
+        assert_eq!(passes(&payload, &[b"red".to_vec()], true), Some(true));
+        assert_eq!(passes(&payload, &[b"red".to_vec()], false), Some(false));
+        let out = decode(&Bytes::from(payload), 3).unwrap();
+        assert_eq!(&out.body[..], b"body");
     }
 
     #[test]

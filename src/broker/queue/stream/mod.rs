@@ -101,9 +101,12 @@ impl Stream {
     /// publisher that runs ahead of the disk by a whole batch waits here.
     pub fn publish(&self, q: &Queue, msg: &Message) -> Published {
         let props = codec::stored_properties(msg);
-        let (head, n) = codec::encode_head(msg, props.len());
-        self.log
-            .append_parts(now_ms(), &[&head[..n], &props, &msg.body]);
+        let filter = codec::filter_value(msg);
+        let (head, n) = codec::encode_head(msg, filter, props.len());
+        self.log.append_parts(
+            now_ms(),
+            &[&head[..n], filter.unwrap_or_default(), &props, &msg.body],
+        );
         super::QueueStats::bump(&q.stats.publish, 1);
         let outcome = match self.store.sync_with(self.target.clone()) {
             Ok(seq) => Published::Accepted(Some(seq)),
@@ -150,6 +153,7 @@ impl Stream {
             )));
         }
         let start = start_at(o.arguments, &q.name, vhost, now_ms())?;
+        let filter = args::filter(o.arguments, &q.name, vhost)?;
         // `next` is where the log ends as the consumer attaches, so what is published after
         // consume-ok reaches it; the others are resolved by the reader.
         let next = match start {
@@ -163,6 +167,7 @@ impl Stream {
         // second consumer is accepted); neither does Warren, so clients see the same.
         let r = Arc::new(reader::Reader {
             consumer: c,
+            filter,
             wake: Notify::new(),
             stop: AtomicBool::new(false),
         });

@@ -19,6 +19,8 @@ use crate::store::stream::{StreamLog, StreamRecord};
 #[derive(Debug)]
 pub(super) struct Reader {
     pub(super) consumer: Consumer,
+    /// `x-stream-filter`: records it does not pass are skipped, costing no credit.
+    pub(super) filter: Option<super::args::Filter>,
     /// Credit may have come back, or the reader is to stop.
     pub(super) wake: Notify,
     pub(super) stop: AtomicBool,
@@ -118,10 +120,17 @@ fn deliver(
         if r.stopped() {
             return false;
         }
+        let offset = rec.offset;
+        if let Some(f) = &r.filter
+            && codec::passes(&rec.payload, &f.values, f.match_unfiltered) == Some(false)
+        {
+            batch.pop_front();
+            *next = offset + 1;
+            continue;
+        }
         if !c.handle.try_acquire() {
             return true;
         }
-        let offset = rec.offset;
         let Some(msg) = codec::decode(&rec.payload, offset) else {
             c.handle.unacquire();
             tracing::error!(queue = %queue.name, offset, "skipping a stream record that does not decode");
