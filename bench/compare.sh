@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Warren vs RabbitMQ on a fixed scenario set (S1–S8), alternating A B A B; S4 also runs
-# with no broker (warren-perf --latency-floor) to give the machine's latency floor.
+# Warren vs RabbitMQ on a fixed scenario set, alternating A B A B: classic queues S1–S8
+# (S4 also runs with no broker, warren-perf --latency-floor, for the machine's latency
+# floor), streams ST1–ST4 (ST3 and ST4 replay one stream filled once per round, STF), and
+# the delayed-message exchange D1–D2 (Warren only: RabbitMQ 3.10.8 here has no plugin).
 #
-#   bench/compare.sh [--quick] [--rounds N] [--s8-count N] [--only S1,S4,...]
-#                    [--rabbit-host H] [--rabbit-port P] [--no-rabbit] [--no-build]
+#   bench/compare.sh [--quick] [--rounds N] [--s8-count N] [--st-count N] [--d1-count N]
+#                    [--only S1,ST3,...] [--warren PATH] [--rabbit-host H] [--rabbit-port P]
+#                    [--no-rabbit] [--no-build]
 #   bench/compare.sh --report RUN_ID[,RUN_ID...]   # results.md from results.jsonl; for each
 #                    scenario the last listed run that has it wins (merge partial reruns)
 #
@@ -19,6 +22,9 @@ DUR=10
 WARM=2
 ROUNDS=2
 S8_COUNT=10000000
+ST_COUNT=10000000
+D1_COUNT=1000000
+WARREN_BIN=""
 ONLY=""
 RABBIT_HOST=127.0.0.1
 RABBIT_PORT=5673
@@ -32,13 +38,16 @@ while [ $# -gt 0 ]; do
         --quick) DUR=3; WARM=1; MODE=quick ;;
         --rounds) ROUNDS=$2; shift ;;
         --s8-count) S8_COUNT=$2; shift ;;
+        --st-count) ST_COUNT=$2; shift ;;
+        --d1-count) D1_COUNT=$2; shift ;;
+        --warren) WARREN_BIN=$2; BUILD=0; shift ;;
         --only) ONLY=$2; shift ;;
         --rabbit-host) RABBIT_HOST=$2; shift ;;
         --rabbit-port) RABBIT_PORT=$2; shift ;;
         --no-rabbit) USE_RABBIT=0 ;;
         --no-build) BUILD=0 ;;
         --report) REPORT=$2; shift ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -47,7 +56,7 @@ done
 S7_CONNS=1000
 S7_HOLD=$(( DUR < 5 ? DUR : 5 ))
 PERF="$ROOT/target/release/warren-perf"
-WARREN="$ROOT/target/release/warren"
+WARREN=${WARREN_BIN:-$ROOT/target/release/warren}
 TMP=$(mktemp -d /tmp/warren-bench.XXXXXX)
 RUN_ID=$(date -u +%Y%m%dT%H%M%SZ)
 RAW="$TMP/raw.jsonl"
@@ -107,8 +116,10 @@ rabbit_fd_limit() {
 
 MACHINE="$(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
 COMMIT=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+# --warren names another build (e.g. an older commit's, for a before/after): say which.
+[ -n "$WARREN_BIN" ] && COMMIT="binary $WARREN_BIN"
 # The table this script writes does not count as a change to what is measured.
-if cd "$ROOT" && git status --porcelain --untracked-files=no 2>/dev/null \
+if [ -z "$WARREN_BIN" ] && cd "$ROOT" && git status --porcelain --untracked-files=no 2>/dev/null \
         | grep -v ' bench/results.md$' | grep -q .; then
     COMMIT="$COMMIT + uncommitted changes"
 fi
@@ -123,27 +134,76 @@ ARGS[S5]="-x 1 -y 1 -s 1024 --auto-ack $COMMON"
 ARGS[S6]="-x 1 -y 1 -s 16 --prefill 300000 -q 1000 --ack-every 100 --drain-timeout 300"
 ARGS[S7]="--connections-idle $S7_CONNS --duration $S7_HOLD"
 ARGS[S8]="-x 1 -y 0 -s 16 --prefill $S8_COUNT --stall-timeout 300 --settle 5"
-for s in S1 S2 S3 S4 S5; do TIMEOUT[$s]=$(( WARM + DUR + 90 )); done
+# Streams: publishes confirmed (ST1, ST2); STF fills one stream that ST3 (one consumer) and
+# ST4 (ten, each reading everything) replay from `first`, prefetch 1000, ack every 100.
+STREAM="--durable --queue-arg x-queue-type=stream"
+ARGS[ST1]="-x 1 -y 0 -s 16 --persistent -c 1000 $STREAM $COMMON"
+ARGS[ST2]="-x 1 -y 0 -s 1024 --persistent -c 1000 $STREAM $COMMON"
+REPLAY="--queue perf-replay $STREAM"
+ARGS[STF]="-x 1 -y 0 -s 16 --persistent -c 1000 --prefill $ST_COUNT --settle 0 --keep $REPLAY"
+ARGS[ST3]="-y 1 --replay $ST_COUNT -q 1000 --ack-every 100 --consumer-arg x-stream-offset=first --drain-timeout 1800 --keep $REPLAY"
+ARGS[ST4]="-y 10 --replay $ST_COUNT -q 1000 --ack-every 100 --consumer-arg x-stream-offset=first --drain-timeout 3600 $REPLAY"
+# Delayed: D1 holds a million (1 h delay, never due in the run), D2 has 10,000 come due
+# per second (1 s delay) and measures lateness past the due time.
+DELAYED="--durable --persistent --exchange-type x-delayed-message --exchange-arg x-delayed-type=direct"
+ARGS[D1]="-x 1 -y 0 -s 16 -c 1000 --prefill $D1_COUNT --delay-ms 3600000 $DELAYED"
+ARGS[D2]="-x 1 -y 1 -s 16 -r 10000 -q 1000 --ack-every 100 --delay-ms 1000 $DELAYED --warmup $(( WARM + 2 )) --duration $DUR"
+for s in S1 S2 S3 S4 S5 ST1 ST2 D2; do TIMEOUT[$s]=$(( WARM + DUR + 90 )); done
 TIMEOUT[S6]=900
 TIMEOUT[S7]=240
 TIMEOUT[S8]=$(( 600 + S8_COUNT / 5000 ))
+TIMEOUT[STF]=$(( 600 + ST_COUNT / 5000 ))
+TIMEOUT[ST3]=1900
+TIMEOUT[ST4]=3700
+TIMEOUT[D1]=$(( 300 + D1_COUNT / 5000 ))
+# Scenarios RabbitMQ cannot run here.
+declare -A WARREN_ONLY=([D1]=1 [D2]=1)
 # S7 first: RabbitMQ's RSS is steadiest before the heavy scenarios.
-SCENARIOS="S7 S1 S2 S3 S4 S5 S6 S8"
+SCENARIOS="S7 S1 S2 S3 S4 S5 S6 S8 ST1 ST2 ST3 ST4 D1 D2"
 [ -n "$ONLY" ] && SCENARIOS=$(echo "$ONLY" | tr ',' ' ')
 
-# run_one SCENARIO BROKER ROUND: one warren-perf run, its JSON line appended to $RAW.
-run_one() {
-    local s=$1 broker=$2 round=$3 host port pids out rc load
-    local extra=""
-    if [ "$broker" = warren ]; then
+# target BROKER: sets host, port, pids and extra for a run against BROKER (starting a
+# fresh Warren for warren).
+target() {
+    extra=""
+    if [ "$1" = warren ]; then
         start_warren || return 1
         port=$WPORT; host=127.0.0.1; pids=$WPID
-    elif [ "$broker" = floor ]; then
+    elif [ "$1" = floor ]; then
         # No broker: the machine's latency floor (see warren-perf's floor module).
         port=0; host=127.0.0.1; pids=""; extra="--latency-floor"
     else
         port=$RABBIT_PORT; host=$RABBIT_HOST; pids=$(rabbit_pids)
     fi
+}
+
+# run_one SCENARIO BROKER ROUND: one warren-perf run on a fresh broker target.
+run_one() {
+    local host port pids extra
+    target "$2" || return 1
+    perf "$@"
+    [ "$2" = warren ] && stop_warren
+}
+
+# run_replay BROKER ROUND SCENARIOS: STF, then those of ST3/ST4 asked for, on one broker
+# (one Warren process for all three), the stream deleted by the last.
+run_replay() {
+    local broker=$1 round=$2 want=$3 host port pids extra
+    target "$broker" || return 1
+    perf STF "$broker" "$round"
+    case " $want " in *" ST3 "*) perf ST3 "$broker" "$round" ;; esac
+    # ST4 deletes the stream; without it, a last replay of nothing does.
+    case " $want " in
+        *" ST4 "*) perf ST4 "$broker" "$round" ;;
+        *) ARGS[STX]="-y 0 --replay 1 $REPLAY"; TIMEOUT[STX]=120; perf STX "$broker" "$round" ;;
+    esac
+    [ "$broker" = warren ] && stop_warren
+}
+
+# perf SCENARIO BROKER ROUND: one warren-perf run against host/port/pids (set by target),
+# its JSON line appended to $RAW.
+perf() {
+    local s=$1 broker=$2 round=$3 out rc load
     local pidargs=""
     for p in $pids; do pidargs="$pidargs --broker-pid $p"; done
     load=$(cut -d' ' -f1 /proc/loadavg)
@@ -152,7 +212,6 @@ run_one() {
     out=$(timeout -k 10 "${TIMEOUT[$s]}" "$PERF" --host "$host" --port "$port" \
         --label "$s" $pidargs $extra ${ARGS[$s]})
     rc=$?
-    [ "$broker" = warren ] && stop_warren
     if [ -z "$out" ]; then
         out="{\"label\":\"$s\",\"errors\":[\"warren-perf exit $rc with no output (timeout?)\"]}"
     fi
@@ -181,11 +240,13 @@ if [ -z "$REPORT" ]; then
     else
         log "RabbitMQ not reachable on $RABBIT_HOST:$RABBIT_PORT: Warren only"
     fi
+    REPLAYS=""
     for s in $SCENARIOS; do
+        case $s in ST3|ST4) REPLAYS="$REPLAYS $s"; continue ;; esac
         [ -n "${ARGS[$s]:-}" ] || { echo "compare.sh: unknown scenario $s" >&2; continue; }
         for r in $(seq 1 "$ROUNDS"); do
             run_one "$s" warren "$r"
-            if [ "$RABBIT" = 1 ]; then
+            if [ "$RABBIT" = 1 ] && [ -z "${WARREN_ONLY[$s]:-}" ]; then
                 if [ "$s" = S7 ]; then
                     lim=$(rabbit_fd_limit)
                     if [ -n "$lim" ] && [ "$lim" -lt $(( S7_CONNS + 200 )) ]; then
@@ -200,6 +261,12 @@ if [ -z "$REPORT" ]; then
             [ "$s" = S4 ] && run_one S4 floor "$r"
         done
     done
+    if [ -n "$REPLAYS" ]; then
+        for r in $(seq 1 "$ROUNDS"); do
+            run_replay warren "$r" "$REPLAYS"
+            [ "$RABBIT" = 1 ] && run_replay rabbitmq "$r" "$REPLAYS"
+        done
+    fi
 
     cat "$RAW" >>"$BENCH/results.jsonl"
     RUN_IDS=$RUN_ID
@@ -245,8 +312,25 @@ ROWS = [
     ("S6", "drain msg/s", "consumed_rate", True, 1),
     ("S7", "RSS KiB / connection", "broker_rss_kib_per_conn", False, 1),
     ("S8", "broker RSS MiB", "broker_rss_kib", False, 1 / 1024),
+    ("ST1", "confirmed msg/s", "confirmed_rate", True, 1),
+    ("ST2", "confirmed msg/s", "confirmed_rate", True, 1),
+    ("STF", "confirmed msg/s", "prefill.confirmed_rate", True, 1),
+    ("ST3", "delivered msg/s", "consumed_rate", True, 1),
+    ("ST3", "broker RSS peak MiB", "broker_rss_kib_peak", False, 1 / 1024),
+    ("ST4", "delivered msg/s, all 10", "consumed_rate", True, 1),
+    ("ST4", "broker RSS peak MiB", "broker_rss_kib_peak", False, 1 / 1024),
+    ("D1", "RSS over idle MiB", "rss_growth_mib", False, 1),
+    ("D2", "lateness p50 µs", "latency_us.p50", False, 1),
+    ("D2", "lateness p99 µs", "latency_us.p99", False, 1),
 ]
-s8n = next((get(d, "config.prefill") for d in runs if d.get("scenario") == "S8"), 0) or 0
+def count(s, key="config.prefill"):
+    return next((get(d, key) for d in runs if d.get("scenario") == s), 0) or 0
+
+
+s8n, stn, d1n = count("S8"), count("ST3", "config.replay") or count("STF"), count("D1")
+for d in runs:
+    if get(d, "broker_rss_kib") is not None and get(d, "broker_rss_kib_before") is not None:
+        d["rss_growth_mib"] = (d["broker_rss_kib"] - d["broker_rss_kib_before"]) / 1024
 DESC = {
     "S1": "1→1, 16 B transient, auto-ack",
     "S2": "16 B persistent, durable, 192 unconfirmed, prefetch 200, ack/200",
@@ -256,6 +340,13 @@ DESC = {
     "S6": "drain 300,000 pre-filled, prefetch 1000, ack/100",
     "S7": "1,000 idle connections, 1 channel each",
     "S8": f"{s8n:,} queued 16 B msgs, no consumer",
+    "ST1": "stream, 16 B, 1 producer, 1,000 unconfirmed",
+    "ST2": "stream, 1 KiB, 1 producer, 1,000 unconfirmed",
+    "STF": f"stream filled with {stn:,} × 16 B for ST3/ST4",
+    "ST3": f"replay {stn:,} from first, 1 consumer, prefetch 1000",
+    "ST4": f"replay {stn:,} from first, 10 consumers each reading all",
+    "D1": f"{d1n:,} delayed 16 B msgs pending (1 h delay)",
+    "D2": "delayed, 10,000 due/s (1 s delay), lateness past due",
 }
 
 
@@ -276,6 +367,17 @@ def figure(s, target, path, scale):
             notes.append(d["skipped"])
             continue
         v = get(d, path)
+        if s in ("ST3", "ST4") and path == "broker_rss_kib_peak" and v is not None:
+            notes.append(f"RSS {get(d, 'broker_rss_kib_before') / 1024:,.0f} MiB before, "
+                         f"{v / 1024:,.0f} peak, {get(d, 'broker_rss_kib') / 1024:,.0f} after")
+        if s == "D2" and get(d, "early"):
+            notes.append(f"{get(d, 'early'):,} delivered before due")
+        if s == "D1" and v is not None:
+            notes.append(f"RSS {get(d, 'broker_rss_kib_before') / 1024:,.0f}→"
+                         f"{get(d, 'broker_rss_kib') / 1024:,.0f} MiB, "
+                         f"{get(d, 'broker_rss_bytes_per_msg'):,.0f} B/msg")
+        if s == "D1" and not get(d, "prefill.complete"):
+            notes.append("pre-fill incomplete")
         if s == "S8" and not get(d, "prefill.complete"):
             depth = get(d, "prefill.queue_depth")
             why = ("memory alarm (connection.blocked)" if d.get("blocked")
@@ -344,7 +446,8 @@ for r in run_ids:
     mine = [d for d in runs if d.get("run_id") == r]
     if not mine:
         continue
-    scen = sorted({d["scenario"] for d in mine}, key=lambda x: int(x[1:]))
+    scen = sorted({d["scenario"] for d in mine},
+                  key=lambda x: (x.rstrip("0123456789F"), x))
     steady = next((d for d in mine if d.get("mode") == "steady"), None)
     timing = (f", {get(steady, 'config.warmup'):g} s warm-up + "
               f"{get(steady, 'config.duration'):g} s measured" if steady else "")

@@ -14,7 +14,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 
 use crate::broker::args::{self, QUEUE_ARGS};
-use crate::broker::exchange::{Dest, Exchange, ExchangeKind, delayed};
+use crate::broker::exchange::{Dest, Exchange, ExchangeKind, Routed, Router, delayed};
 use crate::broker::message::Message;
 use crate::broker::queue::{DeliverySink, Queue, QueueEvent, QueueInit, stream};
 use crate::broker::queue_args::{QueueArgs, matching_policy};
@@ -90,15 +90,6 @@ pub struct ReplyTarget {
 /// The pseudo-queue clients consume for direct reply-to.
 pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
-/// What routing produced besides the queue list.
-#[derive(Debug, Default)]
-pub struct Routed {
-    /// The message to enqueue instead of the published one (`BCC` stripped).
-    pub message: Option<Arc<Message>>,
-    /// Delivered straight to a direct reply-to consumer.
-    pub replied: bool,
-}
-
 /// A virtual host.
 #[derive(Debug)]
 pub struct VHost {
@@ -141,6 +132,17 @@ impl crate::broker::queue::QueueHost for VHost {
 
     fn remove_expired(&self, q: &Queue) {
         self.remove_queue(q);
+    }
+}
+
+impl Router for VHost {
+    fn route(
+        &self,
+        exchange: &Arc<Exchange>,
+        msg: &Arc<Message>,
+        out: &mut Vec<Arc<Queue>>,
+    ) -> Routed {
+        VHost::route(self, exchange, msg, out)
     }
 }
 
@@ -347,7 +349,7 @@ impl VHost {
     pub fn delayed(&self) -> &Arc<delayed::Scheduler> {
         self.delayed.get_or_init(|| {
             Arc::new(delayed::Scheduler::new(
-                self.me.clone(),
+                self.me.clone() as Weak<dyn Router>,
                 &self.name,
                 self.persist.as_ref(),
             ))

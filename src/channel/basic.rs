@@ -319,7 +319,11 @@ impl Channel {
             // compat: the plugin returns every mandatory delayed message at once; Warren
             // returns (and does not hold) only one that nothing would take now.
             if publish.mandatory
-                && !crate::broker::exchange::delayed::routable_now(ctx.vhost, exchange, &msg)
+                && !crate::broker::exchange::delayed::routable_now(
+                    ctx.vhost.as_ref(),
+                    exchange,
+                    &msg,
+                )
             {
                 self.no_route(ctx, &msg);
                 return Published::Accepted(None);

@@ -19,6 +19,10 @@ pub struct ConsumerCfg {
     pub prefetch: u16,
     pub auto_ack: bool,
     pub ack_every: u64,
+    /// basic.consume arguments (e.g. `x-stream-offset`).
+    pub arguments: FieldTable,
+    /// Subtracted from each latency: the `x-delay` messages were held for (lateness).
+    pub delay_ns: u64,
 }
 
 /// Sets the prefetch (before the measured part starts).
@@ -54,7 +58,7 @@ pub async fn run(
             no_ack: cfg.auto_ack,
             exclusive: false,
             nowait: false,
-            arguments: FieldTable::default(),
+            arguments: cfg.arguments.clone(),
         })),
         (60, 21),
     )
@@ -109,8 +113,10 @@ pub async fn run(
                 RawFrame::Body { payload } => {
                     if first_body {
                         first_body = false;
-                        if measuring {
-                            hist.record_stamp(now, payload);
+                        if measuring
+                            && !hist.record_stamp(now.saturating_sub(cfg.delay_ns), payload)
+                        {
+                            shared.early.fetch_add(1, Relaxed);
                         }
                     }
                     remaining = remaining.saturating_sub(payload.len() as u64);

@@ -3,8 +3,10 @@
 //!
 //! Modes: steady (producers and consumers for `--warmup` + `--duration` seconds, figures
 //! from after the warm-up), pre-fill then drain (`--prefill N`), and idle connections
-//! (`--connections-idle N`), and the machine's latency floor (`--latency-floor`, see
-//! `floor`). The client is a lean pipelined one on raw tokio sockets, so it
+//! (`--connections-idle N`), replay of an existing queue (`--replay N`: every consumer reads
+//! N messages, as from a stream), and the machine's latency floor (`--latency-floor`, see
+//! `floor`). `--delay-ms` publishes through a delayed-message exchange and measures each
+//! delivery's lateness past its due time instead of its latency. The client is a lean pipelined one on raw tokio sockets, so it
 //! is not the bottleneck; its own CPU time is reported so a reader can check.
 
 mod client;
@@ -91,6 +93,25 @@ struct Args {
     /// detected, otherwise a string).
     #[arg(long, value_name = "KEY=VALUE")]
     queue_arg: Vec<String>,
+    /// Exchange argument, repeatable: --exchange-arg x-delayed-type=direct.
+    #[arg(long, value_name = "KEY=VALUE")]
+    exchange_arg: Vec<String>,
+    /// basic.consume argument, repeatable: --consumer-arg x-stream-offset=first.
+    #[arg(long, value_name = "KEY=VALUE")]
+    consumer_arg: Vec<String>,
+    /// Message header, repeatable: --header k=v.
+    #[arg(long, value_name = "KEY=VALUE")]
+    header: Vec<String>,
+    /// Publish with an `x-delay` header of this many milliseconds (a delayed-message
+    /// exchange holds each message that long); latency is then reported as lateness:
+    /// delivery time minus publish time minus the delay.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// Replay: no producers; every consumer reads N messages of the existing queue (a stream
+    /// read with --consumer-arg x-stream-offset=first), and the broker's RSS is sampled
+    /// throughout (peak reported).
+    #[arg(long, default_value_t = 0)]
+    replay: u64,
     /// Declare queues (and the exchange) durable.
     #[arg(long)]
     durable: bool,
@@ -155,6 +176,8 @@ pub struct Shared {
     pub nacked: AtomicU64,
     pub returned: AtomicU64,
     pub consumed: AtomicU64,
+    /// Deliveries that came before their due time (with --delay-ms).
+    pub early: AtomicU64,
     /// The broker sent connection.blocked at some point.
     pub blocked: AtomicBool,
     /// A producer gave up waiting for confirms.
@@ -174,6 +197,7 @@ impl Shared {
             nacked: AtomicU64::new(0),
             returned: AtomicU64::new(0),
             consumed: AtomicU64::new(0),
+            early: AtomicU64::new(0),
             blocked: AtomicBool::new(false),
             stalled: AtomicBool::new(false),
             errors: Mutex::new(Vec::new()),
@@ -290,7 +314,7 @@ fn latency(h: &Hist) -> Value {
 }
 
 fn parse_queue_arg(s: &str) -> Res<(String, AMQPValue)> {
-    let (k, v) = s.split_once('=').ok_or("--queue-arg wants KEY=VALUE")?;
+    let (k, v) = s.split_once('=').ok_or("arguments are KEY=VALUE")?;
     let v = if let Ok(i) = v.parse::<i64>() {
         AMQPValue::LongLongInt(i)
     } else if v == "true" || v == "false" {
@@ -299,6 +323,16 @@ fn parse_queue_arg(s: &str) -> Res<(String, AMQPValue)> {
         AMQPValue::LongString(v.into())
     };
     Ok((k.to_string(), v))
+}
+
+/// A field table from repeated KEY=VALUE flags.
+pub fn table(pairs: &[String]) -> Res<FieldTable> {
+    let mut t = FieldTable::default();
+    for a in pairs {
+        let (k, v) = parse_queue_arg(a)?;
+        t.insert(k.as_str().into(), v);
+    }
+    Ok(t)
 }
 
 /// The queues and exchange of one run.
@@ -312,11 +346,7 @@ struct Topology {
 
 impl Topology {
     async fn declare(c: &mut Conn, args: &Args, run_id: &str) -> Res<Self> {
-        let mut qargs = FieldTable::default();
-        for a in &args.queue_arg {
-            let (k, v) = parse_queue_arg(a)?;
-            qargs.insert(k.as_str().into(), v);
-        }
+        let qargs = table(&args.queue_arg)?;
         let n = args.queues.max(1);
         let base = args
             .queue
@@ -351,7 +381,7 @@ impl Topology {
                     auto_delete: false,
                     internal: false,
                     nowait: false,
-                    arguments: FieldTable::default(),
+                    arguments: table(&args.exchange_arg)?,
                 })),
                 (40, 11),
             )
@@ -468,8 +498,20 @@ async fn open_many(t: &Target, n: usize) -> Res<Vec<Conn>> {
     Ok(conns)
 }
 
-fn producer_cfg(args: &Args, topo: &Topology, confirm: u64, limit: Option<u64>) -> ProducerCfg {
-    ProducerCfg {
+fn producer_cfg(
+    args: &Args,
+    topo: &Topology,
+    confirm: u64,
+    limit: Option<u64>,
+) -> Res<ProducerCfg> {
+    let mut headers = table(&args.header)?;
+    if args.delay_ms > 0 {
+        headers.insert(
+            "x-delay".into(),
+            AMQPValue::LongLongInt(args.delay_ms as i64),
+        );
+    }
+    Ok(ProducerCfg {
         exchange: topo.exchange.clone(),
         routing_key: topo.routing_key.clone(),
         size: args.size,
@@ -478,10 +520,11 @@ fn producer_cfg(args: &Args, topo: &Topology, confirm: u64, limit: Option<u64>) 
         confirm,
         limit,
         stall_timeout: Duration::from_secs_f64(args.stall_timeout),
-    }
+        headers,
+    })
 }
 
-fn consumer_cfg(args: &Args) -> ConsumerCfg {
+fn consumer_cfg(args: &Args) -> Res<ConsumerCfg> {
     let mut ack_every = args.ack_every.max(1);
     if args.prefetch > 0 && ack_every > u64::from(args.prefetch) {
         eprintln!(
@@ -490,11 +533,13 @@ fn consumer_cfg(args: &Args) -> ConsumerCfg {
         );
         ack_every = u64::from(args.prefetch);
     }
-    ConsumerCfg {
+    Ok(ConsumerCfg {
         prefetch: args.prefetch,
         auto_ack: args.auto_ack,
         ack_every,
-    }
+        arguments: table(&args.consumer_arg)?,
+        delay_ns: args.delay_ms * 1_000_000,
+    })
 }
 
 /// Opens, prepares and starts the consumers, round-robin over the queues.
@@ -504,7 +549,7 @@ async fn start_consumers(
     topo: &Topology,
     shared: &Arc<Shared>,
 ) -> Res<Vec<JoinHandle<Res<Hist>>>> {
-    let cfg = Arc::new(consumer_cfg(args));
+    let cfg = Arc::new(consumer_cfg(args)?);
     let mut conns = open_many(t, args.consumers).await?;
     for c in &mut conns {
         consumer::prepare(c, &cfg).await?;
@@ -578,7 +623,7 @@ async fn steady(
     shared: &Arc<Shared>,
 ) -> Res<Map<String, Value>> {
     let consumers = start_consumers(args, t, topo, shared).await?;
-    let pcfg = Arc::new(producer_cfg(args, topo, args.confirm, None));
+    let pcfg = Arc::new(producer_cfg(args, topo, args.confirm, None)?);
     let producers: Vec<_> = open_many(t, args.producers)
         .await?
         .into_iter()
@@ -616,19 +661,16 @@ async fn prefill_drain(
     let per = args.prefill / producers as u64;
     let conns = open_many(t, producers).await?;
     let p0 = snap(shared, &args.broker_pid);
-    let hs: Vec<_> = conns
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let extra = if i == 0 {
-                args.prefill - per * producers as u64
-            } else {
-                0
-            };
-            let cfg = Arc::new(producer_cfg(args, topo, confirm, Some(per + extra)));
-            tokio::spawn(producer::run(c, cfg, shared.clone()))
-        })
-        .collect();
+    let mut hs = Vec::with_capacity(producers);
+    for (i, c) in conns.into_iter().enumerate() {
+        let extra = if i == 0 {
+            args.prefill - per * producers as u64
+        } else {
+            0
+        };
+        let cfg = Arc::new(producer_cfg(args, topo, confirm, Some(per + extra))?);
+        hs.push(tokio::spawn(producer::run(c, cfg, shared.clone())));
+    }
     let mut last_print = Instant::now();
     // A broker applying flow control stops reading the socket, so a producer can sit in a
     // write rather than in its confirm wait: watch for progress here too.
@@ -669,6 +711,11 @@ async fn prefill_drain(
     let depth = topo.depth(setup).await?;
     let mut pre = window(&p0, &p1);
     pre.insert("queue_depth".into(), json!(depth));
+    // What the broker holds: the queues' depth, or (delayed messages, still in their
+    // exchange, or a stream, whose declare-ok count RabbitMQ does not keep exact) every
+    // confirmed publish.
+    let held = depth.max(p1.confirmed - p0.confirmed);
+    pre.insert("held".into(), json!(held));
     pre.insert(
         "complete".into(),
         json!(p1.confirmed >= args.prefill && !shared.stalled.load(Relaxed)),
@@ -680,7 +727,7 @@ async fn prefill_drain(
         if let (Some(before), Some(after)) = (rss_before, rss_after) {
             m.insert("broker_rss_kib_before".into(), json!(before));
             m.insert("broker_rss_kib".into(), json!(after));
-            let per_msg = (after as f64 - before as f64) * 1024.0 / depth.max(1) as f64;
+            let per_msg = (after as f64 - before as f64) * 1024.0 / held.max(1) as f64;
             m.insert("broker_rss_bytes_per_msg".into(), json!(round(per_msg)));
         }
         return Ok(m);
@@ -707,6 +754,57 @@ async fn prefill_drain(
         w.insert("broker_rss_kib".into(), json!(r));
     }
     m.extend(w);
+    Ok(m)
+}
+
+/// Replays the existing queue: every consumer reads `--replay` messages; the broker's RSS
+/// is sampled every 100 ms so a replay that copies the stream into memory shows.
+async fn replay(
+    args: &Args,
+    t: &Target,
+    topo: &Topology,
+    shared: &Arc<Shared>,
+) -> Res<Map<String, Value>> {
+    let want = args.replay * args.consumers as u64;
+    let rss_before = settled_rss(&args.broker_pid, Duration::from_secs(30)).await;
+    let consumers = start_consumers(args, t, topo, shared).await?;
+    shared.phase.store(1, Relaxed);
+    let r0 = snap(shared, &args.broker_pid);
+    let end = Instant::now() + Duration::from_secs_f64(args.drain_timeout);
+    let mut peak = rss_before.unwrap_or(0);
+    let mut last_print = Instant::now();
+    while shared.consumed.load(Relaxed) - r0.consumed < want
+        && Instant::now() < end
+        && !shared.has_errors()
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(r) = broker_rss(&args.broker_pid) {
+            peak = peak.max(r);
+        }
+        if last_print.elapsed() >= Duration::from_secs(10) {
+            last_print = Instant::now();
+            eprintln!(
+                "warren-perf: replay {}/{want}, broker RSS peak {peak} KiB",
+                shared.consumed.load(Relaxed) - r0.consumed
+            );
+        }
+    }
+    let r1 = snap(shared, &args.broker_pid);
+    shared.phase.store(2, Relaxed);
+    let rss_after = broker_rss(&args.broker_pid);
+    shared.stop_all();
+    join_consumers(shared, consumers).await;
+    let mut m = window(&r0, &r1);
+    let read = r1.consumed - r0.consumed;
+    m.insert("replayed".into(), json!(read >= want));
+    if read < want {
+        shared.error(format!("replay read {read} of {want} deliveries"));
+    }
+    if let (Some(b), Some(a)) = (rss_before, rss_after) {
+        m.insert("broker_rss_kib_before".into(), json!(b));
+        m.insert("broker_rss_kib_peak".into(), json!(peak));
+        m.insert("broker_rss_kib".into(), json!(a));
+    }
     Ok(m)
 }
 
@@ -820,7 +918,9 @@ async fn run(args: &Args, shared: &Arc<Shared>) -> Res<Map<String, Value>> {
     let mut setup = Conn::open(&t).await?;
     let broker = json!({"product": setup.product, "version": setup.version});
     let topo = Topology::declare(&mut setup, args, &run_id).await?;
-    let result = if args.prefill > 0 {
+    let result = if args.replay > 0 {
+        replay(args, &t, &topo, shared).await
+    } else if args.prefill > 0 {
         prefill_drain(args, &t, &topo, &mut setup, shared).await
     } else {
         steady(args, &t, &topo, shared).await
@@ -848,7 +948,9 @@ async fn run(args: &Args, shared: &Arc<Shared>) -> Res<Map<String, Value>> {
     let mut m = result?;
     m.insert(
         "mode".into(),
-        json!(if args.prefill > 0 {
+        json!(if args.replay > 0 {
+            "replay"
+        } else if args.prefill > 0 {
             "prefill"
         } else {
             "steady"
@@ -877,6 +979,10 @@ fn config_json(args: &Args) -> Value {
         "duration": args.duration,
         "warmup": args.warmup,
         "prefill": args.prefill,
+        "replay": args.replay,
+        "delay_ms": args.delay_ms,
+        "exchange_args": args.exchange_arg,
+        "consumer_args": args.consumer_arg,
         "connections_idle": args.connections_idle,
         "latency_floor": args.latency_floor,
     })
@@ -919,7 +1025,11 @@ fn main() -> ExitCode {
     if shared.stalled.load(Relaxed) {
         m.insert("stalled".into(), json!(true));
     }
-    for (k, a) in [("nacked", &shared.nacked), ("returned", &shared.returned)] {
+    for (k, a) in [
+        ("nacked", &shared.nacked),
+        ("returned", &shared.returned),
+        ("early", &shared.early),
+    ] {
         let v = a.load(Relaxed);
         if v > 0 {
             m.insert(k.into(), json!(v));

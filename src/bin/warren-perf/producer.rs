@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, confirm, connection};
+use amq_protocol::types::FieldTable;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
@@ -32,6 +33,8 @@ pub struct ProducerCfg {
     pub limit: Option<u64>,
     /// Give up when the confirm window makes no progress for this long.
     pub stall_timeout: Duration,
+    /// Message headers (e.g. `x-delay`), the same on every message.
+    pub headers: FieldTable,
 }
 
 /// Confirm state shared by a producer's writer and reader.
@@ -117,11 +120,13 @@ fn template(cfg: &ProducerCfg, frame_max: u32) -> (BytesMut, Option<usize>) {
             immediate: false,
         })),
     );
-    let props = if cfg.persistent {
-        BasicProperties::default().with_delivery_mode(2)
-    } else {
-        BasicProperties::default()
-    };
+    let mut props = BasicProperties::default();
+    if cfg.persistent {
+        props = props.with_delivery_mode(2);
+    }
+    if !cfg.headers.inner().is_empty() {
+        props = props.with_headers(cfg.headers.clone());
+    }
     let raw = encode_properties(&props);
     let header_at = tpl.len();
     let body: Vec<u8> = (0..cfg.size).map(|i| b'a' + (i % 26) as u8).collect();
@@ -354,6 +359,7 @@ async fn read_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use amq_protocol::types::AMQPValue;
 
     #[test]
     fn confirm_tracker_counts_each_publish_once() {
@@ -379,7 +385,15 @@ mod tests {
             confirm: 0,
             limit: None,
             stall_timeout: Duration::from_secs(1),
+            headers: FieldTable::default(),
         };
+        let (tpl, at) = template(&cfg, 4096);
+        let at = at.unwrap();
+        assert_eq!(&tpl[at..at + 3], b"abc");
+        assert_eq!(tpl.len(), at + 16 + 1);
+        let mut cfg = cfg;
+        cfg.headers
+            .insert("x-delay".into(), AMQPValue::LongLongInt(1000));
         let (tpl, at) = template(&cfg, 4096);
         let at = at.unwrap();
         assert_eq!(&tpl[at..at + 3], b"abc");

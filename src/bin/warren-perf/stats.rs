@@ -55,13 +55,18 @@ impl Hist {
 
     /// Records the time from the send timestamp that opens `body` (big-endian nanoseconds
     /// on the run's time base) to `now`; a body too short to carry one is skipped.
-    pub fn record_stamp(&mut self, now: u64, body: &[u8]) {
+    /// Records `now` minus the body's timestamp; false when the stamp is later than `now`
+    /// (a delayed message delivered before it was due). Bodies too short for a stamp count
+    /// as recorded.
+    pub fn record_stamp(&mut self, now: u64, body: &[u8]) -> bool {
         if let Some(raw) = body.first_chunk::<8>() {
             let ts = u64::from_be_bytes(*raw);
-            if ts <= now {
-                self.record(now - ts);
+            if ts > now {
+                return false;
             }
+            self.record(now - ts);
         }
+        true
     }
 
     pub fn merge(&mut self, o: &Hist) {

@@ -4,7 +4,8 @@
 //! Each exchange keeps its bindings behind its own `RwLock`: publishes take the read lock,
 //! bind/unbind a short write lock, so topology churn on one exchange never blocks routing
 //! through another. Exchange-to-exchange hops, alternate exchanges and de-duplication are
-//! the vhost's job (`VHost::route`). Knows queues only as `Arc<Queue>` destinations.
+//! the vhost's job (`VHost::route`), which the delayed exchange reaches through the
+//! [`Router`] trait, not the vhost type. Knows queues only as `Arc<Queue>` destinations.
 
 pub mod delayed;
 pub mod headers;
@@ -21,6 +22,28 @@ use crate::broker::queue::Queue;
 use crate::error::{AmqpError, Result};
 use headers::XMatch;
 use topic::TopicTrie;
+
+/// What routing produced besides the queue list.
+#[derive(Debug, Default)]
+pub struct Routed {
+    /// The message to enqueue instead of the published one (`BCC` stripped).
+    pub message: Option<Arc<Message>>,
+    /// Delivered straight to a direct reply-to consumer.
+    pub replied: bool,
+}
+
+/// Whole routing from one exchange, as the vhost does it (exchange-to-exchange hops,
+/// alternate exchanges, de-duplication, direct reply-to). The delayed exchange's timer
+/// routes through this, so the exchange module never names the vhost that holds it.
+pub trait Router: Send + Sync + std::fmt::Debug {
+    /// Routes `msg` published to `exchange`, pushing the queues it reaches onto `out`.
+    fn route(
+        &self,
+        exchange: &Arc<Exchange>,
+        msg: &Arc<Message>,
+        out: &mut Vec<Arc<Queue>>,
+    ) -> Routed;
+}
 
 /// The four exchange types of RabbitMQ's core.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -58,6 +58,8 @@ pub(super) async fn run(
     };
     let mut tail = log.subscribe();
     let mut batch: VecDeque<StreamRecord> = VecDeque::new();
+    // Where the last read stopped, so the next starts there rather than at its granule.
+    let mut cursor = None;
     loop {
         if r.stopped() || queue.is_deleted() {
             return;
@@ -73,10 +75,13 @@ pub(super) async fn run(
                 }
                 continue;
             }
-            let (l, from) = (log.clone(), next);
-            match tokio::task::spawn_blocking(move || l.read(from, READ_RECORDS, READ_BYTES)).await
-            {
-                Ok(Ok(recs)) if !recs.is_empty() => batch.extend(recs),
+            let (l, from, at) = (log.clone(), next, cursor);
+            let read = move || l.read_at(at, from, READ_RECORDS, READ_BYTES);
+            match tokio::task::spawn_blocking(read).await {
+                Ok(Ok((recs, at))) if !recs.is_empty() => {
+                    batch.extend(recs);
+                    cursor = at;
+                }
                 Ok(Ok(_)) => {
                     // Nothing readable below `end` from here (the stream was deleted, or
                     // retention raced the read): wait for the log to move.
@@ -115,6 +120,22 @@ fn deliver(
     batch: &mut VecDeque<StreamRecord>,
     next: &mut u64,
 ) -> bool {
+    // The queue's counters are shared by all its readers (cache-line traffic between
+    // cores at every bump): the delivery count is added once per call. `unacked` is bumped
+    // per message, before the push, so an ack can never settle it first.
+    let mut delivered = 0;
+    let alive = push(queue, r, batch, next, &mut delivered);
+    QueueStats::bump(&queue.stats.deliver_get, delivered);
+    alive
+}
+
+fn push(
+    queue: &Arc<Queue>,
+    r: &Reader,
+    batch: &mut VecDeque<StreamRecord>,
+    next: &mut u64,
+    delivered: &mut u64,
+) -> bool {
     let c = &r.consumer;
     while let Some(rec) = batch.front() {
         if r.stopped() {
@@ -142,7 +163,7 @@ fn deliver(
         *next = offset + 1;
         let size = msg.body.len();
         c.handle.pushed(size);
-        QueueStats::bump(&queue.stats.deliver_get, 1);
+        *delivered += 1;
         QueueStats::bump(&queue.stats.unacked, 1);
         let entry = Entry {
             seq: offset,
