@@ -556,7 +556,7 @@ fn ceil_now_ms() -> u64 {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    d.as_millis() as u64 + u64::from(d.subsec_nanos() % 1_000_000 != 0)
+    d.as_millis() as u64 + u64::from(!d.subsec_nanos().is_multiple_of(1_000_000))
 }
 
 thread_local! {
