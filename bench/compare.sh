@@ -6,7 +6,7 @@
 #
 #   bench/compare.sh [--quick] [--rounds N] [--s8-count N] [--st-count N] [--d1-count N]
 #                    [--only S1,ST3,...] [--warren PATH] [--rabbit-host H] [--rabbit-port P]
-#                    [--no-rabbit] [--no-build]
+#                    [--replay-rounds N] [--no-rabbit] [--no-build]
 #   bench/compare.sh --report RUN_ID[,RUN_ID...]   # results.md from results.jsonl; for each
 #                    scenario the last listed run that has it wins (merge partial reruns)
 #
@@ -21,6 +21,9 @@ BENCH="$ROOT/bench"
 DUR=10
 WARM=2
 ROUNDS=2
+# The replay chain (STF, ST3, ST4) is long on RabbitMQ (100M deliveries in ST4): one round
+# unless asked.
+REPLAY_ROUNDS=1
 S8_COUNT=10000000
 ST_COUNT=10000000
 D1_COUNT=1000000
@@ -37,6 +40,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --quick) DUR=3; WARM=1; MODE=quick ;;
         --rounds) ROUNDS=$2; shift ;;
+        --replay-rounds) REPLAY_ROUNDS=$2; shift ;;
         --s8-count) S8_COUNT=$2; shift ;;
         --st-count) ST_COUNT=$2; shift ;;
         --d1-count) D1_COUNT=$2; shift ;;
@@ -47,7 +51,7 @@ while [ $# -gt 0 ]; do
         --no-rabbit) USE_RABBIT=0 ;;
         --no-build) BUILD=0 ;;
         --report) REPORT=$2; shift ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -262,7 +266,7 @@ if [ -z "$REPORT" ]; then
         done
     done
     if [ -n "$REPLAYS" ]; then
-        for r in $(seq 1 "$ROUNDS"); do
+        for r in $(seq 1 "$REPLAY_ROUNDS"); do
             run_replay warren "$r" "$REPLAYS"
             [ "$RABBIT" = 1 ] && run_replay rabbitmq "$r" "$REPLAYS"
         done
