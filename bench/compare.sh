@@ -5,7 +5,8 @@
 # the delayed-message exchange D1–D2 (Warren only: RabbitMQ 3.10.8 here has no plugin).
 #
 #   bench/compare.sh [--quick] [--rounds N] [--s8-count N] [--st-count N] [--d1-count N]
-#                    [--only S1,ST3,...] [--warren PATH] [--rabbit-host H] [--rabbit-port P]
+#                    [--only S1,ST3,...] [--warren PATH [--warren-config FILE]]
+#                    [--rabbit-host H] [--rabbit-port P]
 #                    [--replay-rounds N] [--no-rabbit] [--no-build]
 #   bench/compare.sh --report RUN_ID[,RUN_ID...]   # results.md from results.jsonl; for each
 #                    scenario the last listed run that has it wins (merge partial reruns)
@@ -28,6 +29,9 @@ S8_COUNT=10000000
 ST_COUNT=10000000
 D1_COUNT=1000000
 WARREN_BIN=""
+# Another build reads ./rabbit.toml of this tree, which may have keys it does not know:
+# --warren-config gives it its own.
+WARREN_CONFIG=""
 ONLY=""
 RABBIT_HOST=127.0.0.1
 RABBIT_PORT=5673
@@ -45,13 +49,14 @@ while [ $# -gt 0 ]; do
         --st-count) ST_COUNT=$2; shift ;;
         --d1-count) D1_COUNT=$2; shift ;;
         --warren) WARREN_BIN=$2; BUILD=0; shift ;;
+        --warren-config) WARREN_CONFIG=$2; shift ;;
         --only) ONLY=$2; shift ;;
         --rabbit-host) RABBIT_HOST=$2; shift ;;
         --rabbit-port) RABBIT_PORT=$2; shift ;;
         --no-rabbit) USE_RABBIT=0 ;;
         --no-build) BUILD=0 ;;
         --report) REPORT=$2; shift ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -98,7 +103,9 @@ port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null; }
 start_warren() {
     WPORT=$(free_port)
     local data="$TMP/data-$WPORT"
-    "$WARREN" --bind "127.0.0.1:$WPORT" --management-bind 127.0.0.1:0 --data-dir "$data" --log warn \
+    local conf=()
+    [ -n "$WARREN_CONFIG" ] && conf=(--config "$WARREN_CONFIG")
+    "$WARREN" "${conf[@]}" --bind "127.0.0.1:$WPORT" --management-bind 127.0.0.1:0 --data-dir "$data" --log warn \
         >"$TMP/warren-$WPORT.log" 2>&1 &
     WPID=$!
     for _ in $(seq 1 100); do

@@ -732,13 +732,14 @@ async fn prefill_drain(
         }
         return Ok(m);
     }
+    // Consumers start delivering before `d0` can be taken: the end is counted from before
+    // they started, the rate from `d0`.
+    let c0 = shared.consumed.load(Relaxed);
     let consumers = start_consumers(args, t, topo, shared).await?;
     shared.phase.store(1, Relaxed);
     let d0 = snap(shared, &args.broker_pid);
     let end = Instant::now() + Duration::from_secs_f64(args.drain_timeout);
-    while shared.consumed.load(Relaxed) - d0.consumed < depth
-        && Instant::now() < end
-        && !shared.has_errors()
+    while shared.consumed.load(Relaxed) - c0 < depth && Instant::now() < end && !shared.has_errors()
     {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -748,7 +749,7 @@ async fn prefill_drain(
     shared.stop_all();
     let hist = join_consumers(shared, consumers).await;
     let mut w = window(&d0, &d1);
-    w.insert("drained".into(), json!(d1.consumed - d0.consumed >= depth));
+    w.insert("drained".into(), json!(d1.consumed - c0 >= depth));
     w.insert("latency_us".into(), latency(&hist));
     if let Some(r) = rss {
         w.insert("broker_rss_kib".into(), json!(r));
@@ -767,15 +768,15 @@ async fn replay(
 ) -> Res<Map<String, Value>> {
     let want = args.replay * args.consumers as u64;
     let rss_before = settled_rss(&args.broker_pid, Duration::from_secs(30)).await;
+    // As in a drain: the end counted from before the consumers started.
+    let c0 = shared.consumed.load(Relaxed);
     let consumers = start_consumers(args, t, topo, shared).await?;
     shared.phase.store(1, Relaxed);
     let r0 = snap(shared, &args.broker_pid);
     let end = Instant::now() + Duration::from_secs_f64(args.drain_timeout);
     let mut peak = rss_before.unwrap_or(0);
     let mut last_print = Instant::now();
-    while shared.consumed.load(Relaxed) - r0.consumed < want
-        && Instant::now() < end
-        && !shared.has_errors()
+    while shared.consumed.load(Relaxed) - c0 < want && Instant::now() < end && !shared.has_errors()
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if let Some(r) = broker_rss(&args.broker_pid) {
@@ -785,7 +786,7 @@ async fn replay(
             last_print = Instant::now();
             eprintln!(
                 "warren-perf: replay {}/{want}, broker RSS peak {peak} KiB",
-                shared.consumed.load(Relaxed) - r0.consumed
+                shared.consumed.load(Relaxed) - c0
             );
         }
     }
@@ -795,7 +796,7 @@ async fn replay(
     shared.stop_all();
     join_consumers(shared, consumers).await;
     let mut m = window(&r0, &r1);
-    let read = r1.consumed - r0.consumed;
+    let read = r1.consumed - c0;
     m.insert("replayed".into(), json!(read >= want));
     if read < want {
         shared.error(format!("replay read {read} of {want} deliveries"));
