@@ -113,8 +113,11 @@ pub async fn run(
                 RawFrame::Body { payload } => {
                     if first_body {
                         first_body = false;
+                        // Only a delayed message can be early; a replay reads stamps
+                        // from another process's clock.
                         if measuring
                             && !hist.record_stamp(now.saturating_sub(cfg.delay_ns), payload)
+                            && cfg.delay_ns > 0
                         {
                             shared.early.fetch_add(1, Relaxed);
                         }

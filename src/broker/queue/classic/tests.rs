@@ -21,6 +21,23 @@ fn msg(body: &'static str) -> Arc<Message> {
     })
 }
 
+/// A queue's host that is already gone: these tests neither dead-letter nor expire queues.
+#[derive(Debug)]
+struct NoHost;
+
+impl QueueHost for NoHost {
+    fn route_dead_letter(
+        &self,
+        _: &str,
+        _: Arc<Message>,
+        _: &mut Vec<Arc<Queue>>,
+    ) -> Option<Arc<Message>> {
+        None
+    }
+
+    fn remove_expired(&self, _: &Queue) {}
+}
+
 fn queue(args: QueueArgs) -> Arc<Queue> {
     Arc::new(Queue::new(QueueInit {
         name: "q",
@@ -29,7 +46,7 @@ fn queue(args: QueueArgs) -> Arc<Queue> {
         auto_delete: false,
         arguments: FieldTable::default(),
         args,
-        vhost: Weak::<crate::broker::vhost::VHost>::new(),
+        vhost: Weak::<NoHost>::new(),
         store: None,
     }))
 }
