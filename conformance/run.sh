@@ -279,6 +279,7 @@ RC_AMQP=$?
 
 echo "== pika scenarios against $HOST:$PORT"
 (cd "$HERE/python/scenarios" && AMQP_HOST="$HOST" AMQP_PORT="$PORT" \
+    MGMT_HOST="$MGMT_HOST" MGMT_PORT="$MGMT_PORT" \
     CONFORMANCE_SKIP_FILE="$HERE/skip/pika.txt" \
     timeout -k 10 "$SUITE_TIMEOUT" "$VENV/bin/python" -m pytest "${COMMON[@]}" --rootdir "$HERE/python/scenarios" \
     --junitxml "$RESULTS/pika.xml" .)

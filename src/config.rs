@@ -87,6 +87,81 @@ pub struct Config {
     pub policies: Vec<Policy>,
     /// The management HTTP API (`[management]`).
     pub management: Management,
+    /// RabbitMQ's `vm_memory_high_watermark`: past it (the process's resident memory), the
+    /// memory alarm blocks publishers.
+    pub vm_memory_high_watermark: ResourceLimit,
+    /// RabbitMQ's `disk_free_limit`: with less free space than this on the data directory's
+    /// filesystem, the disk alarm blocks publishers.
+    pub disk_free_limit: ResourceLimit,
+    /// Milliseconds between resource checks (RabbitMQ's `memory_monitor_interval`).
+    pub memory_monitor_interval: u64,
+}
+
+/// A resource limit as RabbitMQ writes it: `key.relative = 0.4` (a fraction of the machine's
+/// memory, or of the cgroup's limit when lower) or `key.absolute = "2GiB"` (bytes).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum ResourceLimit {
+    /// A fraction of total memory.
+    Relative(f64),
+    /// Bytes.
+    Absolute(ByteSize),
+}
+
+impl ResourceLimit {
+    /// The limit in bytes, given the memory this process may use in all.
+    pub fn resolve(self, total_memory: u64) -> u64 {
+        match self {
+            Self::Relative(f) => (total_memory as f64 * f) as u64,
+            Self::Absolute(b) => b.0,
+        }
+    }
+}
+
+/// A byte count: an integer, or a string with RabbitMQ's units (`k`/`kiB`, `M`/`MiB`,
+/// `G`/`GiB` are powers of two; `kB`, `MB`, `GB` powers of ten), e.g. `"50MB"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("'{s}' is not a byte count like 50MB or 2GiB"))?;
+        let mult: u64 = match unit.trim() {
+            "" => 1,
+            "k" | "K" | "kiB" | "KiB" => 1 << 10,
+            "M" | "MiB" => 1 << 20,
+            "G" | "GiB" => 1 << 30,
+            "kB" | "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            other => return Err(format!("unknown unit '{other}' in '{s}'")),
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("'{s}' is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// The `[management]` section: RabbitMQ's management HTTP API.
@@ -276,6 +351,10 @@ impl Default for Config {
             log: "info".into(),
             policies: Vec::new(),
             management: Management::default(),
+            // RabbitMQ's defaults.
+            vm_memory_high_watermark: ResourceLimit::Relative(0.4),
+            disk_free_limit: ResourceLimit::Absolute(ByteSize(50_000_000)),
+            memory_monitor_interval: 2500,
         }
     }
 }
@@ -368,6 +447,28 @@ impl Config {
         if self.default_vhost.is_empty() {
             return invalid("default_vhost", "must not be empty".into());
         }
+        if let ResourceLimit::Relative(f) = self.vm_memory_high_watermark
+            && !(f > 0.0 && f <= 1.0)
+        {
+            return invalid(
+                "vm_memory_high_watermark.relative",
+                format!("{f} is outside (0, 1]"),
+            );
+        }
+        if let ResourceLimit::Relative(f) = self.disk_free_limit
+            && !(f >= 0.0 && f.is_finite())
+        {
+            return invalid("disk_free_limit.relative", format!("{f} is negative"));
+        }
+        if !(10..=3_600_000).contains(&self.memory_monitor_interval) {
+            return invalid(
+                "memory_monitor_interval",
+                format!(
+                    "{} is outside 10 ..= 3600000 ms",
+                    self.memory_monitor_interval
+                ),
+            );
+        }
         for p in &self.policies {
             if let Err(e) = regex::Regex::new(&p.pattern) {
                 return invalid("policies.pattern", format!("policy '{}': {e}", p.name));
@@ -427,6 +528,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("port"), "{e}");
+    }
+
+    #[test]
+    fn resource_limits_parse_as_rabbitmq_writes_them() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.vm_memory_high_watermark, ResourceLimit::Relative(0.4));
+        assert_eq!(c.disk_free_limit.resolve(0), 50_000_000);
+        let c = Config::parse(
+            "vm_memory_high_watermark.absolute = \"2GiB\"\ndisk_free_limit.relative = 1.5",
+        )
+        .unwrap();
+        assert_eq!(c.vm_memory_high_watermark.resolve(0), 2 << 30);
+        assert_eq!(c.disk_free_limit.resolve(1000), 1500);
+        let c = Config::parse("vm_memory_high_watermark = { absolute = 1000 }").unwrap();
+        assert_eq!(c.vm_memory_high_watermark.resolve(7), 1000);
+        for (text, key) in [
+            (
+                "vm_memory_high_watermark.relative = 1.5",
+                "vm_memory_high_watermark",
+            ),
+            ("disk_free_limit.absolute = \"50XB\"", "unknown unit 'XB'"),
+            ("vm_memory_high_watermark.ratio = 0.5", "ratio"),
+            ("memory_monitor_interval = 0", "memory_monitor_interval"),
+        ] {
+            let e = Config::parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        assert_eq!("512MiB".parse::<ByteSize>().unwrap().0, 512 << 20);
+        assert_eq!("50MB".parse::<ByteSize>().unwrap().0, 50_000_000);
+        assert!("99999999999999999999G".parse::<ByteSize>().is_err());
     }
 
     #[test]

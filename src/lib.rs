@@ -6,7 +6,8 @@
 //!   and the connection's channels; it turns errors into `channel.close` / `connection.close`.
 //! - [`channel`] is one channel's state machine: publishes, consumers, acks, confirms, tx.
 //! - [`broker`] holds what connections share: vhosts with their exchanges and queues,
-//!   routing, dispatch; [`auth`] its users and permissions.
+//!   routing, dispatch; [`auth`] its users and permissions; [`alarms`] the memory and disk
+//!   alarms that block publishers.
 //! - [`http`] is the management HTTP API (RabbitMQ's `/api` paths), on top of [`broker`].
 //! - [`protocol`] is the sans-I/O wire format; [`error`] the one error type that reaches the
 //!   wire; [`config`] and [`cli`] the settings.
@@ -16,6 +17,7 @@
 /// (definitions' `rabbitmq_version`, the management API's `rabbitmq_version`).
 pub const RABBITMQ_VERSION: &str = "3.10.8";
 
+pub mod alarms;
 pub mod auth;
 pub mod broker;
 pub mod channel;

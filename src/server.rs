@@ -1,6 +1,6 @@
 //! The accept loop: binds the listeners, spawns one task per connection, and on shutdown
 //! stops accepting, tells every connection to close with 320 CONNECTION_FORCED, and waits
-//! (bounded) for them to finish.
+//! (bounded) for them to finish. It also runs the resource alarms' monitor while it serves.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,6 +60,8 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let interval = Duration::from_millis(broker.config.memory_monitor_interval);
+    let monitor = tokio::spawn(crate::alarms::monitor(broker.alarms.clone(), interval));
     let mut accepts = JoinSet::new();
     for l in listeners {
         let broker = broker.clone();
@@ -73,6 +75,7 @@ pub async fn run(
     if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
         tracing::warn!("some connections did not close in time");
     }
+    monitor.abort();
 }
 
 async fn accept_loop(

@@ -240,6 +240,120 @@ async fn overview_nodes_vhosts_and_health_checks_answer_rabbitmq_shapes() {
 }
 
 #[tokio::test]
+async fn alarms_show_in_nodes_overview_health_checks_and_connection_states() {
+    let b = TestBroker::start_with_management().await;
+    let api = Api::of(&b);
+    let node = api.json("/api/overview").await["node"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let n = api.json(&format!("/api/nodes/{node}")).await;
+    assert_eq!(n["mem_alarm"], false);
+    assert_eq!(n["disk_free_alarm"], false);
+    assert_eq!(n["disk_free_limit"], 50_000_000);
+    assert!(n["mem_limit"].as_u64().unwrap() > n["mem_used"].as_u64().unwrap());
+    let (conn, ch) = b.channel().await;
+    let mut events = conn.events_listener();
+    let (_idle, _idle_ch) = b.channel().await;
+
+    // rabbitmqctl set_vm_memory_high_watermark, over HTTP.
+    let path = format!("/api/nodes/{node}/memory-high-watermark");
+    let r = api.send("PUT", &path, json!({"absolute": 1})).await;
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+    let raised = json!([{"node": node, "resource": "memory"}]);
+    for (path, scope) in [
+        ("/api/health/checks/alarms", "in the cluster"),
+        ("/api/health/checks/local-alarms", "on the node"),
+    ] {
+        let r = api.get(path).await;
+        assert_eq!(r.status, 503, "{path}");
+        assert_eq!(
+            r.json(),
+            json!({"status": "failed", "reason": format!("There are alarms in effect {scope}"),
+                   "alarms": raised})
+        );
+    }
+    assert_eq!(api.json("/api/overview").await["alarms"], raised);
+    assert_eq!(
+        api.json(&format!("/api/nodes/{node}")).await["mem_alarm"],
+        true
+    );
+    // Every connection is `blocking`; the one that publishes becomes `blocked`.
+    ch.basic_publish(
+        "".into(),
+        "nowhere".into(),
+        BasicPublishOptions::default(),
+        b"x",
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+    loop {
+        match tokio::time::timeout(WAIT, futures_lite::StreamExt::next(&mut events)).await {
+            Ok(Some(lapin::Event::ConnectionBlocked(_))) => break,
+            Ok(Some(_)) => continue,
+            other => panic!("no connection.blocked: {other:?}"),
+        }
+    }
+    let mut states: Vec<String> = api
+        .json("/api/connections")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["state"].as_str().unwrap().to_string())
+        .collect();
+    states.sort();
+    assert_eq!(states, ["blocked", "blocking"]);
+
+    // Only administrators move limits; the body is rabbit.toml's form.
+    let r = api
+        .send(
+            "PUT",
+            "/api/users/watcher",
+            json!({"password": "pw", "tags": "monitoring"}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let body = serde_json::to_vec(&json!({"relative": 1.0})).unwrap();
+    let r = request(
+        api.0,
+        "PUT",
+        &path,
+        Some(&basic("watcher", "pw")),
+        &[],
+        &body,
+    )
+    .await;
+    assert_eq!(
+        r.status, 401,
+        "RabbitMQ answers 401 to a user without the tag"
+    );
+    let r = api.send("PUT", &path, json!({"ratio": 1})).await;
+    assert_eq!(r.status, 400);
+    let r = api
+        .send(
+            "PUT",
+            &format!("/api/nodes/{node}/disk-free-limit"),
+            json!({"absolute": "1GB"}),
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let r = api
+        .send(
+            "PUT",
+            "/api/nodes/other@host/disk-free-limit",
+            json!({"absolute": 1}),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let r = api.send("PUT", &path, json!({"relative": 1.0})).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(api.json("/api/health/checks/alarms").await["status"], "ok");
+    assert_eq!(api.json("/api/overview").await["alarms"], json!([]));
+}
+
+#[tokio::test]
 async fn a_queue_declared_over_http_counts_what_lapin_publishes_and_gets_purges_deletes() {
     let b = TestBroker::start_with_management().await;
     let api = Api::of(&b);

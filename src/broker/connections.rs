@@ -52,6 +52,8 @@ pub struct ConnEntry {
     pub auth_mechanism: &'static str,
     /// Why someone asked this connection to close (set before `kill` is notified).
     reason: Mutex<Option<String>>,
+    /// Holding a publish until the resource alarms clear (RabbitMQ's `blocked` state).
+    pub blocked: AtomicBool,
     /// Wakes the connection task to close with 320. `notify_one` keeps a permit when the
     /// task is not waiting at that moment, so a request is never lost.
     kill: Notify,
@@ -105,6 +107,7 @@ impl ConnEntry {
             views: Mutex::default(),
             auth_mechanism: "PLAIN",
             reason: Mutex::new(None),
+            blocked: AtomicBool::new(false),
             kill: Notify::new(),
         }
     }

@@ -107,6 +107,9 @@ pub struct Broker {
     persist: Option<Arc<Persistence>>,
     /// The statistics sampler's last sum over every queue (`stats`).
     pub sampled: parking_lot::Mutex<stats::Slot>,
+    /// The memory and disk alarms (checked by `crate::alarms::monitor`, which the server
+    /// runs).
+    pub alarms: Arc<crate::alarms::Alarms>,
 }
 
 /// With the `test-hooks` feature (tests only): bytes per second the message log's disk is
@@ -241,6 +244,7 @@ impl Broker {
             auth: crate::auth::Registry::new(persist.as_ref().map(|p| p.defs.clone())),
             next_connection: AtomicU64::new(1),
             sampled: Default::default(),
+            alarms: Arc::new(crate::alarms::Alarms::new(&config)),
             persist,
             config,
         };

@@ -37,6 +37,8 @@ pub(super) struct Opened {
     pub heartbeat: u16,
     /// The client understands server-sent basic.cancel.
     pub cancel_notify: bool,
+    /// The client understands `connection.blocked` / `unblocked`.
+    pub blocked_notify: bool,
     /// The SASL mechanism used (`PLAIN` or `AMQPLAIN`).
     pub mechanism: &'static str,
     /// The user has the `impersonator` tag (it lifts the `user_id` check), read once here
@@ -328,6 +330,7 @@ pub(super) async fn run(
         });
     };
     let cancel_notify = capability(&start_ok.client_properties, "consumer_cancel_notify");
+    let blocked_notify = capability(&start_ok.client_properties, "connection.blocked");
     // `credentials` accepted only these two.
     let mechanism: &'static str = if mechanism == "AMQPLAIN" {
         "AMQPLAIN"
@@ -410,6 +413,7 @@ pub(super) async fn run(
         channel_max: tune.channel_max,
         heartbeat: tune.heartbeat,
         cancel_notify,
+        blocked_notify,
         mechanism,
         impersonator: login.has_tag("impersonator"),
         client_properties: start_ok.client_properties,

@@ -132,6 +132,7 @@ pub async fn run(
     let wr = Arc::new(wr);
     let writer = tokio::spawn(write_loop(wr.clone(), writer_rx, backlog.clone()));
     let watermark = broker.watermark();
+    let alarms = broker.alarms.clone();
     let mut conn = Connection {
         id,
         peer,
@@ -149,6 +150,9 @@ pub async fn run(
         closing: None,
         watermark,
         registry: registered.entry.clone(),
+        alarms,
+        held: None,
+        sent_blocked: false,
     };
     let mut inbox = None;
     conn.serve(rd, rbuf, &mut inbox, shutdown).await;
@@ -275,6 +279,13 @@ struct Connection {
     /// This connection's entry in the broker's registry: its channel count is kept there,
     /// and a close requested through it (management API) ends the connection with 320.
     registry: Arc<ConnEntry>,
+    /// The broker's resource alarms: a publish that arrives while one is raised is held
+    /// here, and nothing more is read from the socket until they clear (RabbitMQ's
+    /// `blocked` state; consumers on this connection are still served).
+    alarms: Arc<crate::alarms::Alarms>,
+    held: Option<Frame>,
+    /// `connection.blocked` was sent for the held publish: `unblocked` follows the clear.
+    sent_blocked: bool,
 }
 
 /// Why the main loop stopped.
@@ -338,6 +349,7 @@ impl Connection {
         let mut read_size = MIN_READ;
         let backlog = self.backlog.clone();
         let registry = self.registry.clone();
+        let mut alarms = self.alarms.subscribe();
         loop {
             // The peer is not reading: take in nothing until it does.
             let backed_up = backlog.over();
@@ -405,8 +417,19 @@ impl Connection {
                         break;
                     }
                 }
-                // Client input: decode every whole frame that arrived.
-                r = rd.read_buf(&mut rbuf), if !backed_up => {
+                // The alarms cleared: the held publish goes on, then the input behind it.
+                _ = async { let _ = alarms.wait_for(|raised| *raised == 0).await; },
+                    if self.held.is_some() && self.closing.is_none() => {
+                    last_read = Instant::now();
+                    if let Err(stop) = self.guarded(|c| c.unblock(&mut rbuf, inbox)) {
+                        self.end(stop, &mut rd).await;
+                        break;
+                    }
+                }
+                // Client input: decode every whole frame that arrived. Not while a publish is
+                // held for an alarm (unless the connection is closing: its close-ok must be
+                // read).
+                r = rd.read_buf(&mut rbuf), if !backed_up && (self.held.is_none() || self.closing.is_some()) => {
                     match r {
                         Ok(0) | Err(_) => {
                             tracing::debug!(peer = %self.peer, "socket closed by peer");
@@ -418,19 +441,19 @@ impl Connection {
                             }
                             last_read = Instant::now();
                             if let Err(stop) = self.guarded(|c| c.drain_frames(&mut rbuf, inbox)) {
-                                if stop == Stop::Panicked {
-                                    self.end_after_panic(&mut rd).await;
-                                    break;
-                                }
-                                self.end_stopped(stop, &mut rd).await;
+                                self.end(stop, &mut rd).await;
                                 break;
                             }
                         }
                     }
                 }
                 // Heartbeats: send every interval/2; a peer silent for two intervals is gone.
+                // (Not counted while blocked: the input is not being read, as in RabbitMQ.)
                 _ = tick.tick(), if hb != 0 => {
-                    if !backed_up && last_read.elapsed() > Duration::from_secs(u64::from(hb) * 2) {
+                    if !backed_up
+                        && self.held.is_none()
+                        && last_read.elapsed() > Duration::from_secs(u64::from(hb) * 2)
+                    {
                         tracing::warn!(peer = %self.peer, "missed heartbeats from client, timeout: {hb}s");
                         break;
                     }
@@ -453,6 +476,15 @@ impl Connection {
             }
         }
         self.flush();
+    }
+
+    /// Ends serving after `stop`, however it came.
+    async fn end(&mut self, stop: Stop, rd: &mut tokio::net::tcp::OwnedReadHalf) {
+        if stop == Stop::Panicked {
+            self.end_after_panic(rd).await;
+        } else {
+            self.end_stopped(stop, rd).await;
+        }
     }
 
     /// Flushes what the last frames produced and, when more client input may follow what
@@ -566,8 +598,24 @@ impl Connection {
         inbox: &mut Option<mpsc::UnboundedReceiver<QueueEvent>>,
     ) -> Result<(), Stop> {
         loop {
+            if self.held.is_some() {
+                if self.closing.is_none() {
+                    return Ok(());
+                }
+                // Closing: only close / close-ok count now, the publish is dropped unrouted.
+                self.held = None;
+            }
             match protocol::decode(rbuf, self.opened.frame_max) {
                 Ok(Some(frame)) => {
+                    // A resource alarm: the publish waits, and so does everything behind it.
+                    if matches!(frame, Frame::Publish { .. })
+                        && self.alarms.raised() != 0
+                        && self.closing.is_none()
+                    {
+                        self.block();
+                        self.held = Some(frame);
+                        return Ok(());
+                    }
                     if let (Some(rx), Frame::Method { method, .. }) = (inbox.as_mut(), &frame)
                         && matches!(**method, AMQPClass::Basic(b::AMQPMethod::Cancel(_)))
                     {
@@ -601,6 +649,36 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Enters RabbitMQ's `blocked` state for a publish held by an alarm.
+    fn block(&mut self) {
+        self.registry.blocked.store(true, Ordering::Relaxed);
+        if self.opened.blocked_notify {
+            let reason = crate::alarms::reason(self.alarms.raised());
+            self.send0(c::AMQPMethod::Blocked(c::Blocked {
+                reason: reason.into(),
+            }));
+            self.sent_blocked = true;
+        }
+        tracing::info!(peer = %self.peer, "publisher blocked by a resource alarm");
+    }
+
+    /// The alarms cleared: `connection.unblocked` if `blocked` was sent, then the held
+    /// publish and the input buffered behind it.
+    fn unblock(
+        &mut self,
+        rbuf: &mut BytesMut,
+        inbox: &mut Option<mpsc::UnboundedReceiver<QueueEvent>>,
+    ) -> Result<(), Stop> {
+        self.registry.blocked.store(false, Ordering::Relaxed);
+        if std::mem::take(&mut self.sent_blocked) {
+            self.send0(c::AMQPMethod::Unblocked(c::Unblocked {}));
+        }
+        if let Some(frame) = self.held.take() {
+            self.handle_frame(frame)?;
+        }
+        self.drain_frames(rbuf, inbox)
     }
 
     fn handle_event(&mut self, ev: QueueEvent) {

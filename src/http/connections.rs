@@ -21,6 +21,18 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::broker::connections::{ChannelView, ConnEntry};
 
+/// RabbitMQ's connection states under an alarm: `blocked` once it holds a publish,
+/// `blocking` (every other connection) while an alarm is raised, else `running`.
+fn connection_state(api: &Api, c: &ConnEntry) -> &'static str {
+    if c.blocked.load(Relaxed) {
+        "blocked"
+    } else if api.broker.alarms.raised() != 0 {
+        "blocking"
+    } else {
+        "running"
+    }
+}
+
 /// One connection as RabbitMQ's management API shows it.
 pub fn connection_json(api: &Api, c: &ConnEntry) -> Value {
     json!({
@@ -35,7 +47,7 @@ pub fn connection_json(api: &Api, c: &ConnEntry) -> Value {
         "port": c.local.port(),
         "protocol": "AMQP 0-9-1",
         "type": "network",
-        "state": "running",
+        "state": connection_state(api, c),
         "ssl": false,
         "auth_mechanism": c.auth_mechanism,
         "channels": c.channel_count(),

@@ -14,6 +14,7 @@
 //! [`MAX_BODY`].
 
 pub mod access;
+pub mod alarms;
 pub mod auth;
 pub mod bindings;
 pub mod connections;
@@ -159,6 +160,14 @@ pub fn router(api: Api) -> Router {
         .route("/api/whoami", get(overview::whoami))
         .route("/api/nodes", get(overview::nodes))
         .route("/api/nodes/{node}", get(overview::node))
+        .route(
+            "/api/nodes/{node}/memory-high-watermark",
+            put(alarms::put_memory_limit),
+        )
+        .route(
+            "/api/nodes/{node}/disk-free-limit",
+            put(alarms::put_disk_limit),
+        )
         .route("/api/vhosts", get(overview::vhosts))
         .route(
             "/api/vhosts/{vhost}",
@@ -216,8 +225,11 @@ pub fn router(api: Api) -> Router {
                 .delete(access::delete_policy),
         )
         .route("/api/aliveness-test/{vhost}", get(overview::aliveness))
-        .route("/api/health/checks/alarms", get(overview::health_ok))
-        .route("/api/health/checks/local-alarms", get(overview::health_ok))
+        .route("/api/health/checks/alarms", get(alarms::health_alarms))
+        .route(
+            "/api/health/checks/local-alarms",
+            get(alarms::health_local_alarms),
+        )
         .route(
             "/api/health/checks/virtual-hosts",
             get(overview::health_vhosts),

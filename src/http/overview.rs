@@ -117,6 +117,9 @@ fn overview_now(api: &Api) -> Json<Value> {
         "statistics_db_event_queue": 0,
         "node": &*api.node,
         "listeners": listeners(api),
+        // Not in RabbitMQ's overview (its dashboard reads /api/nodes): the raised alarms,
+        // so one request tells a script whether publishers are blocked.
+        "alarms": super::alarms::alarms_json(api),
         "contexts": [{"node": &*api.node, "description": "RabbitMQ Management",
                       "path": "/", "port": api.http.port().to_string()}],
     }))
@@ -127,20 +130,16 @@ pub async fn whoami(Extension(p): Extension<Principal>) -> Json<Value> {
     Json(json!({"name": p.name, "tags": p.tags}))
 }
 
-/// Resident memory of this process, bytes (Linux `/proc/self/statm`; 0 elsewhere).
-fn rss() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        // 4 KiB pages on the platforms Warren runs on.
-        .map_or(0, |pages| pages * 4096)
-}
-
 fn node_json(api: &Api) -> Value {
     let procs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let r = api.broker.alarms.readings();
     json!({
-        "mem_used": rss(),
-        "mem_limit": api.broker.config.memory_budget,
+        "mem_used": crate::alarms::resident_memory(),
+        // RabbitMQ's mem_limit is the high watermark in bytes.
+        "mem_limit": r.mem_limit,
+        "mem_calculation_strategy": "rss",
+        "disk_free": r.disk_free,
+        "disk_free_limit": r.disk_free_limit,
         "uptime": api.started.elapsed().as_millis() as u64,
         "name": &*api.node,
         "type": "disc",
@@ -152,8 +151,8 @@ fn node_json(api: &Api) -> Value {
         "exchange_types": [],
         "auth_mechanisms": [{"name": "PLAIN", "enabled": true}, {"name": "AMQPLAIN", "enabled": true}],
         "listeners": listeners(api),
-        "mem_alarm": false,
-        "disk_free_alarm": false,
+        "mem_alarm": r.raised & crate::alarms::MEMORY != 0,
+        "disk_free_alarm": r.raised & crate::alarms::DISK != 0,
         "being_drained": false,
     })
 }
@@ -221,11 +220,6 @@ pub async fn aliveness(State(api): State<Api>, Path(name): Path<String>) -> ApiR
             json!({"status": "failed", "reason": "aliveness test message not received"}),
         )),
     }
-}
-
-/// `GET /api/health/checks/alarms` and `.../local-alarms`: Warren raises no alarms.
-pub async fn health_ok() -> Json<Value> {
-    Json(json!({"status": "ok"}))
 }
 
 /// `GET /api/health/checks/virtual-hosts`: every vhost is served by this process.
