@@ -105,6 +105,8 @@ start_warren() {
     local data="$TMP/data-$WPORT"
     local conf=()
     [ -n "$WARREN_CONFIG" ] && conf=(--config "$WARREN_CONFIG")
+    # Builds with a metrics endpoint would otherwise take 15692, where RabbitMQ's plugin is.
+    "$WARREN" --help 2>/dev/null | grep -q -- --prometheus-bind && conf+=(--prometheus-bind 127.0.0.1:0)
     "$WARREN" "${conf[@]}" --bind "127.0.0.1:$WPORT" --management-bind 127.0.0.1:0 --data-dir "$data" --log warn \
         >"$TMP/warren-$WPORT.log" 2>&1 &
     WPID=$!

@@ -16,7 +16,7 @@ PY="$ROOT/conformance/.venv/bin/python"
 (cd "$ROOT" && cargo build --release -q)
 TMP=$(mktemp -d)
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$TMP"' EXIT
-(cd "$TMP" && exec "$ROOT/target/release/warren" --bind 127.0.0.1:0 --management-bind 127.0.0.1:0 \
+(cd "$TMP" && exec "$ROOT/target/release/warren" --bind 127.0.0.1:0 --management-bind 127.0.0.1:0 --prometheus-bind 127.0.0.1:0 \
     --data-dir "$TMP/data" --log warn > "$TMP/out" 2>&1) &
 PID=$!
 for _ in $(seq 100); do grep -q "management listening" "$TMP/out" 2>/dev/null && break; sleep 0.1; done

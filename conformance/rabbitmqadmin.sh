@@ -60,7 +60,7 @@ elif [ $# -eq 0 ]; then
         [ -x "$WARREN" ] || (cd "$ROOT" && cargo build -q) || exit 1
     fi
     # Run from the temp dir so no rabbit.toml in the caller's directory is picked up.
-    (cd "$TMP" && exec "$WARREN" --bind 127.0.0.1:0 --management-bind 127.0.0.1:0 \
+    (cd "$TMP" && exec "$WARREN" --bind 127.0.0.1:0 --management-bind 127.0.0.1:0 --prometheus-bind 127.0.0.1:0 \
         --data-dir "$TMP/data" --log warn > "$TMP/out" 2> "$TMP/err") &
     PID=$!
     for _ in $(seq 100); do

@@ -18,9 +18,12 @@
 # conformance/node/node_modules); (e) conformance/rabbitmqadmin.sh, rabbitmqadmin
 # against the broker's management HTTP API (rabbitmqadmin from Debian's
 # rabbitmq-server package, installed with apt-get --no-install-recommends when
-# missing, the server kept from starting). (c), (d) and (e) print TAP, turned into
-# JUnit XML. The last line printed is "N passed, M failed[, K skipped]", summed over
-# all five suites; exit status is non-zero when M > 0.
+# missing, the server kept from starting); (f) conformance/prometheus.sh, promtool
+# (Debian's prometheus package, installed the same way) and RabbitMQ's family names on
+# the metrics endpoint (Warren's printed address, or HOST:$CONFORMANCE_METRICS_PORT,
+# default 15692). (c) to (f) print TAP, turned into JUnit XML. The last line printed is
+# "N passed, M failed[, K skipped]", summed over all six suites; exit status is
+# non-zero when M > 0.
 #
 # The management API: when this script starts Warren, at the address Warren prints
 # ("warren management listening on ADDR"; it is started with --management-bind
@@ -178,7 +181,19 @@ setup_rabbitmqadmin() {
     command -v python3 >/dev/null 2>&1 || apt_install python3 || return 1
 }
 
+# promtool ships in Debian's prometheus package (the server is kept from starting).
+setup_prometheus() {
+    command -v curl >/dev/null 2>&1 || apt_install curl || return 1
+    if ! command -v promtool >/dev/null 2>&1; then
+        apt_install --no-install-recommends --no-start prometheus || return 1
+        command -v promtool >/dev/null 2>&1 \
+            || { echo "no promtool on PATH after installing prometheus"; return 1; }
+    fi
+}
+
 PERL_SETUP_ERROR="$(setup_perl)" && PERL_SETUP_ERROR=""
+PROM_SETUP_ERROR="$(setup_prometheus)" && PROM_SETUP_ERROR=""
+[ -z "$PROM_SETUP_ERROR" ] || echo "conformance: prometheus suite cannot run: $PROM_SETUP_ERROR" >&2
 NODE_SETUP_ERROR="$(setup_node)" && NODE_SETUP_ERROR=""
 [ -z "$PERL_SETUP_ERROR" ] || echo "conformance: Perl suite cannot run: $PERL_SETUP_ERROR" >&2
 ADMIN_SETUP_ERROR="$(setup_rabbitmqadmin)" && ADMIN_SETUP_ERROR=""
@@ -214,6 +229,8 @@ EOF
 }
 
 MGMT_HOST=""
+METRICS_HOST=""
+METRICS_PORT=""
 MGMT_PORT=""
 ADMIN_SKIP=""
 if [ -z "$HOST" ]; then
@@ -229,7 +246,7 @@ if [ -z "$HOST" ]; then
     PORT="$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
     DATA_DIR="$(mktemp -d)"
     # The management API on a free port: 15672 may be a RabbitMQ's.
-    "$WARREN" --bind "$HOST:$PORT" --management-bind 127.0.0.1:0 --data-dir "$DATA_DIR" \
+    "$WARREN" --bind "$HOST:$PORT" --management-bind 127.0.0.1:0 --prometheus-bind 127.0.0.1:0 --data-dir "$DATA_DIR" \
         > "$RESULTS/warren.log" 2>&1 &
     BROKER_PID=$!
     echo "conformance: started warren (pid $BROKER_PID) on $HOST:$PORT, log $RESULTS/warren.log"
@@ -248,6 +265,13 @@ if [ -z "$HOST" ]; then
         [ -z "$MGMT_ADDR" ] || break
         sleep 0.1
     done
+    METRICS_ADDR="$(sed -n 's/.*warren prometheus listening on \([^ ]*\).*/\1/p' "$RESULTS/warren.log" | head -n 1)"
+    if [ -n "$METRICS_ADDR" ]; then
+        METRICS_HOST="${METRICS_ADDR%:*}"
+        METRICS_PORT="${METRICS_ADDR##*:}"
+    else
+        PROM_SETUP_ERROR="${PROM_SETUP_ERROR:-warren printed no 'warren prometheus listening on ADDR' line}"
+    fi
     if [ -n "$MGMT_ADDR" ]; then
         MGMT_HOST="${MGMT_ADDR%:*}"
         MGMT_PORT="${MGMT_ADDR##*:}"
@@ -258,6 +282,10 @@ else
     port_open "$HOST" "$PORT" || fail_early "nothing accepts connections on $HOST:$PORT"
     MGMT_HOST="$HOST"
     MGMT_PORT="${CONFORMANCE_MGMT_PORT:-15672}"
+    METRICS_HOST="$HOST"
+    METRICS_PORT="${CONFORMANCE_METRICS_PORT:-15692}"
+    port_open "$METRICS_HOST" "$METRICS_PORT" \
+        || PROM_SETUP_ERROR="${PROM_SETUP_ERROR:-nothing accepts connections on $METRICS_HOST:$METRICS_PORT (set CONFORMANCE_METRICS_PORT)}"
     port_open "$MGMT_HOST" "$MGMT_PORT" \
         || ADMIN_SKIP="no management API: nothing accepts connections on $MGMT_HOST:$MGMT_PORT (set CONFORMANCE_MGMT_PORT)"
 fi
@@ -268,7 +296,8 @@ EXTRA=(${PYTEST_ARGS:-})
 COMMON=(-c "$INI" -p skiplist -q -rfE --timeout "$TIMEOUT" "${EXTRA[@]}")
 export PYTHONPATH="$HERE/python${PYTHONPATH:+:$PYTHONPATH}"
 rm -f "$RESULTS/py-amqp.xml" "$RESULTS/pika.xml" "$RESULTS/perl.xml" "$RESULTS/amqplib.xml" \
-    "$RESULTS/rabbitmqadmin.xml" "$RESULTS/perl.tap" "$RESULTS/amqplib.tap" "$RESULTS/rabbitmqadmin.tap"
+    "$RESULTS/rabbitmqadmin.xml" "$RESULTS/perl.tap" "$RESULTS/amqplib.tap" "$RESULTS/rabbitmqadmin.tap" \
+    "$RESULTS/prometheus.xml" "$RESULTS/prometheus.tap"
 
 echo "== py-amqp $AMQP_VERSION t/integration/test_rmq.py against $HOST:$PORT"
 (cd "$AMQP_SRC" && RABBITMQ_HOST="$HOST" RABBITMQ_5672_TCP="$PORT" \
@@ -327,10 +356,14 @@ else
 fi
 RC_ADMIN=0
 
+echo "== Prometheus endpoint at ${METRICS_HOST:-?}:${METRICS_PORT:-?}"
+tap_suite prometheus "$PROM_SETUP_ERROR" bash "$HERE/prometheus.sh" "${METRICS_HOST:-}" "${METRICS_PORT:-}"
+RC_PROM=0
+
 # --- Summary ---------------------------------------------------------------------
 "$VENV/bin/python" - "$RESULTS/py-amqp.xml" "$RC_AMQP" "$RESULTS/pika.xml" "$RC_PIKA" \
     "$RESULTS/perl.xml" "$RC_PERL" "$RESULTS/amqplib.xml" "$RC_NODE" \
-    "$RESULTS/rabbitmqadmin.xml" "$RC_ADMIN" <<'EOF'
+    "$RESULTS/rabbitmqadmin.xml" "$RC_ADMIN" "$RESULTS/prometheus.xml" "$RC_PROM" <<'EOF'
 import sys
 import xml.etree.ElementTree as ET
 

@@ -1,4 +1,5 @@
 //! Command line: `warren [--config FILE] [--bind ADDR:PORT] [--management-bind ADDR:PORT]
+//! [--prometheus-bind ADDR:PORT]
 //! [--data-dir DIR]`.
 //!
 //! Flags override `rabbit.toml`. A leaf module; `main` applies the result to the config.
@@ -22,6 +23,10 @@ pub struct Cli {
     /// the API on).
     #[arg(long, value_name = "ADDR:PORT")]
     pub management_bind: Option<SocketAddr>,
+    /// Prometheus endpoint listen address, replacing `[prometheus] listener` (and turning
+    /// it on).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub prometheus_bind: Option<SocketAddr>,
     /// Data directory, replacing the config's `data_dir`.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,

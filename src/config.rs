@@ -87,6 +87,8 @@ pub struct Config {
     pub policies: Vec<Policy>,
     /// The management HTTP API (`[management]`).
     pub management: Management,
+    /// The Prometheus endpoint (`[prometheus]`).
+    pub prometheus: Prometheus,
     /// RabbitMQ's `vm_memory_high_watermark`: past it (the process's resident memory), the
     /// memory alarm blocks publishers.
     pub vm_memory_high_watermark: ResourceLimit,
@@ -183,6 +185,25 @@ impl Default for Management {
             enabled: true,
             listener: SocketAddr::from(([127, 0, 0, 1], 15672)),
             collect_statistics_interval: 5000,
+        }
+    }
+}
+
+/// The `[prometheus]` section: RabbitMQ's `rabbitmq_prometheus` endpoint.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Prometheus {
+    /// Serve `/metrics` at all.
+    pub enabled: bool,
+    /// Address it listens on (the plugin's port, loopback only by default).
+    pub listener: SocketAddr,
+}
+
+impl Default for Prometheus {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listener: SocketAddr::from(([127, 0, 0, 1], 15692)),
         }
     }
 }
@@ -351,6 +372,7 @@ impl Default for Config {
             log: "info".into(),
             policies: Vec::new(),
             management: Management::default(),
+            prometheus: Prometheus::default(),
             // RabbitMQ's defaults.
             vm_memory_high_watermark: ResourceLimit::Relative(0.4),
             disk_free_limit: ResourceLimit::Absolute(ByteSize(50_000_000)),

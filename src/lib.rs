@@ -8,7 +8,8 @@
 //! - [`broker`] holds what connections share: vhosts with their exchanges and queues,
 //!   routing, dispatch; [`auth`] its users and permissions; [`alarms`] the memory and disk
 //!   alarms that block publishers.
-//! - [`http`] is the management HTTP API (RabbitMQ's `/api` paths), on top of [`broker`].
+//! - [`http`] is the management HTTP API (RabbitMQ's `/api` paths), on top of [`broker`];
+//!   [`metrics`] the Prometheus endpoint.
 //! - [`protocol`] is the sans-I/O wire format; [`error`] the one error type that reaches the
 //!   wire; [`config`] and [`cli`] the settings.
 #![warn(missing_docs, unreachable_pub)]
@@ -26,7 +27,20 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+
+/// RabbitMQ's node name for this broker, `warren@HOSTNAME` (the management API's `node`,
+/// the metrics' `rabbitmq_node`).
+pub fn node_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into());
+    format!("warren@{host}")
+}

@@ -79,6 +79,10 @@ fn load(cli: &Cli) -> Result<Config, Box<dyn std::error::Error>> {
     if let Some(addr) = cli.bind {
         config.listeners = vec![addr];
     }
+    if let Some(addr) = cli.prometheus_bind {
+        config.prometheus.listener = addr;
+        config.prometheus.enabled = true;
+    }
     if let Some(addr) = cli.management_bind {
         config.management.listener = addr;
         config.management.enabled = true;
@@ -135,6 +139,22 @@ async fn serve(config: Config) -> ExitCode {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "warren management listening on {a}").and_then(|()| out.flush());
     }
+    let prometheus = if config.prometheus.enabled {
+        match warren::metrics::bind(config.prometheus.listener).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("warren: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(a) = prometheus.as_ref().and_then(|l| l.local_addr().ok()) {
+        tracing::info!("prometheus metrics listening on {a}");
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "warren prometheus listening on {a}").and_then(|()| out.flush());
+    }
     let amqp: Vec<_> = listeners
         .iter()
         .filter_map(|l| l.local_addr().ok())
@@ -165,6 +185,17 @@ async fn serve(config: Config) -> ExitCode {
             let _ = rx.wait_for(|s| *s).await;
         }))
     });
+    if let Some(l) = prometheus {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(warren::metrics::serve(
+            l,
+            broker.clone(),
+            warren::node_name().into(),
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        ));
+    }
     warren::server::run(listeners, broker.clone(), async move {
         stop_signal().await;
         let _ = stop_tx.send(true);

@@ -7,11 +7,12 @@ use std::process::{Command, Stdio};
 
 use common::Raw;
 
-/// The binary, with its management API on a port of the OS's choosing (15672 may be taken,
-/// and tests run in parallel).
+/// The binary, with its management API and metrics on ports of the OS's choosing (15672
+/// and 15692 may be taken, and tests run in parallel).
 fn warren() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_warren"));
     c.args(["--management-bind", "127.0.0.1:0"]);
+    c.args(["--prometheus-bind", "127.0.0.1:0"]);
     c
 }
 
@@ -164,12 +165,17 @@ fn a_definitions_file_that_cannot_load_stops_the_boot_with_one_line() {
     );
 }
 
-/// `[management] enabled = false`: no API, and only the AMQP line on stdout.
+/// `[management] enabled = false` and `[prometheus] enabled = false`: neither listens, and
+/// only the AMQP line is on stdout.
 #[test]
-fn the_management_api_can_be_turned_off() {
+fn the_management_api_and_metrics_can_be_turned_off() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("rabbit.toml");
-    std::fs::write(&config, "[management]\nenabled = false\n").unwrap();
+    std::fs::write(
+        &config,
+        "[management]\nenabled = false\n[prometheus]\nenabled = false\n",
+    )
+    .unwrap();
     // Not `warren()`: its --management-bind would turn the API back on.
     let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
         .arg("--config")
@@ -195,5 +201,6 @@ fn the_management_api_can_be_turned_off() {
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
     assert!(!rest.contains("management"), "{rest}");
+    assert!(!rest.contains("prometheus"), "{rest}");
     let _ = child.wait();
 }

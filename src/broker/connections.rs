@@ -6,18 +6,22 @@
 //! it ends (through [`Registered`], a drop guard, so a panic cannot leave an entry
 //! behind). The entry is shared (`Arc`) between the registry and the task; the task writes
 //! the channel list on `channel.open` / `channel.close`, and each channel its
-//! [`ChannelView`] (relaxed stores to its own atomics, read only by the management API). Knows nothing of sockets or frames: a forced close is a request the
-//! connection task picks up in its `select!` and answers with `connection.close` 320.
+//! [`ChannelView`] (relaxed stores to its own atomics, read only by the management API and
+//! the metrics endpoint, which also reads the [`Totals`] of what closed). Knows nothing of
+//! sockets or frames: a forced close is a request the connection task picks up in its
+//! `select!` and answers with `connection.close` 320.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use amq_protocol::types::FieldTable;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+
+use super::counters::{Counters, Counts};
 
 /// One open connection, as the registry and the connection task share it.
 #[derive(Debug)]
@@ -52,6 +56,8 @@ pub struct ConnEntry {
     pub auth_mechanism: &'static str,
     /// Why someone asked this connection to close (set before `kill` is notified).
     reason: Mutex<Option<String>>,
+    /// The registry's totals, where this connection's channels' counts go when they close.
+    totals: Arc<Totals>,
     /// Holding a publish until the resource alarms clear (RabbitMQ's `blocked` state).
     pub blocked: AtomicBool,
     /// Wakes the connection task to close with 320. `notify_one` keeps a permit when the
@@ -77,6 +83,25 @@ pub struct ChannelView {
     pub messages_unacknowledged: AtomicU32,
     /// Publishes not yet confirmed.
     pub messages_unconfirmed: AtomicU32,
+    /// The channel's message counts (the metrics endpoint's global counters).
+    pub counts: Counters,
+}
+
+/// What outlives connections and channels: the counts of those that closed, and how many
+/// opened and closed (RabbitMQ's `*_opened_total` / `*_closed_total`).
+#[derive(Debug, Default)]
+pub struct Totals {
+    /// Message counts of closed channels. Its lock is also held while a scrape sums the
+    /// open ones, so a channel's counts are seen exactly once, never twice or not at all.
+    retired: Mutex<Counts>,
+    /// Connections opened since boot.
+    pub connections_opened: AtomicU64,
+    /// Connections closed since boot.
+    pub connections_closed: AtomicU64,
+    /// Channels opened since boot.
+    pub channels_opened: AtomicU64,
+    /// Channels closed since boot.
+    pub channels_closed: AtomicU64,
 }
 
 impl ConnEntry {
@@ -107,6 +132,7 @@ impl ConnEntry {
             views: Mutex::default(),
             auth_mechanism: "PLAIN",
             reason: Mutex::new(None),
+            totals: Arc::default(),
             blocked: AtomicBool::new(false),
             kill: Notify::new(),
         }
@@ -133,12 +159,17 @@ impl ConnEntry {
     pub fn open_channel(&self, number: u16) -> Arc<ChannelView> {
         let v = Arc::new(ChannelView::default());
         self.views.lock().insert(number, v.clone());
+        self.totals.channels_opened.fetch_add(1, Ordering::Relaxed);
         v
     }
 
-    /// A channel is gone.
+    /// A channel is gone: its counts join the retired ones.
     pub fn close_channel(&self, number: u16) {
-        self.views.lock().remove(&number);
+        let mut retired = self.totals.retired.lock();
+        if let Some(v) = self.views.lock().remove(&number) {
+            retired.add(&v.counts.read());
+            self.totals.channels_closed.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The open channels' views, by number.
@@ -168,6 +199,8 @@ impl ConnEntry {
 #[derive(Debug, Default)]
 pub struct Registry {
     by_id: DashMap<u64, Arc<ConnEntry>>,
+    /// Counts and totals of what closed.
+    pub totals: Arc<Totals>,
 }
 
 /// Removes its entry from the registry when dropped (the connection task ended).
@@ -180,19 +213,45 @@ pub struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
+        let totals = &self.registry.totals;
+        let mut retired = totals.retired.lock();
+        let views = std::mem::take(&mut *self.entry.views.lock());
+        for v in views.values() {
+            retired.add(&v.counts.read());
+        }
+        totals
+            .channels_closed
+            .fetch_add(views.len() as u64, Ordering::Relaxed);
+        totals.connections_closed.fetch_add(1, Ordering::Relaxed);
         self.registry.by_id.remove(&self.entry.id);
     }
 }
 
 impl Registry {
     /// Adds an opened connection; it stays listed until the guard is dropped.
-    pub fn register(self: &Arc<Self>, entry: ConnEntry) -> Registered {
+    pub fn register(self: &Arc<Self>, mut entry: ConnEntry) -> Registered {
+        entry.totals = self.totals.clone();
+        self.totals
+            .connections_opened
+            .fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(entry);
         self.by_id.insert(entry.id, entry.clone());
         Registered {
             registry: self.clone(),
             entry,
         }
+    }
+
+    /// The message counts of every channel since boot, open and closed.
+    pub fn message_counts(&self) -> Counts {
+        let retired = self.totals.retired.lock();
+        let mut sum = *retired;
+        for e in self.by_id.iter() {
+            for v in e.views.lock().values() {
+                sum.add(&v.counts.read());
+            }
+        }
+        sum
     }
 
     /// Every open connection, oldest first.

@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod connections;
+pub mod counters;
 pub mod dead_letter;
 pub mod definitions_json;
 pub mod exchange;

@@ -17,6 +17,7 @@ use super::{
     Channel, ConsumerInfo, Ctx, Mode, Settle, TxPublish, Unacked, discard_grouped, requeue_grouped,
 };
 use crate::auth::{Kind, Perm};
+use crate::broker::counters::count;
 use crate::broker::message::Message;
 use crate::broker::names;
 use crate::broker::queue::{ConsumeOptions, Consumer, ConsumerHandle, Operation, Published};
@@ -232,6 +233,7 @@ impl Channel {
         self.allow_topic(ctx, &exchange, true, c.publish.routing_key.as_str())
             .map_err(fail)?;
         validate_properties(&c.properties, ctx.user, ctx.impersonator).map_err(fail)?;
+        self.view.counts.add(count::RECEIVED, 1);
         if let Mode::Tx {
             publishes, bytes, ..
         } = &mut self.mode
@@ -269,6 +271,7 @@ impl Channel {
                 pending,
             } => {
                 *last_seq += 1;
+                self.view.counts.add(count::RECEIVED_CONFIRM, 1);
                 match outcome {
                     Published::Accepted(wait) => {
                         // Confirms go out in order: behind a message still waiting for the
@@ -277,6 +280,7 @@ impl Channel {
                             pending.push_back((*last_seq, wait.unwrap_or_default()));
                         } else {
                             *ack_upto = Some(*last_seq);
+                            self.view.counts.add(count::CONFIRMED, 1);
                         }
                     }
                     Published::Rejected | Published::Failed => {
@@ -326,8 +330,10 @@ impl Channel {
                 )
             {
                 self.no_route(ctx, &msg);
+                self.view.counts.add(count::UNROUTABLE_RETURNED, 1);
                 return Published::Accepted(None);
             }
+            self.view.counts.add(count::ROUTED, 1);
             return ctx.vhost.delayed().hold(exchange, msg, delay);
         }
         let by_name = exchange.name.is_empty() && msg.properties.headers().is_none();
@@ -336,6 +342,7 @@ impl Channel {
             && same_name(key, &msg.routing_key)
             && !q.is_deleted()
         {
+            self.view.counts.add(count::ROUTED, 1);
             return q.publish(msg);
         }
         let mut targets = std::mem::take(&mut self.route_buf);
@@ -347,8 +354,12 @@ impl Channel {
         if targets.is_empty() && !routed.replied {
             if publish.mandatory {
                 self.no_route(ctx, &msg);
+                self.view.counts.add(count::UNROUTABLE_RETURNED, 1);
+            } else {
+                self.view.counts.add(count::UNROUTABLE_DROPPED, 1);
             }
         } else {
+            self.view.counts.add(count::ROUTED, 1);
             let msg = routed.message.unwrap_or(msg);
             let mut queues = targets.drain(..);
             // The last queue takes the publisher's reference: one reference-count round
@@ -385,6 +396,7 @@ impl Channel {
         let queue = ctx.vhost.queue(&name, ctx.conn_id)?;
         queue.supports(Operation::Get, &ctx.vhost.name)?;
         let Some((entry, remaining)) = queue.get(m.no_ack) else {
+            self.view.counts.add(count::GET_EMPTY, 1);
             ctx.send(
                 self.id,
                 AMQPClass::Basic(b::AMQPMethod::GetEmpty(b::GetEmpty {})),
@@ -393,6 +405,17 @@ impl Channel {
         };
         let tag = self.next_tag;
         self.next_tag += 1;
+        self.view.counts.add(
+            if m.no_ack {
+                count::DELIVERED_GET_AUTO_ACK
+            } else {
+                count::DELIVERED_GET_MANUAL_ACK
+            },
+            1,
+        );
+        if entry.redelivered {
+            self.view.counts.add(count::REDELIVERED, 1);
+        }
         let msg = &entry.msg;
         protocol::write_get_ok(
             ctx.out,
@@ -465,6 +488,11 @@ impl Channel {
             if how == Settle::Ack {
                 u.queue.acked(&u.entry);
             }
+        }
+        if how == Settle::Ack {
+            self.view
+                .counts
+                .add(count::ACKNOWLEDGED, taken.len() as u64);
         }
         if how == Settle::Discard {
             discard_grouped(taken);

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use amq_protocol::protocol::{AMQPClass, basic as b, confirm, exchange, queue, tx};
 use bytes::{Bytes, BytesMut};
 
+use crate::broker::counters::count;
 use crate::broker::message::Entry;
 use crate::broker::queue::{ChannelCredit, ConsumerHandle, Inbox, Queue};
 use crate::broker::vhost::VHost;
@@ -407,6 +408,17 @@ impl Channel {
         }
         let tag = self.next_tag;
         self.next_tag += 1;
+        self.view.counts.add(
+            if consumer.no_ack {
+                count::DELIVERED_CONSUME_AUTO_ACK
+            } else {
+                count::DELIVERED_CONSUME_MANUAL_ACK
+            },
+            1,
+        );
+        if entry.redelivered {
+            self.view.counts.add(count::REDELIVERED, 1);
+        }
         let m = &entry.msg;
         protocol::write_deliver(
             ctx.out,
@@ -512,6 +524,7 @@ impl Channel {
             }
             *ack_upto = Some(tag);
             pending.pop_front();
+            self.view.counts.add(count::CONFIRMED, 1);
         }
         if let Some(tag) = ack_upto.take() {
             protocol::write_confirm(out, self.id, tag, true, true);

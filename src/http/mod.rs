@@ -67,7 +67,7 @@ impl Api {
             broker,
             amqp: Arc::new(amqp),
             http,
-            node: format!("warren@{}", hostname()).into(),
+            node: crate::node_name().into(),
             started: std::time::Instant::now(),
         }
     }
@@ -142,15 +142,6 @@ impl Api {
 /// (`block_in_place` on the multi-threaded runtime), as the broker does for disk I/O.
 pub(crate) fn offload<R>(f: impl FnOnce() -> R) -> R {
     crate::broker::blocking(f)
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 /// The router: every `/api` path, behind basic auth; anything else is a 404.

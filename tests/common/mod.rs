@@ -22,6 +22,8 @@ pub struct TestBroker {
     pub addr: SocketAddr,
     /// The management HTTP API, when started with it.
     pub http: Option<SocketAddr>,
+    /// The Prometheus endpoint, started with the management API.
+    pub metrics: Option<SocketAddr>,
     /// The broker itself, for tests that set users, vhosts and permissions up directly.
     pub broker: Arc<Broker>,
     pub _dir: tempfile::TempDir,
@@ -70,7 +72,21 @@ impl TestBroker {
         let (tx, rx) = oneshot::channel();
         let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
         let mut http = None;
+        let mut metrics = None;
         if management {
+            let l = warren::metrics::bind("127.0.0.1:0".parse().unwrap())
+                .await
+                .unwrap();
+            metrics = Some(l.local_addr().unwrap());
+            let mut rx = http_stopped.clone();
+            tokio::spawn(warren::metrics::serve(
+                l,
+                broker.clone(),
+                warren::node_name().into(),
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                },
+            ));
             let l = warren::http::bind("127.0.0.1:0".parse().unwrap())
                 .await
                 .unwrap();
@@ -89,6 +105,7 @@ impl TestBroker {
         Self {
             addr,
             http,
+            metrics,
             broker,
             _dir: dir,
             stop: Some(tx),
@@ -475,6 +492,7 @@ impl BinBroker {
         }
         let mut child = cmd
             .args(["--bind", "127.0.0.1:0", "--management-bind", "127.0.0.1:0"])
+            .args(["--prometheus-bind", "127.0.0.1:0"])
             .args(["--log", "warn", "--data-dir"])
             .arg(dir)
             .stdout(std::process::Stdio::piped())
