@@ -48,8 +48,10 @@ pub struct ConnEntry {
     pub channels: AtomicU32,
     /// The open channels' views, by number.
     views: Mutex<BTreeMap<u16, Arc<ChannelView>>>,
-    /// The SASL mechanism the client logged in with (`PLAIN`, `AMQPLAIN`).
+    /// The SASL mechanism the client logged in with (`PLAIN`, `AMQPLAIN`, `EXTERNAL`).
     pub auth_mechanism: &'static str,
+    /// The connection is AMQPS.
+    pub ssl: bool,
     /// Why someone asked this connection to close (set before `kill` is notified).
     reason: Mutex<Option<String>>,
     /// Wakes the connection task to close with 320. `notify_one` keeps a permit when the
@@ -104,6 +106,7 @@ impl ConnEntry {
             channels: AtomicU32::new(0),
             views: Mutex::default(),
             auth_mechanism: "PLAIN",
+            ssl: false,
             reason: Mutex::new(None),
             kill: Notify::new(),
         }
@@ -123,6 +126,13 @@ impl ConnEntry {
     #[must_use]
     pub fn with_mechanism(mut self, mechanism: &'static str) -> Self {
         self.auth_mechanism = mechanism;
+        self
+    }
+
+    /// Marks an AMQPS connection.
+    #[must_use]
+    pub fn with_ssl(mut self, ssl: bool) -> Self {
+        self.ssl = ssl;
         self
     }
 
