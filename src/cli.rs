@@ -1,6 +1,5 @@
-//! Command line: `warren [--config FILE] [--bind ADDR:PORT] [--management-bind ADDR:PORT]
-//! [--prometheus-bind ADDR:PORT]
-//! [--data-dir DIR]`.
+//! Command line: `warren [--config FILE] [--bind ADDR:PORT] [--bind-tls ADDR:PORT]
+//! [--management-bind ADDR:PORT] [--prometheus-bind ADDR:PORT] [--data-dir DIR]`.
 //!
 //! Flags override `rabbit.toml`. A leaf module; `main` applies the result to the config.
 
@@ -19,6 +18,10 @@ pub struct Cli {
     /// Listen address, replacing the config's `listeners`.
     #[arg(long, value_name = "ADDR:PORT")]
     pub bind: Option<SocketAddr>,
+    /// AMQPS listen address, replacing the config's `listeners_tls` (`[tls]` must name
+    /// the certificate and key).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub bind_tls: Option<SocketAddr>,
     /// Management HTTP API listen address, replacing `[management] listener` (and turning
     /// the API on).
     #[arg(long, value_name = "ADDR:PORT")]

@@ -43,6 +43,17 @@ pub enum ConfigError {
 pub struct Config {
     /// Addresses to accept AMQP connections on.
     pub listeners: Vec<SocketAddr>,
+    /// Addresses to accept AMQPS (AMQP over TLS) connections on, with `[tls]`'s
+    /// certificate; none by default.
+    pub listeners_tls: Vec<SocketAddr>,
+    /// Certificates, keys and client verification for AMQPS and HTTPS (`[tls]`).
+    pub tls: Tls,
+    /// SASL mechanisms offered in `connection.start` (RabbitMQ's `auth_mechanisms`):
+    /// `PLAIN`, `AMQPLAIN`, `EXTERNAL`. EXTERNAL is offered on TLS connections only.
+    pub auth_mechanisms: Vec<String>,
+    /// Which part of a verified client certificate names the EXTERNAL user
+    /// (RabbitMQ's `ssl_cert_login_from`).
+    pub ssl_cert_login_from: CertLoginFrom,
     /// Where durable state lives.
     pub data_dir: PathBuf,
     /// The user created at first boot.
@@ -177,6 +188,55 @@ pub struct Management {
     /// Milliseconds between statistics samples (rates, totals): RabbitMQ's
     /// `collect_statistics_interval`, 5000 by default.
     pub collect_statistics_interval: u64,
+    /// Serve the API over HTTPS with `[tls]`'s certificate and key (no client certificates
+    /// asked for) instead of plain HTTP.
+    pub tls: bool,
+}
+
+/// The `[tls]` section: RabbitMQ's `ssl_options`, for AMQPS listeners and HTTPS.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// The server's certificate chain, PEM, leaf first (`ssl_options.certfile`).
+    pub certfile: Option<PathBuf>,
+    /// Its private key, PEM: PKCS#8, PKCS#1 or SEC1 (`ssl_options.keyfile`).
+    pub keyfile: Option<PathBuf>,
+    /// CA certificates, PEM, that client certificates must chain to
+    /// (`ssl_options.cacertfile`); needed by `verify_peer`.
+    pub cacertfile: Option<PathBuf>,
+    /// Ask AMQPS clients for a certificate and verify it against `cacertfile`
+    /// (`ssl_options.verify = verify_peer`). A client that sends none is still let in
+    /// unless `fail_if_no_peer_cert`.
+    pub verify_peer: bool,
+    /// Refuse AMQPS clients without a verified certificate at the TLS handshake.
+    pub fail_if_no_peer_cert: bool,
+    /// TLS versions accepted: `tlsv1.2`, `tlsv1.3` (`ssl_options.versions`).
+    pub versions: Vec<String>,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Self {
+            certfile: None,
+            keyfile: None,
+            cacertfile: None,
+            verify_peer: false,
+            fail_if_no_peer_cert: false,
+            versions: vec!["tlsv1.2".into(), "tlsv1.3".into()],
+        }
+    }
+}
+
+/// `ssl_cert_login_from`: which part of the client certificate is the user name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertLoginFrom {
+    /// The whole subject as an RFC 4514 string, e.g. `CN=client,O=Org,C=US` (RabbitMQ's
+    /// default).
+    #[default]
+    DistinguishedName,
+    /// The subject's common name (CN).
+    CommonName,
 }
 
 impl Default for Management {
@@ -185,6 +245,7 @@ impl Default for Management {
             enabled: true,
             listener: SocketAddr::from(([127, 0, 0, 1], 15672)),
             collect_statistics_interval: 5000,
+            tls: false,
         }
     }
 }
@@ -353,6 +414,10 @@ impl Default for Config {
                 SocketAddr::from(([127, 0, 0, 1], 5672)),
                 SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 5672)),
             ],
+            listeners_tls: Vec::new(),
+            tls: Tls::default(),
+            auth_mechanisms: vec!["PLAIN".into(), "AMQPLAIN".into()],
+            ssl_cert_login_from: CertLoginFrom::default(),
             data_dir: PathBuf::from("data"),
             default_user: "guest".into(),
             default_pass: "guest".into(),
@@ -439,9 +504,13 @@ impl Config {
     /// [`ConfigError::Invalid`] naming the key.
     pub fn check(&self) -> Result<(), ConfigError> {
         let invalid = |key, problem: String| Err(ConfigError::Invalid { key, problem });
-        if self.listeners.is_empty() {
-            return invalid("listeners", "at least one address is needed".into());
+        if self.listeners.is_empty() && self.listeners_tls.is_empty() {
+            return invalid(
+                "listeners",
+                "at least one address is needed (here or in listeners_tls)".into(),
+            );
         }
+        self.check_tls()?;
         if !(FRAME_MIN_SIZE..=1024 * 1024).contains(&self.frame_max) {
             return invalid(
                 "frame_max",
@@ -514,6 +583,61 @@ impl Config {
                     "policies.definition.overflow",
                     format!("policy '{}': unknown overflow '{o}'", p.name),
                 );
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether anything is served over TLS, so `[tls]` must name a certificate and key.
+    pub fn uses_tls(&self) -> bool {
+        !self.listeners_tls.is_empty() || (self.management.enabled && self.management.tls)
+    }
+
+    fn check_tls(&self) -> Result<(), ConfigError> {
+        let invalid = |key, problem: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                problem: problem.into(),
+            })
+        };
+        if self.auth_mechanisms.is_empty() {
+            return invalid("auth_mechanisms", "at least one mechanism is needed");
+        }
+        for m in &self.auth_mechanisms {
+            if !matches!(m.as_str(), "PLAIN" | "AMQPLAIN" | "EXTERNAL") {
+                return Err(ConfigError::Invalid {
+                    key: "auth_mechanisms",
+                    problem: format!("unknown mechanism '{m}' (PLAIN, AMQPLAIN or EXTERNAL)"),
+                });
+            }
+        }
+        let t = &self.tls;
+        if t.versions.is_empty() {
+            return invalid("tls.versions", "at least one version is needed");
+        }
+        for v in &t.versions {
+            if !matches!(v.as_str(), "tlsv1.2" | "tlsv1.3") {
+                return Err(ConfigError::Invalid {
+                    key: "tls.versions",
+                    problem: format!("unknown version '{v}' (tlsv1.2 or tlsv1.3)"),
+                });
+            }
+        }
+        if t.fail_if_no_peer_cert && !t.verify_peer {
+            return invalid("tls.fail_if_no_peer_cert", "needs tls.verify_peer = true");
+        }
+        if t.verify_peer && t.cacertfile.is_none() {
+            return invalid(
+                "tls.verify_peer",
+                "needs tls.cacertfile, the CAs client certificates must chain to",
+            );
+        }
+        if self.uses_tls() {
+            if t.certfile.is_none() {
+                return invalid("tls.certfile", "needed by listeners_tls or management.tls");
+            }
+            if t.keyfile.is_none() {
+                return invalid("tls.keyfile", "needed by listeners_tls or management.tls");
             }
         }
         Ok(())
@@ -624,6 +748,35 @@ definition = { message-ttl = 500, dead-letter-exchange = "dlx" }
         let auto = Config::default().workers();
         let cpus = std::thread::available_parallelism().unwrap().get();
         assert_eq!(auto, (cpus / 2).max(1));
+    }
+
+    #[test]
+    fn tls_keys_parse_and_inconsistent_ones_are_named() {
+        let c = Config::parse(
+            "listeners_tls = [\"127.0.0.1:5671\"]\nssl_cert_login_from = \"common_name\"\n\
+             auth_mechanisms = [\"EXTERNAL\"]\n[tls]\ncertfile = \"c.pem\"\nkeyfile = \"k.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.ssl_cert_login_from, CertLoginFrom::CommonName);
+        assert_eq!(c.tls.versions, ["tlsv1.2", "tlsv1.3"]);
+        assert!(c.uses_tls());
+        let d = Config::default();
+        assert!(!d.uses_tls());
+        assert_eq!(d.ssl_cert_login_from, CertLoginFrom::DistinguishedName);
+        for (text, key) in [
+            ("listeners_tls = [\"127.0.0.1:5671\"]", "tls.certfile"),
+            (
+                "[tls]\nfail_if_no_peer_cert = true",
+                "tls.fail_if_no_peer_cert",
+            ),
+            ("[tls]\nverify_peer = true", "tls.verify_peer"),
+            ("[tls]\nversions = [\"sslv3\"]", "tls.versions"),
+            ("auth_mechanisms = [\"CRAM-MD5\"]", "auth_mechanisms"),
+            ("ssl_cert_login_from = \"serial\"", "`serial`"),
+        ] {
+            let e = Config::parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Warren: an AMQP 0-9-1 message broker that speaks RabbitMQ's dialect.
 //!
 //! Module map, socket to queue:
-//! - [`server`] accepts TCP connections and spawns one [`connection`] task each.
+//! - [`server`] accepts TCP connections (and, with [`tls`]'s acceptor, AMQPS ones) and
+//!   spawns one [`connection`] task each.
 //! - [`connection`] owns the socket: handshake, frame decoding ([`protocol`]), heartbeats,
 //!   and the connection's channels; it turns errors into `channel.close` / `connection.close`.
 //! - [`channel`] is one channel's state machine: publishes, consumers, acks, confirms, tx.
@@ -32,6 +33,7 @@ pub mod protocol;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 /// RabbitMQ's node name for this broker, `warren@HOSTNAME` (the management API's `node`,
 /// the metrics' `rabbitmq_node`).

@@ -83,6 +83,9 @@ fn load(cli: &Cli) -> Result<Config, Box<dyn std::error::Error>> {
         config.prometheus.listener = addr;
         config.prometheus.enabled = true;
     }
+    if let Some(addr) = cli.bind_tls {
+        config.listeners_tls = vec![addr];
+    }
     if let Some(addr) = cli.management_bind {
         config.management.listener = addr;
         config.management.enabled = true;
@@ -98,6 +101,19 @@ fn load(cli: &Cli) -> Result<Config, Box<dyn std::error::Error>> {
 }
 
 async fn serve(config: Config) -> ExitCode {
+    // Certificates and keys are read before anything is bound: a bad file is a config
+    // error, one line naming it.
+    let tls = if config.uses_tls() {
+        match warren::tls::Tls::load(&config.tls) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("warren: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
     if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
         eprintln!(
             "warren: cannot create data_dir {}: {e}",
@@ -121,6 +137,21 @@ async fn serve(config: Config) -> ExitCode {
             let _ = writeln!(out, "warren listening on {a}").and_then(|()| out.flush());
         }
     }
+    let tls_listeners = match (&tls, config.listeners_tls.is_empty()) {
+        (Some(_), false) => match warren::server::bind(&config.listeners_tls).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("warren: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => Vec::new(),
+    };
+    for a in tls_listeners.iter().filter_map(|l| l.local_addr().ok()) {
+        tracing::info!("listening on {a} (amqps)");
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "warren amqps listening on {a}").and_then(|()| out.flush());
+    }
     // The management API binds before the broker opens its stores, so a port in use fails
     // the boot at once, as an AMQP port in use does.
     let management = if config.management.enabled {
@@ -135,7 +166,12 @@ async fn serve(config: Config) -> ExitCode {
         None
     };
     if let Some(a) = management.as_ref().and_then(|l| l.local_addr().ok()) {
-        tracing::info!("management API listening on {a}");
+        let scheme = if config.management.tls {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!("management API listening on {a} ({scheme})");
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "warren management listening on {a}").and_then(|()| out.flush());
     }
@@ -157,8 +193,10 @@ async fn serve(config: Config) -> ExitCode {
     }
     let amqp: Vec<_> = listeners
         .iter()
+        .chain(&tls_listeners)
         .filter_map(|l| l.local_addr().ok())
         .collect();
+    let management_tls = config.management.tls;
     let data_dir = config.data_dir.clone();
     let broker = match Broker::open(config) {
         Ok(b) => Arc::new(b),
@@ -181,9 +219,13 @@ async fn serve(config: Config) -> ExitCode {
         let http = l.local_addr().unwrap_or(config_listener(&broker));
         let api = warren::http::Api::new(broker.clone(), amqp.clone(), http);
         let mut rx = stop_rx.clone();
-        tokio::spawn(warren::http::serve(l, api, async move {
+        let stop = async move {
             let _ = rx.wait_for(|s| *s).await;
-        }))
+        };
+        match tls.as_ref().filter(|_| management_tls) {
+            Some(t) => tokio::spawn(warren::http::serve_tls(l, t.management.clone(), api, stop)),
+            None => tokio::spawn(warren::http::serve(l, api, stop)),
+        }
     });
     if let Some(l) = prometheus {
         let mut rx = stop_rx.clone();
@@ -196,7 +238,21 @@ async fn serve(config: Config) -> ExitCode {
             },
         ));
     }
-    warren::server::run(listeners, broker.clone(), async move {
+    let mut all: Vec<_> = listeners
+        .into_iter()
+        .map(warren::server::Listener::plain)
+        .collect();
+    if let Some(t) = &tls {
+        all.extend(
+            tls_listeners
+                .into_iter()
+                .map(|tcp| warren::server::Listener {
+                    tcp,
+                    tls: Some(t.amqp.clone()),
+                }),
+        );
+    }
+    warren::server::serve(all, broker.clone(), async move {
         stop_signal().await;
         let _ = stop_tx.send(true);
     })

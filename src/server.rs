@@ -1,6 +1,8 @@
 //! The accept loop: binds the listeners, spawns one task per connection, and on shutdown
 //! stops accepting, tells every connection to close with 320 CONNECTION_FORCED, and waits
 //! (bounded) for them to finish. It also runs the resource alarms' monitor while it serves.
+//! An AMQPS listener carries the acceptor from [`crate::tls`]; its connections do their TLS
+//! handshake in their own task, never in the accept loop.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,6 +11,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
 use crate::broker::Broker;
 use crate::connection;
@@ -53,9 +56,38 @@ fn unavailable_here(e: &std::io::Error) -> bool {
         || (cfg!(target_os = "linux") && e.raw_os_error() == Some(97))
 }
 
-/// Serves until `stop` resolves, then drains connections.
+/// A bound AMQP listener: plain, or AMQPS with the acceptor its connections handshake with.
+pub struct Listener {
+    /// The socket.
+    pub tcp: TcpListener,
+    /// `Some` for AMQPS.
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl Listener {
+    /// A plain AMQP listener.
+    pub fn plain(tcp: TcpListener) -> Self {
+        Self { tcp, tls: None }
+    }
+}
+
+/// Serves plain AMQP listeners until `stop` resolves, then drains connections.
 pub async fn run(
     listeners: Vec<TcpListener>,
+    broker: Arc<Broker>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    serve(
+        listeners.into_iter().map(Listener::plain).collect(),
+        broker,
+        stop,
+    )
+    .await;
+}
+
+/// Serves AMQP and AMQPS listeners until `stop` resolves, then drains connections.
+pub async fn serve(
+    listeners: Vec<Listener>,
     broker: Arc<Broker>,
     stop: impl std::future::Future<Output = ()>,
 ) {
@@ -79,7 +111,7 @@ pub async fn run(
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    Listener { tcp: listener, tls }: Listener,
     broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -89,7 +121,13 @@ async fn accept_loop(
             _ = shutdown.changed() => break,
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
-                    conns.spawn(connection::run(stream, peer, broker.clone(), shutdown.clone()));
+                    let (b, s) = (broker.clone(), shutdown.clone());
+                    match &tls {
+                        None => conns.spawn(connection::run(stream, peer, b, s)),
+                        Some(acceptor) => {
+                            conns.spawn(connection::run_tls(stream, acceptor.clone(), peer, b, s))
+                        }
+                    };
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.

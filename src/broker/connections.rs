@@ -52,8 +52,10 @@ pub struct ConnEntry {
     pub channels: AtomicU32,
     /// The open channels' views, by number.
     views: Mutex<BTreeMap<u16, Arc<ChannelView>>>,
-    /// The SASL mechanism the client logged in with (`PLAIN`, `AMQPLAIN`).
+    /// The SASL mechanism the client logged in with (`PLAIN`, `AMQPLAIN`, `EXTERNAL`).
     pub auth_mechanism: &'static str,
+    /// The connection is AMQPS.
+    pub ssl: bool,
     /// Why someone asked this connection to close (set before `kill` is notified).
     reason: Mutex<Option<String>>,
     /// The registry's totals, where this connection's channels' counts go when they close.
@@ -131,6 +133,7 @@ impl ConnEntry {
             channels: AtomicU32::new(0),
             views: Mutex::default(),
             auth_mechanism: "PLAIN",
+            ssl: false,
             reason: Mutex::new(None),
             totals: Arc::default(),
             blocked: AtomicBool::new(false),
@@ -152,6 +155,13 @@ impl ConnEntry {
     #[must_use]
     pub fn with_mechanism(mut self, mechanism: &'static str) -> Self {
         self.auth_mechanism = mechanism;
+        self
+    }
+
+    /// Marks an AMQPS connection.
+    #[must_use]
+    pub fn with_ssl(mut self, ssl: bool) -> Self {
+        self.ssl = ssl;
         self
     }
 

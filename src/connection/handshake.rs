@@ -1,8 +1,9 @@
-//! The opening handshake: protocol header, start/start-ok (PLAIN and AMQPLAIN), tune/tune-ok
-//! and open/open-ok, as RabbitMQ answers each step, including its answers to bad input.
+//! The opening handshake: protocol header, start/start-ok (PLAIN, AMQPLAIN and, on TLS,
+//! EXTERNAL), tune/tune-ok and open/open-ok, as RabbitMQ answers each step, including its
+//! answers to bad input.
 //!
-//! Runs on the raw socket before the connection's writer task exists; the whole exchange is
-//! bounded by the configured handshake timeout by the caller.
+//! Runs on the socket (plain or TLS, see `transport`) before the connection's writer task
+//! exists; the whole exchange is bounded by the configured handshake timeout by the caller.
 
 use std::sync::Arc;
 
@@ -10,8 +11,10 @@ use amq_protocol::protocol::{AMQPClass, connection as c};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::BytesMut;
 use nom::Parser;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::Security;
+use super::transport::SocketWrite;
 
 use crate::broker::Broker;
 use crate::broker::vhost::VHost;
@@ -39,7 +42,7 @@ pub(super) struct Opened {
     pub cancel_notify: bool,
     /// The client understands `connection.blocked` / `unblocked`.
     pub blocked_notify: bool,
-    /// The SASL mechanism used (`PLAIN` or `AMQPLAIN`).
+    /// The SASL mechanism used (`PLAIN`, `AMQPLAIN` or `EXTERNAL`).
     pub mechanism: &'static str,
     /// The user has the `impersonator` tag (it lifts the `user_id` check), read once here
     /// rather than per frame.
@@ -95,8 +98,8 @@ fn server_properties() -> FieldTable {
     p
 }
 
-async fn read_frame(
-    rd: &mut OwnedReadHalf,
+async fn read_frame<R: AsyncRead + Unpin>(
+    rd: &mut R,
     buf: &mut BytesMut,
     frame_max: u32,
 ) -> Result<Frame, Refused> {
@@ -121,8 +124,8 @@ async fn read_frame(
     }
 }
 
-async fn expect(
-    rd: &mut OwnedReadHalf,
+async fn expect<R: AsyncRead + Unpin>(
+    rd: &mut R,
     buf: &mut BytesMut,
     frame_max: u32,
 ) -> Result<c::AMQPMethod, Refused> {
@@ -142,8 +145,8 @@ async fn expect(
 /// Reads `connection.open`, answering what else may come first as RabbitMQ does in its
 /// `opening` state: a frame on another channel is a 505 quoting it, another method on
 /// channel 0 a 504 naming it.
-async fn expect_open(
-    rd: &mut OwnedReadHalf,
+async fn expect_open<R: AsyncRead + Unpin>(
+    rd: &mut R,
     buf: &mut BytesMut,
     frame_max: u32,
 ) -> Result<c::Open, Refused> {
@@ -188,12 +191,23 @@ async fn expect_open(
     }
 }
 
-async fn send(wr: &mut OwnedWriteHalf, m: c::AMQPMethod) -> Result<(), Refused> {
+async fn send<W: SocketWrite>(wr: &mut W, m: c::AMQPMethod) -> Result<(), Refused> {
     let mut out = BytesMut::new();
     protocol::write_method(&mut out, 0, &AMQPClass::Connection(m));
-    wr.write_all(&out)
-        .await
-        .map_err(|e| silent(format!("write failed: {e}")))
+    let failed = |e: std::io::Error| silent(format!("write failed: {e}"));
+    wr.write_all(&out).await.map_err(failed)?;
+    wr.flush().await.map_err(failed)
+}
+
+/// The mechanisms `connection.start` offers: those `auth_mechanisms` lists, EXTERNAL only
+/// on TLS (as RabbitMQ's `rabbit_auth_mechanism_ssl` offers itself only there), in
+/// RabbitMQ's order.
+fn offered(configured: &[String], tls: bool) -> Vec<&'static str> {
+    ["EXTERNAL", "AMQPLAIN", "PLAIN"]
+        .into_iter()
+        .filter(|m| configured.iter().any(|c| c == m))
+        .filter(|m| tls || *m != "EXTERNAL")
+        .collect()
 }
 
 /// Credentials from a start-ok response.
@@ -268,12 +282,13 @@ fn start_version(header: &[u8]) -> Option<(u8, u8)> {
 ///
 /// # Errors
 /// [`Refused`] saying whether to answer with `connection.close` or just close.
-pub(super) async fn run(
-    rd: &mut OwnedReadHalf,
-    wr: &mut OwnedWriteHalf,
+pub(super) async fn run<R: AsyncRead + Unpin, W: SocketWrite>(
+    rd: &mut R,
+    wr: &mut W,
     buf: &mut BytesMut,
     broker: &Broker,
     peer: std::net::SocketAddr,
+    security: &Security,
 ) -> Result<Opened, Refused> {
     while buf.len() < 8 {
         match rd.read_buf(buf).await {
@@ -282,17 +297,20 @@ pub(super) async fn run(
         }
     }
     let Some((version_major, version_minor)) = start_version(&buf[..8]) else {
-        let _ = wr.write_all(PROTOCOL_HEADER).await;
+        if wr.write_all(PROTOCOL_HEADER).await.is_ok() {
+            let _ = wr.flush().await;
+        }
         return Err(silent(format!("bad protocol header {:?}", &buf[..8])));
     };
     let _ = buf.split_to(8);
+    let mechanisms = offered(&broker.config.auth_mechanisms, security.tls);
     send(
         wr,
         c::AMQPMethod::Start(c::Start {
             version_major,
             version_minor,
             server_properties: server_properties(),
-            mechanisms: LongString::from("AMQPLAIN PLAIN"),
+            mechanisms: LongString::from(mechanisms.join(" ")),
             locales: LongString::from("en_US"),
         }),
     )
@@ -301,14 +319,35 @@ pub(super) async fn run(
     let c::AMQPMethod::StartOk(start_ok) = expect(rd, buf, PRE_TUNE_FRAME_MAX).await? else {
         return Err(silent("expected connection.start-ok"));
     };
-    let mechanism = start_ok.mechanism.as_str();
     let failure_close = capability(&start_ok.client_properties, "authentication_failure_close");
-    let Some((user, pass)) = credentials(mechanism, start_ok.response.as_bytes()) else {
+    // `offered` holds only static names: this one, for the registry, or a refusal.
+    let Some(&mechanism) = mechanisms
+        .iter()
+        .find(|m| **m == start_ok.mechanism.as_str())
+    else {
         return Err(silent(format!(
-            "unsupported mechanism or malformed response ({mechanism})"
+            "unsupported mechanism {}",
+            start_ok.mechanism.as_str()
         )));
     };
-    let login = broker.auth.login(&user, &pass).filter(|_| {
+    let (user, login) = if mechanism == "EXTERNAL" {
+        // The response carries nothing RabbitMQ reads; the certificate names the user, and
+        // there is no password to check.
+        match &security.cert_user {
+            Some(user) => (user.clone(), broker.auth.user(user)),
+            None => {
+                tracing::warn!(%peer, "EXTERNAL login refused: no verified client certificate");
+                (String::new(), None)
+            }
+        }
+    } else {
+        let Some((user, pass)) = credentials(mechanism, start_ok.response.as_bytes()) else {
+            return Err(silent(format!("malformed response ({mechanism})")));
+        };
+        let login = broker.auth.login(&user, &pass);
+        (user, login)
+    };
+    let login = login.filter(|_| {
         // As RabbitMQ: checked after the password, refused like a wrong one.
         let local_only = broker.config.loopback_users.contains(&user);
         if local_only && !peer.ip().is_loopback() {
@@ -331,12 +370,6 @@ pub(super) async fn run(
     };
     let cancel_notify = capability(&start_ok.client_properties, "consumer_cancel_notify");
     let blocked_notify = capability(&start_ok.client_properties, "connection.blocked");
-    // `credentials` accepted only these two.
-    let mechanism: &'static str = if mechanism == "AMQPLAIN" {
-        "AMQPLAIN"
-    } else {
-        "PLAIN"
-    };
 
     let cfg = &broker.config;
     send(
@@ -432,6 +465,15 @@ mod tests {
         );
         assert_eq!(credentials("PLAIN", b"guest"), None);
         assert_eq!(credentials("EXTERNAL", b""), None);
+    }
+
+    #[test]
+    fn external_is_offered_on_tls_only_and_only_when_configured() {
+        let all: Vec<String> = ["PLAIN", "AMQPLAIN", "EXTERNAL"].map(String::from).into();
+        assert_eq!(offered(&all, false), ["AMQPLAIN", "PLAIN"]);
+        assert_eq!(offered(&all, true), ["EXTERNAL", "AMQPLAIN", "PLAIN"]);
+        let default: Vec<String> = ["PLAIN", "AMQPLAIN"].map(String::from).into();
+        assert_eq!(offered(&default, true), ["AMQPLAIN", "PLAIN"]);
     }
 
     #[test]

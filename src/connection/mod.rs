@@ -1,4 +1,5 @@
-//! One client connection: the only code that touches a `TcpStream`.
+//! One client connection: the only code that touches a `TcpStream` (or the TLS stream over
+//! one, through [`transport`]).
 //!
 //! A connection is one tokio task that owns the read half, the handshake, and its channels
 //! (plain structs, driven method by method), plus one writer task for output the socket
@@ -12,6 +13,7 @@
 //! scope, and on exit requeues what its channels held and deletes its exclusive queues.
 
 mod handshake;
+mod transport;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,7 +23,7 @@ use std::time::Duration;
 
 use amq_protocol::protocol::{AMQPClass, access, basic as b, channel as ch, connection as c};
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{Notify, mpsc, watch};
@@ -35,6 +37,7 @@ use crate::channel::{Channel, Ctx};
 use crate::error::{AmqpError, Scope};
 use crate::protocol::{self, DecodeError, Frame};
 use handshake::{Opened, Refused};
+use transport::{SocketWrite, TlsWrite};
 
 /// How long to wait for `close-ok` after sending `connection.close`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -74,6 +77,17 @@ impl Backlog {
     }
 }
 
+/// What the handshake needs to know of the transport: EXTERNAL is offered on TLS only,
+/// and logs in as the name read from a verified client certificate.
+#[derive(Debug, Default)]
+pub(crate) struct Security {
+    /// The connection is AMQPS.
+    pub tls: bool,
+    /// The user name from the client's verified certificate (`ssl_cert_login_from`), when
+    /// it sent one.
+    pub cert_user: Option<String>,
+}
+
 /// Serves one accepted socket until it closes.
 pub async fn run(
     stream: TcpStream,
@@ -82,12 +96,79 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
+    let deadline = Instant::now() + Duration::from_secs(broker.config.handshake_timeout);
+    let local = stream.local_addr().unwrap_or(peer);
+    let (rd, wr) = stream.into_split();
+    let ends = Ends { peer, local };
+    let security = Security::default();
+    serve_socket(rd, Arc::new(wr), security, ends, broker, shutdown, deadline).await;
+}
+
+/// Serves one socket accepted on an AMQPS listener: the TLS handshake, then as [`run`].
+/// The handshake timeout covers both handshakes, so a client that never sends its
+/// ClientHello does not hold the task. A failed TLS handshake ends this socket only.
+pub async fn run_tls(
+    stream: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let deadline = Instant::now() + Duration::from_secs(broker.config.handshake_timeout);
+    let local = stream.local_addr().unwrap_or(peer);
+    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Err(_) => {
+            tracing::info!(%peer, "TLS handshake timed out");
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::info!(%peer, "TLS handshake failed: {e}");
+            return;
+        }
+        Ok(Ok(s)) => s,
+    };
+    // Any certificate here was verified by rustls against `cacertfile`: with
+    // `verify_peer` off none is asked for.
+    let cert_user = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|c| crate::tls::login_name(c, broker.config.ssl_cert_login_from));
+    let security = Security {
+        tls: true,
+        cert_user,
+    };
+    let (rd, wr) = tokio::io::split(tls);
+    let ends = Ends { peer, local };
+    serve_socket(rd, TlsWrite(wr), security, ends, broker, shutdown, deadline).await;
+}
+
+/// The socket's two addresses.
+#[derive(Clone, Copy)]
+struct Ends {
+    peer: SocketAddr,
+    local: SocketAddr,
+}
+
+/// The AMQP handshake (by `deadline`), then the connection until it closes.
+async fn serve_socket<R, W>(
+    mut rd: R,
+    mut wr: W,
+    security: Security,
+    Ends { peer, local }: Ends,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+    deadline: Instant,
+) where
+    R: AsyncRead + Unpin + Send,
+    W: SocketWrite,
+{
     let mut rbuf = BytesMut::with_capacity(MIN_READ);
-    let limit = Duration::from_secs(broker.config.handshake_timeout);
-    let mut opened = match tokio::time::timeout(
-        limit,
-        handshake::run(&mut rd, &mut wr, &mut rbuf, &broker, peer),
+    let mut opened = match tokio::time::timeout_at(
+        deadline,
+        handshake::run(&mut rd, &mut wr, &mut rbuf, &broker, peer, &security),
     )
     .await
     {
@@ -103,7 +184,9 @@ pub async fn run(
             tracing::warn!(%peer, code = e.code, "closing connection during handshake: {}", e.text);
             let mut out = BytesMut::new();
             write_connection_close(&mut out, &e);
-            let _ = wr.write_all(&out).await;
+            if wr.write_all(&out).await.is_ok() {
+                let _ = wr.flush().await;
+            }
             // Give the client a moment to read the close before the socket goes.
             let mut sink = [0u8; 512];
             let _ = tokio::time::timeout(Duration::from_secs(1), rd.read(&mut sink)).await;
@@ -114,7 +197,6 @@ pub async fn run(
     let id = broker.next_connection_id();
     tracing::info!(%peer, user = %opened.user, vhost = %opened.vhost.name, "connection opened");
     // Listed (and closable from outside) until this task ends; the guard unregisters it.
-    let local = wr.local_addr().unwrap_or(peer);
     let registered = broker.connections.register(
         ConnEntry::new(
             id,
@@ -125,12 +207,13 @@ pub async fn run(
             std::mem::take(&mut opened.client_properties),
             (opened.frame_max, opened.channel_max, opened.heartbeat),
         )
-        .with_mechanism(opened.mechanism),
+        .with_mechanism(opened.mechanism)
+        .with_ssl(security.tls),
     );
     let (writer_tx, writer_rx) = mpsc::unbounded_channel();
     let backlog = Arc::new(Backlog::default());
-    let wr = Arc::new(wr);
-    let writer = tokio::spawn(write_loop(wr.clone(), writer_rx, backlog.clone()));
+    let direct = wr.direct();
+    let writer = tokio::spawn(write_loop(wr, writer_rx, backlog.clone()));
     let watermark = broker.watermark();
     let alarms = broker.alarms.clone();
     let mut conn = Connection {
@@ -145,7 +228,7 @@ pub async fn run(
         inbox: Inbox::default(),
         kicks: Vec::new(),
         writer_tx,
-        wr: Some(wr),
+        wr: direct,
         backlog,
         closing: None,
         watermark,
@@ -171,7 +254,7 @@ pub async fn run(
 /// discard until the client closes (or a timeout), because closing a socket with unread
 /// input makes the kernel reset it, and a reset can destroy that frame before the client
 /// reads it.
-async fn linger(rd: &mut tokio::net::tcp::OwnedReadHalf) {
+async fn linger<R: AsyncRead + Unpin>(rd: &mut R) {
     let mut scratch = vec![0u8; 16 * 1024];
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
         while let Ok(n) = rd.read(&mut scratch).await {
@@ -183,32 +266,28 @@ async fn linger(rd: &mut tokio::net::tcp::OwnedReadHalf) {
     .await;
 }
 
-async fn write_loop(
-    wr: Arc<OwnedWriteHalf>,
+async fn write_loop<W: SocketWrite>(
+    mut wr: W,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
     backlog: Arc<Backlog>,
 ) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 64).await > 0 {
         for chunk in batch.drain(..) {
-            let mut at = 0;
-            while at < chunk.len() {
-                if wr.writable().await.is_err() {
-                    return;
-                }
-                match wr.try_write(&chunk[at..]) {
-                    Ok(n) => at += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => return,
-                }
+            if wr.write_all(&chunk).await.is_err() {
+                return;
             }
             let left = backlog.bytes.fetch_sub(chunk.len(), Ordering::AcqRel) - chunk.len();
             if left <= WRITE_BACKLOG_MAX / 2 {
                 backlog.drained.notify_one();
             }
         }
+        if wr.flush().await.is_err() {
+            return;
+        }
     }
-    // The write side shuts down (FIN) when the connection has dropped its handle too.
+    // TCP: the write side shuts down (FIN) when the connection has dropped its handle too.
+    wr.shutdown().await;
 }
 
 fn write_connection_close(out: &mut BytesMut, e: &AmqpError) {
@@ -268,7 +347,8 @@ struct Connection {
     writer_tx: mpsc::UnboundedSender<Bytes>,
     /// The socket's write half, shared with the writer task: a batch is written here
     /// directly when the writer has nothing pending, saving a hand-off per batch. `None`
-    /// once the connection stopped writing (the writer finishes and the socket closes).
+    /// once the connection stopped writing (the writer finishes and the socket closes),
+    /// and always for TLS, whose stream only the writer task writes.
     wr: Option<Arc<OwnedWriteHalf>>,
     /// What the writer holds that the socket has not taken.
     backlog: Arc<Backlog>,
@@ -321,9 +401,9 @@ macro_rules! ctx {
 }
 
 impl Connection {
-    async fn serve(
+    async fn serve<R: AsyncRead + Unpin>(
         &mut self,
-        mut rd: tokio::net::tcp::OwnedReadHalf,
+        mut rd: R,
         mut rbuf: BytesMut,
         inbox: &mut Option<mpsc::UnboundedReceiver<QueueEvent>>,
         mut shutdown: watch::Receiver<bool>,
@@ -479,7 +559,7 @@ impl Connection {
     }
 
     /// Ends serving after `stop`, however it came.
-    async fn end(&mut self, stop: Stop, rd: &mut tokio::net::tcp::OwnedReadHalf) {
+    async fn end<R: AsyncRead + Unpin>(&mut self, stop: Stop, rd: &mut R) {
         if stop == Stop::Panicked {
             self.end_after_panic(rd).await;
         } else {
@@ -489,7 +569,7 @@ impl Connection {
 
     /// Flushes what the last frames produced and, when more client input may follow what
     /// ended the connection, lingers.
-    async fn end_stopped(&mut self, stop: Stop, rd: &mut tokio::net::tcp::OwnedReadHalf) {
+    async fn end_stopped<R: AsyncRead + Unpin>(&mut self, stop: Stop, rd: &mut R) {
         self.flush();
         if matches!(stop, Stop::Broken | Stop::Answered) {
             // Let the writer send the close (or close-ok) and a FIN, so a client waiting for
@@ -540,7 +620,7 @@ impl Connection {
 
     /// After a panic: sends the 541 close and lets the client read it before the socket
     /// goes, as after a framing error (nothing it sends is trusted any more).
-    async fn end_after_panic(&mut self, rd: &mut tokio::net::tcp::OwnedReadHalf) {
+    async fn end_after_panic<R: AsyncRead + Unpin>(&mut self, rd: &mut R) {
         if self
             .guarded(|c| {
                 c.flush();

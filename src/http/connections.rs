@@ -48,7 +48,7 @@ pub fn connection_json(api: &Api, c: &ConnEntry) -> Value {
         "protocol": "AMQP 0-9-1",
         "type": "network",
         "state": connection_state(api, c),
-        "ssl": false,
+        "ssl": c.ssl,
         "auth_mechanism": c.auth_mechanism,
         "channels": c.channel_count(),
         "channel_max": c.channel_max,

@@ -1,5 +1,6 @@
 //! The management HTTP API: the first part of RabbitMQ's management plugin (`/api/...`),
-//! served with axum on `[management] listener` (127.0.0.1:15672 by default).
+//! served with axum on `[management] listener` (127.0.0.1:15672 by default), over HTTPS
+//! with `[management] tls` ([`serve_tls`], the acceptor from [`crate::tls`]).
 //!
 //! This file builds the router and runs the server; each resource has its own module
 //! (`overview` also holds vhosts, nodes and health checks; `connections` also channels and
@@ -347,6 +348,34 @@ pub async fn serve(
     api: Api,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    serve_on(listener, api, stop).await;
+}
+
+/// Serves the API over HTTPS on `listener` until `stop` resolves.
+pub async fn serve_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    api: Api,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let limit = std::time::Duration::from_secs(api.broker.config.handshake_timeout);
+    let listener = TlsListener {
+        tcp: listener,
+        acceptor,
+        limit,
+        handshakes: tokio::task::JoinSet::new(),
+    };
+    serve_on(listener, api, stop).await;
+}
+
+async fn serve_on<L>(
+    listener: L,
+    api: Api,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     // The API's rates and totals come from the sampler; it lives as long as the API.
     let every =
         std::time::Duration::from_millis(api.broker.config.management.collect_statistics_interval);
@@ -359,4 +388,62 @@ pub async fn serve(
         tracing::error!("management API stopped: {e}");
     }
     sampler.abort();
+}
+
+/// An HTTPS listener for axum: accepts TCP and hands axum a stream only once its TLS
+/// handshake is done. Each handshake runs in a task of its own (bounded by the
+/// handshake timeout), so a slow or silent client never holds up the next one; one that
+/// fails is logged at debug and dropped.
+struct TlsListener {
+    tcp: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    limit: std::time::Duration,
+    /// Handshakes under way; each yields its stream, or `None` when it failed.
+    handshakes: tokio::task::JoinSet<Option<(TlsStream, SocketAddr)>>,
+}
+
+type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TlsStream, SocketAddr) {
+        loop {
+            tokio::select! {
+                r = self.tcp.accept() => match r {
+                    Ok((tcp, peer)) => {
+                        let (acceptor, limit) = (self.acceptor.clone(), self.limit);
+                        self.handshakes.spawn(async move {
+                            match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+                                Ok(Ok(tls)) => Some((tls, peer)),
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, "management TLS handshake failed: {e}");
+                                    None
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "management TLS handshake timed out");
+                                    None
+                                }
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!("management accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                },
+                Some(done) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
+                    if let Ok(Some(accepted)) = done {
+                        return accepted;
+                    }
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
 }
