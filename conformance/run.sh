@@ -213,7 +213,7 @@ cleanup() {
         kill -9 "$BROKER_PID" 2>/dev/null
         wait "$BROKER_PID" 2>/dev/null
     fi
-    [ -n "$DATA_DIR" ] && rm -rf "$DATA_DIR"
+    [ -n "$DATA_DIR" ] && rm -rf "$DATA_DIR" "$DATA_DIR.tls"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -226,6 +226,35 @@ try:
 except OSError:
     sys.exit(1)
 EOF
+}
+
+# make_certs DIR: a test CA (ca.pem), a server certificate for 127.0.0.1 (server.pem/key),
+# a client certificate with CN=guest (client.pem/key), and a client certificate with
+# CN=guest from a CA the broker does not trust (stranger.pem/key).
+make_certs() {
+    local d="$1"
+    command -v openssl >/dev/null 2>&1 || apt_install openssl >&2 || return 1
+    mkdir -p "$d" && (
+        cd "$d" || exit 1
+        set -e
+        ossl() { openssl "$@" 2>/dev/null; }
+        ossl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=warren test CA" \
+            -keyout ca.key -out ca.pem
+        ossl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=stranger CA" \
+            -keyout stranger-ca.key -out stranger-ca.pem
+        # v3 certificates (extensions given): webpki, under rustls, refuses v1 ones.
+        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > server.ext
+        printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n' > client.ext
+        ossl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout server.key -out server.csr
+        ossl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+            -extfile server.ext -out server.pem
+        ossl req -newkey rsa:2048 -nodes -subj "/CN=guest/O=conformance" -keyout client.key -out client.csr
+        ossl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+            -extfile client.ext -out client.pem
+        ossl req -newkey rsa:2048 -nodes -subj "/CN=guest/O=stranger" -keyout stranger.key -out stranger.csr
+        ossl x509 -req -in stranger.csr -CA stranger-ca.pem -CAkey stranger-ca.key -CAcreateserial \
+            -days 2 -extfile client.ext -out stranger.pem
+    )
 }
 
 MGMT_HOST=""
@@ -245,8 +274,23 @@ if [ -z "$HOST" ]; then
     HOST=127.0.0.1
     PORT="$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
     DATA_DIR="$(mktemp -d)"
+    # AMQPS for the pika TLS scenarios: a CA, a server certificate for 127.0.0.1, a client
+    # certificate whose CN is guest (EXTERNAL), and one from another CA (to be refused).
+    TLS_DIR="$DATA_DIR.tls"
+    make_certs "$TLS_DIR" || fail_early "openssl could not make the test certificates"
+    cat > "$TLS_DIR/warren.toml" <<EOF
+auth_mechanisms = ["PLAIN", "AMQPLAIN", "EXTERNAL"]
+ssl_cert_login_from = "common_name"
+[tls]
+certfile = "$TLS_DIR/server.pem"
+keyfile = "$TLS_DIR/server.key"
+cacertfile = "$TLS_DIR/ca.pem"
+verify_peer = true
+fail_if_no_peer_cert = false
+EOF
     # The management API on a free port: 15672 may be a RabbitMQ's.
-    "$WARREN" --bind "$HOST:$PORT" --management-bind 127.0.0.1:0 --prometheus-bind 127.0.0.1:0 --data-dir "$DATA_DIR" \
+    "$WARREN" --config "$TLS_DIR/warren.toml" --bind "$HOST:$PORT" --bind-tls 127.0.0.1:0 \
+        --management-bind 127.0.0.1:0 --prometheus-bind 127.0.0.1:0 --data-dir "$DATA_DIR" \
         > "$RESULTS/warren.log" 2>&1 &
     BROKER_PID=$!
     echo "conformance: started warren (pid $BROKER_PID) on $HOST:$PORT, log $RESULTS/warren.log"
@@ -265,6 +309,12 @@ if [ -z "$HOST" ]; then
         [ -z "$MGMT_ADDR" ] || break
         sleep 0.1
     done
+    AMQPS_ADDR="$(sed -n 's/.*warren amqps listening on \([^ ]*\).*/\1/p' "$RESULTS/warren.log" | head -n 1)"
+    if [ -n "$AMQPS_ADDR" ]; then
+        export AMQPS_PORT="${AMQPS_ADDR##*:}" AMQPS_CA="$TLS_DIR/ca.pem" \
+            AMQPS_CERT="$TLS_DIR/client.pem" AMQPS_KEY="$TLS_DIR/client.key" \
+            AMQPS_BAD_CERT="$TLS_DIR/stranger.pem" AMQPS_BAD_KEY="$TLS_DIR/stranger.key"
+    fi
     METRICS_ADDR="$(sed -n 's/.*warren prometheus listening on \([^ ]*\).*/\1/p' "$RESULTS/warren.log" | head -n 1)"
     if [ -n "$METRICS_ADDR" ]; then
         METRICS_HOST="${METRICS_ADDR%:*}"
