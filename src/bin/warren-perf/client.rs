@@ -14,6 +14,8 @@ use nom::Parser;
 use nom::combinator::all_consuming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::transport::Stream;
 use warren::protocol::{FRAME_END, FRAME_METHOD, PROTOCOL_HEADER, write_method};
 
 /// Errors are reported, never matched on.
@@ -27,14 +29,23 @@ pub struct Target {
     pub user: String,
     pub pass: String,
     pub vhost: String,
+    /// `amqps://`: TLS, trusting the CA certificates in `cacert`.
+    pub tls: bool,
+    pub cacert: Option<std::path::PathBuf>,
 }
 
 impl Target {
-    /// Parses `amqp://user:pass@host:port/vhost` (vhost percent-decoded; `/%2f` is `/`).
+    /// Parses `amqp://user:pass@host:port/vhost` (vhost percent-decoded; `/%2f` is `/`),
+    /// or `amqps://...` (port 5671 by default).
     pub fn from_uri(uri: &str) -> Res<Self> {
-        let rest = uri
-            .strip_prefix("amqp://")
-            .ok_or("only amqp:// URIs are supported")?;
+        let (tls, rest) = match uri.strip_prefix("amqps://") {
+            Some(rest) => (true, rest),
+            None => (
+                false,
+                uri.strip_prefix("amqp://")
+                    .ok_or("only amqp:// and amqps:// URIs are supported")?,
+            ),
+        };
         let (auth_host, vhost) = match rest.split_once('/') {
             Some((a, v)) => (a, percent_decode(v)?),
             None => (rest, "/".to_string()),
@@ -52,7 +63,7 @@ impl Target {
         };
         let (host, port) = match hostport.rsplit_once(':') {
             Some((h, p)) => (h.to_string(), p.parse()?),
-            None => (hostport.to_string(), 5672),
+            None => (hostport.to_string(), if tls { 5671 } else { 5672 }),
         };
         Ok(Self {
             host: if host.is_empty() {
@@ -65,6 +76,8 @@ impl Target {
             pass,
             // An empty path means the default vhost.
             vhost: if vhost.is_empty() { "/".into() } else { vhost },
+            tls,
+            cacert: None,
         })
     }
 }
@@ -186,7 +199,7 @@ pub fn put_ack(out: &mut BytesMut, channel: u16, tag: u64, multiple: bool) {
 /// An open connection with channel 1 open.
 #[derive(Debug)]
 pub struct Conn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub rbuf: BytesMut,
     pub frame_max: u32,
     pub product: String,
@@ -205,8 +218,12 @@ impl Conn {
     /// Connects, authenticates with PLAIN, tunes (echoing the server's frame_max and
     /// channel_max, heartbeats off), opens the vhost and channel 1.
     pub async fn open(t: &Target) -> Res<Self> {
-        let stream = TcpStream::connect((t.host.as_str(), t.port)).await?;
-        stream.set_nodelay(true)?;
+        let tcp = TcpStream::connect((t.host.as_str(), t.port)).await?;
+        tcp.set_nodelay(true)?;
+        let stream = match (&t.cacert, t.tls) {
+            (Some(ca), true) => Stream::tls(tcp, &t.host, ca).await?,
+            _ => Stream::Tcp(tcp),
+        };
         let mut c = Conn {
             stream,
             rbuf: BytesMut::with_capacity(64 * 1024),
@@ -215,6 +232,7 @@ impl Conn {
             version: String::new(),
         };
         c.stream.write_all(PROTOCOL_HEADER).await?;
+        c.stream.flush().await?;
         let start = match c.expect(0, 10, 10).await? {
             AMQPClass::Connection(connection::AMQPMethod::Start(s)) => s,
             m => return Err(format!("expected connection.start, got {m:?}").into()),
@@ -285,6 +303,8 @@ impl Conn {
         let mut out = BytesMut::with_capacity(128);
         write_method(&mut out, channel, m);
         self.stream.write_all(&out).await?;
+        // TLS may keep records until flushed; TCP's flush is a no-op.
+        self.stream.flush().await?;
         Ok(())
     }
 

@@ -146,6 +146,7 @@ pub async fn run(
             wbuf.clear();
             put_ack(&mut wbuf, 1, t, true);
             conn.stream.write_all(&wbuf).await?;
+            conn.stream.flush().await?;
         }
         if conn.rbuf.capacity() - conn.rbuf.len() < 64 * 1024 {
             conn.rbuf.reserve(256 * 1024);

@@ -14,6 +14,7 @@ mod consumer;
 mod floor;
 mod producer;
 mod stats;
+mod transport;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
@@ -36,9 +37,13 @@ use stats::Hist;
 #[derive(Debug, Parser)]
 #[command(name = "warren-perf", version)]
 struct Args {
-    /// Broker URI, e.g. amqp://guest:guest@127.0.0.1:5672/%2f (overrides --host/--port).
+    /// Broker URI, e.g. amqp://guest:guest@127.0.0.1:5672/%2f (overrides --host/--port);
+    /// amqps://... (default port 5671) connects over TLS and needs --cacert.
     #[arg(long)]
     uri: Option<String>,
+    /// PEM file of the CA certificates that an amqps:// broker's certificate must chain to.
+    #[arg(long)]
+    cacert: Option<std::path::PathBuf>,
     /// Broker host.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -902,8 +907,17 @@ async fn run(args: &Args, shared: &Arc<Shared>) -> Res<Map<String, Value>> {
             user: "guest".into(),
             pass: "guest".into(),
             vhost: "/".into(),
+            tls: false,
+            cacert: None,
         },
     };
+    let t = Target {
+        cacert: args.cacert.clone(),
+        ..t
+    };
+    if t.tls && t.cacert.is_none() {
+        return Err("an amqps:// URI needs --cacert FILE".into());
+    }
     if args.connections_idle > 0 {
         let mut m = idle(args, &t, shared).await?;
         m.insert("mode".into(), json!("idle"));

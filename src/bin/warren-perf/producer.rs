@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use crate::transport::ReadSide;
 use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, confirm, connection};
 use amq_protocol::types::FieldTable;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::Notify;
 use warren::protocol::{encode_properties, write_content, write_method};
 
@@ -149,7 +149,7 @@ pub async fn run(mut conn: Conn, cfg: Arc<ProducerCfg>, shared: Arc<Shared>) -> 
     }
     let (tpl, ts_at) = template(&cfg, conn.frame_max);
     let Conn { stream, rbuf, .. } = conn;
-    let (rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = stream.split();
     let st = Arc::new(ProdState::default());
     let reader = tokio::spawn(read_loop(rd, rbuf, st.clone(), shared.clone()));
 
@@ -213,7 +213,7 @@ pub async fn run(mut conn: Conn, cfg: Arc<ProducerCfg>, shared: Arc<Shared>) -> 
         }
         // A broker applying flow control stops reading: the write must not outlive a stop.
         let written = tokio::select! {
-            r = wr.write_all(&wbuf) => r,
+            r = async { wr.write_all(&wbuf).await?; wr.flush().await } => r,
             _ = stop.changed() => {
                 torn = true;
                 break;
@@ -254,7 +254,11 @@ pub async fn run(mut conn: Conn, cfg: Arc<ProducerCfg>, shared: Arc<Shared>) -> 
         })),
     );
     if !torn {
-        let _ = tokio::time::timeout(Duration::from_secs(2), wr.write_all(&close)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            wr.write_all(&close).await?;
+            wr.flush().await
+        })
+        .await;
     }
     let abort = reader.abort_handle();
     if tokio::time::timeout(Duration::from_secs(3), reader)
@@ -269,12 +273,7 @@ pub async fn run(mut conn: Conn, cfg: Arc<ProducerCfg>, shared: Arc<Shared>) -> 
     result
 }
 
-async fn read_loop(
-    mut rd: OwnedReadHalf,
-    mut buf: BytesMut,
-    st: Arc<ProdState>,
-    shared: Arc<Shared>,
-) {
+async fn read_loop(mut rd: ReadSide, mut buf: BytesMut, st: Arc<ProdState>, shared: Arc<Shared>) {
     let mut tracker = ConfirmTracker::default();
     loop {
         let mut pos = 0;
