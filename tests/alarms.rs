@@ -315,3 +315,117 @@ async fn a_full_small_tmpfs_raises_the_disk_alarm_and_freeing_it_clears() {
     let (_o, och) = tb.channel().await;
     assert_eq!(ready(&och, &q).await, 1);
 }
+
+/// A full disk while publishing (ENOSPC from the message log on a 16 MiB tmpfs, with the
+/// disk alarm's limit at 0 so nothing blocks first): the publishes the log could not write
+/// are nacked, never confirmed; every confirmed one is there; the broker stays up for other
+/// connections and transient traffic. Needs root to mount, as above.
+#[tokio::test]
+async fn a_full_disk_while_publishing_nacks_and_the_broker_stays_up() {
+    let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+    if uid.stdout.trim_ascii() != b"0" {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let mnt = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(mnt.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(mnt.path().to_owned());
+    let data = mnt.path().join("data");
+    let tb = TestBroker::start_with(|c| {
+        c.data_dir = data.clone();
+        c.disk_free_limit = ResourceLimit::Absolute(ByteSize(0));
+    })
+    .await;
+    let (_c, ch) = tb.channel().await;
+    let q = name("enospc");
+    ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    // Leave about 3 MiB: the log fills it within a few dozen 64 KiB messages.
+    let free = rustix::fs::statvfs(mnt.path()).unwrap();
+    let left = free.f_bavail * free.f_frsize;
+    let ballast = mnt.path().join("ballast");
+    std::fs::write(&ballast, vec![1u8; (left - (3 << 20)) as usize]).unwrap();
+    let body = vec![7u8; 64 << 10];
+    let (mut acked, mut nacked) = (0u32, 0u32);
+    for _ in 0..200 {
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                q.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        if confirm.is_ack() {
+            acked += 1;
+        } else {
+            nacked += 1;
+            if nacked == 3 {
+                break;
+            }
+        }
+    }
+    assert!(nacked > 0, "the full disk never showed ({acked} confirmed)");
+    assert!(acked > 0, "nothing fitted before the disk filled");
+    // The broker is up: a new connection declares, publishes transient and gets it back.
+    let (_o, och) = tb.channel().await;
+    let t = name("after");
+    och.queue_declare(
+        t.as_str().into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    och.basic_publish(
+        "".into(),
+        t.as_str().into(),
+        BasicPublishOptions::default(),
+        b"still here",
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+    let got = och
+        .basic_get(
+            t.as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+        .expect("the transient message");
+    assert_eq!(got.delivery.data, b"still here");
+    // Every confirmed message is in the queue (nacked ones may be too: a nack promises
+    // nothing either way).
+    assert!(ready(&och, &q).await >= acked);
+    std::fs::remove_file(&ballast).unwrap();
+}
