@@ -241,33 +241,48 @@ async fn a_blocked_connection_can_still_be_closed_by_the_broker() {
     assert!(stopped.is_ok(), "shutdown waited on the blocked connection");
 }
 
+/// A 16 MiB tmpfs on a temp dir, unmounted on drop; `None` when not root (no mount).
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount_16m() -> Option<Self> {
+        let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+        if uid.stdout.trim_ascii() != b"0" {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount tmpfs");
+        Some(Self(dir))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
 /// The disk alarm from a really full filesystem: a 16 MiB tmpfs as the data directory,
 /// a ballast file taking it below the limit, then removed. Needs root to mount; elsewhere
 /// the test says so and passes (CI runs as root).
 #[tokio::test]
 async fn a_full_small_tmpfs_raises_the_disk_alarm_and_freeing_it_clears() {
-    let uid = std::process::Command::new("id").arg("-u").output().unwrap();
-    if uid.stdout.trim_ascii() != b"0" {
+    let Some(mnt) = Tmpfs::mount_16m() else {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
-    }
-    let mnt = tempfile::tempdir().unwrap();
-    let status = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-        .arg(mnt.path())
-        .status()
-        .unwrap();
-    assert!(status.success(), "mount tmpfs");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(mnt.path().to_owned());
+    };
     let data = mnt.path().join("data");
     let tb = TestBroker::start_with(|c| {
         c.data_dir = data.clone();
@@ -322,28 +337,10 @@ async fn a_full_small_tmpfs_raises_the_disk_alarm_and_freeing_it_clears() {
 /// connections and transient traffic. Needs root to mount, as above.
 #[tokio::test]
 async fn a_full_disk_while_publishing_nacks_and_the_broker_stays_up() {
-    let uid = std::process::Command::new("id").arg("-u").output().unwrap();
-    if uid.stdout.trim_ascii() != b"0" {
+    let Some(mnt) = Tmpfs::mount_16m() else {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
-    }
-    let mnt = tempfile::tempdir().unwrap();
-    let status = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-        .arg(mnt.path())
-        .status()
-        .unwrap();
-    assert!(status.success(), "mount tmpfs");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(mnt.path().to_owned());
+    };
     let data = mnt.path().join("data");
     let tb = TestBroker::start_with(|c| {
         c.data_dir = data.clone();
