@@ -279,7 +279,7 @@ async fn the_dashboard_logs_in_declares_a_queue_publishes_and_shows_the_depth() 
     cdp.until("the new queue in the list", &format!("!!{cell}"))
         .await;
     assert_eq!(cdp.eval(&format!("{cell}.textContent")).await, json!("0"));
-    let (_c, ch) = tb.channel().await;
+    let (conn, ch) = tb.channel().await;
     assert_eq!(ready(&ch, &q).await, 0, "the page declared the queue");
 
     // Publish through the queue page; its depth shows 1, and the broker has it.
@@ -319,6 +319,35 @@ async fn the_dashboard_logs_in_declares_a_queue_publishes_and_shows_the_depth() 
     .await;
     cdp.screenshot(&shots.join("queues.png")).await;
     assert_eq!(ready(&ch, &q).await, 1, "the get requeued");
+
+    // Close the AMQP connection from the connections page; the client hears the reason.
+    cdp.eval("location.hash = '#connections'; true").await;
+    cdp.until(
+        "the connection's close button",
+        "[...document.querySelectorAll('#view button')].some((b) => b.textContent === 'Close')",
+    )
+    .await;
+    cdp.screenshot(&shots.join("connections.png")).await;
+    // The page asks confirm() first; the test is the one saying yes.
+    cdp.eval(
+        "window.confirm = () => true;
+         [...document.querySelectorAll('#view button')].find((b) => b.textContent === 'Close').click(); true",
+    )
+    .await;
+    cdp.until(
+        "the list without the connection",
+        "!!document.querySelector('#view table') && ![...document.querySelectorAll('#view button')].some((b) => b.textContent === 'Close')",
+    )
+    .await;
+    // lapin learns of the close on its own reader task: wait for it, bounded.
+    let end = tokio::time::Instant::now() + PAGE_WAIT;
+    while conn.status().connected() {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the page's close never reached the AMQP client"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The page and its assets are served without credentials, with their types; the API
@@ -345,6 +374,7 @@ async fn the_page_and_assets_are_served_without_auth() {
         let head = out.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
         if path.starts_with("/api") {
             assert!(head.starts_with("http/1.1 401"), "{path}: {head}");
+            assert!(head.contains("www-authenticate: basic"), "{path}: {head}");
         } else {
             assert!(head.starts_with("http/1.1 200"), "{path}: {head}");
             assert!(
@@ -354,4 +384,19 @@ async fn the_page_and_assets_are_served_without_auth() {
             assert!(head.contains("cache-control:"), "{path}: {head}");
         }
     }
+    // The page's own requests say they are scripts: their 401 has no WWW-Authenticate,
+    // so the browser leaves the refusal to the page.
+    let mut s = TcpStream::connect(http).await.unwrap();
+    s.write_all(
+        b"GET /api/overview HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Z3Vlc3Q6d3Jvbmc=\r\n\
+          X-Requested-With: XMLHttpRequest\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let out = out.to_ascii_lowercase();
+    assert!(out.starts_with("http/1.1 401"), "{out}");
+    assert!(!out.contains("www-authenticate"), "{out}");
+    assert!(out.contains("login failed"), "{out}");
 }

@@ -7,7 +7,7 @@ const $ = (sel) => document.querySelector(sel);
 const enc = encodeURIComponent;
 let auth = sessionStorage.getItem("warren-auth"); // "Basic ..." for this tab only
 let timer = null; // the current view's refresh
-const history = []; // overview samples for the chart: {t, publish, deliver}
+const samples = []; // overview samples for the chart: {t, publish, deliver}
 
 // Basic auth over UTF-8 (btoa alone only takes Latin-1).
 function basic(user, pass) {
@@ -18,7 +18,10 @@ function basic(user, pass) {
 async function api(method, path, body, headers) {
   const res = await fetch("/api" + path, {
     method,
-    headers: Object.assign({ Authorization: auth, "Content-Type": "application/json" }, headers),
+    // X-Requested-With: the 401 for a wrong password comes without WWW-Authenticate, so the
+    // browser does not open its own password dialog over the page's.
+    headers: Object.assign({ Authorization: auth, "Content-Type": "application/json",
+      "X-Requested-With": "XMLHttpRequest" }, headers),
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   if (res.status === 401) { logout("Login failed or session expired."); throw new Error("401"); }
@@ -77,9 +80,9 @@ const confirmThen = (what, fn) => () => { if (confirm(what)) act(fn); };
 async function overview(view) {
   const [ov, nodes] = await Promise.all([api("GET", "/overview"), api("GET", "/nodes")]);
   const ms = ov.message_stats || {};
-  history.push({ t: Date.now(), publish: ms.publish_details ? ms.publish_details.rate : 0,
+  samples.push({ t: Date.now(), publish: ms.publish_details ? ms.publish_details.rate : 0,
     deliver: ms.deliver_get_details ? ms.deliver_get_details.rate : 0 });
-  if (history.length > 120) history.shift();
+  if (samples.length > 120) samples.shift();
   const t = ov.object_totals || {}, q = ov.queue_totals || {};
   const alarms = (ov.alarms || []).concat(nodes.flatMap((n) =>
     (n.mem_alarm ? ["memory on " + n.name] : []).concat(n.disk_free_alarm ? ["disk on " + n.name] : [])));
@@ -108,14 +111,14 @@ async function overview(view) {
 function drawChart(canvas) {
   const g = canvas.getContext("2d"), w = canvas.width, h = canvas.height, pad = 30;
   g.fillStyle = "#fff"; g.fillRect(0, 0, w, h);
-  const max = Math.max(1, ...history.map((s) => Math.max(s.publish, s.deliver)));
+  const max = Math.max(1, ...samples.map((s) => Math.max(s.publish, s.deliver)));
   g.fillStyle = "#667"; g.font = "11px sans-serif";
   g.fillText(max.toFixed(0) + "/s", 2, 12); g.fillText("0", 2, h - pad + 4);
   g.strokeStyle = "#dde"; g.beginPath(); g.moveTo(pad, h - pad); g.lineTo(w, h - pad); g.stroke();
   for (const [key, color] of [["publish", "#e07b24"], ["deliver", "#2f6fcb"]]) {
     g.strokeStyle = color; g.lineWidth = 2; g.beginPath();
-    history.forEach((s, i) => {
-      const x = pad + (w - pad) * (history.length === 1 ? 1 : i / (history.length - 1));
+    samples.forEach((s, i) => {
+      const x = pad + (w - pad) * (samples.length === 1 ? 1 : i / (samples.length - 1));
       const y = h - pad - (h - 2 * pad) * (s[key] / max);
       if (i) g.lineTo(x, y); else g.moveTo(x, y);
     });
