@@ -1,5 +1,6 @@
 //! HTTP basic authentication for every `/api` path, as RabbitMQ's management plugin does
-//! it: no credentials is a bare 401 with `WWW-Authenticate`, wrong ones a 401
+//! it: no credentials is a bare 401 with `WWW-Authenticate` (left off for script requests,
+//! see [`authenticate`]), wrong ones a 401
 //! `{"error":"not_authorized","reason":"Login failed"}`.
 //!
 //! The broker's users log in with their passwords; one without `management`,
@@ -88,7 +89,24 @@ fn credentials(value: &HeaderValue) -> Option<(String, String)> {
 }
 
 /// The middleware: authenticates, or answers 401.
-pub(super) async fn authenticate(State(api): State<Api>, mut req: Request, next: Next) -> Response {
+///
+/// A browser that sees `WWW-Authenticate` on a script's request opens its own password
+/// dialog (headless Chromium just holds the request), so requests that say they come from
+/// a script (`X-Requested-With: XMLHttpRequest`, as the dashboard's do) get their 401
+/// without it; everyone else gets RabbitMQ's header.
+pub(super) async fn authenticate(State(api): State<Api>, req: Request, next: Next) -> Response {
+    let from_script = req
+        .headers()
+        .get("x-requested-with")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"XMLHttpRequest"));
+    let mut r = check(api, req, next).await;
+    if from_script {
+        r.headers_mut().remove(header::WWW_AUTHENTICATE);
+    }
+    r
+}
+
+async fn check(api: Api, mut req: Request, next: Next) -> Response {
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
         let mut r = StatusCode::UNAUTHORIZED.into_response();
         r.headers_mut().insert(

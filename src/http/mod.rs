@@ -19,6 +19,7 @@ pub mod alarms;
 pub mod auth;
 pub mod bindings;
 pub mod connections;
+pub mod dashboard;
 pub mod definitions;
 pub mod error;
 pub mod exchanges;
@@ -145,7 +146,8 @@ pub(crate) fn offload<R>(f: impl FnOnce() -> R) -> R {
     crate::broker::blocking(f)
 }
 
-/// The router: every `/api` path, behind basic auth; anything else is a 404.
+/// The router: every `/api` path, behind basic auth, and the dashboard's page and assets
+/// ([`dashboard`]), without; anything else is a 404.
 pub fn router(api: Api) -> Router {
     let routes = Router::new()
         .route("/api/overview", get(overview::overview))
@@ -301,7 +303,8 @@ pub fn router(api: Api) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             api.clone(),
             auth::authenticate,
-        ));
+        ))
+        .merge(dashboard::routes());
     routes
         .fallback(|| async { ApiError::not_found().into_response() })
         // A declared length over the limit is refused before any of the body is read; a
