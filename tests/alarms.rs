@@ -334,9 +334,11 @@ async fn a_full_small_tmpfs_raises_the_disk_alarm_and_freeing_it_clears() {
 /// A full disk while publishing (ENOSPC from the message log on a 16 MiB tmpfs, with the
 /// disk alarm's limit at 0 so nothing blocks first): the publishes the log could not write
 /// are nacked, never confirmed; every confirmed one is there; the broker stays up for other
-/// connections and transient traffic. Needs root to mount, as above.
+/// connections and transient traffic; when space returns (the ballast file deleted) the
+/// same channel's persistent publishes are confirmed again without a restart, and every
+/// confirmed message survives one. Needs root to mount, as above.
 #[tokio::test]
-async fn a_full_disk_while_publishing_nacks_and_the_broker_stays_up() {
+async fn a_full_disk_nacks_keeps_the_broker_up_and_recovers_when_space_returns() {
     let Some(mnt) = Tmpfs::mount_16m() else {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
@@ -424,5 +426,60 @@ async fn a_full_disk_while_publishing_nacks_and_the_broker_stays_up() {
     // Every confirmed message is in the queue (nacked ones may be too: a nack promises
     // nothing either way).
     assert!(ready(&och, &q).await >= acked);
+
+    // Space returns: the log writes what it held and takes persistent publishes again, on
+    // the same channel, without a restart. The store retries on its own (at most 500 ms
+    // apart), so the publisher retries until a confirm is an ack, bounded.
     std::fs::remove_file(&ballast).unwrap();
+    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                q.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        if confirm.is_ack() {
+            acked += 1;
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the broker never took persistent publishes again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..5 {
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                q.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack(), "space is back: confirms are acks again");
+        acked += 1;
+    }
+    // And everything confirmed, before and after the outage, survives a restart.
+    drop((_c, _o));
+    tb.stop().await;
+    let tb = TestBroker::start_with(|c| {
+        c.data_dir = data.clone();
+        c.disk_free_limit = ResourceLimit::Absolute(ByteSize(0));
+    })
+    .await;
+    let (_c, ch) = tb.channel().await;
+    let after = ready(&ch, &q).await;
+    assert!(after >= acked, "{after} recovered, {acked} confirmed");
 }

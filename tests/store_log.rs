@@ -755,6 +755,86 @@ fn failed_write_is_fail_stop() {
     assert_eq!(payloads(&rec, "q").len(), 2);
 }
 
+/// Out of space (injected ENOSPC on every write while the flag is up): the confirm that
+/// could not be written is lost (nacked), appends are refused, acks are still taken; once
+/// space returns the store writes on by itself, the lost record reaches the disk anyway
+/// (its confirm stays lost), and a reopen finds everything that was written in order.
+#[test]
+fn running_out_of_space_nacks_refuses_then_recovers_when_space_returns() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let full = Arc::new(AtomicBool::new(false));
+    let faults = Faults {
+        no_space: Some(full.clone()),
+        ..Faults::default()
+    };
+    let (store, _) = MessageStore::open(
+        dir.path(),
+        StoreOptions {
+            faults,
+            ..opts(1 << 20)
+        },
+    )
+    .unwrap();
+    let wm = store.watermark();
+    let a = store.append_publish("q", &payload("q", 0, 10)).unwrap();
+    wm.wait_blocking(a.seq).unwrap();
+    let gone = store.append_publish("q", &payload("gone", 0, 10)).unwrap();
+    wm.wait_blocking(gone.seq).unwrap();
+
+    full.store(true, Ordering::Relaxed);
+    let b = store.append_publish("q", &payload("q", 1, 10)).unwrap();
+    assert!(matches!(
+        wm.wait_blocking(b.seq),
+        Err(StoreError::NoSpace(_))
+    ));
+    assert!(matches!(wm.status(b.seq), Err(StoreError::NoSpace(_))));
+    assert!(wm.status(a.seq).unwrap(), "earlier confirms stand");
+    assert!(matches!(
+        store.append_publish("q", &payload("refused", 0, 10)),
+        Err(StoreError::NoSpace(_))
+    ));
+    assert!(matches!(store.flush(), Err(StoreError::NoSpace(_))));
+    // Taken now, written once space returns.
+    store.ack(gone.id);
+
+    full.store(false, Ordering::Relaxed);
+    // The committer retries on its own (at most `RETRY_MAX` apart): wait for it, bounded.
+    let end = Instant::now() + std::time::Duration::from_secs(10);
+    let c = loop {
+        match store.append_publish("q", &payload("q", 2, 10)) {
+            Ok(c) => break c,
+            Err(StoreError::NoSpace(_)) => {
+                assert!(Instant::now() < end, "the store never came back");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    wm.wait_blocking(c.seq).unwrap();
+    assert!(wm.status(c.seq).unwrap());
+    assert!(
+        matches!(wm.status(b.seq), Err(StoreError::NoSpace(_))),
+        "a lost confirm stays lost"
+    );
+    assert_eq!(
+        store.read(b.loc).unwrap(),
+        payload("q", 1, 10),
+        "written after all"
+    );
+    store.flush().unwrap();
+    drop(store);
+    let (_, rec) = open(dir.path(), 1 << 20);
+    assert_eq!(
+        payloads(&rec, "q"),
+        vec![
+            payload("q", 0, 10),
+            payload("q", 1, 10),
+            payload("q", 2, 10)
+        ]
+    );
+}
+
 #[test]
 fn payloads_can_be_left_on_disk_at_recovery() {
     let dir = tempfile::tempdir().unwrap();

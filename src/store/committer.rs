@@ -29,9 +29,20 @@
 //! confirm for a stream publish means the stream's bytes are synced too. A failing target is
 //! a failed write: fail-stop.
 //!
-//! Fail-stop: the first failed write, sync, unlink or directory sync is logged once, the
-//! cause is kept, the watermark is marked failed (every unsynced confirm fails) and the
-//! thread exits; appends fail from then on. Nothing here touches the disk again.
+//! Out of space (`outage.rs`): a segment write or a segment creation that fails with
+//! `ENOSPC`/`EDQUOT` does not fail the store. The committer keeps the batch and how much of
+//! it reached the file, marks every record appended so far and not yet durable as lost for
+//! confirms (nacks), refuses appends that need the disk (acks and delivered marks are still
+//! taken while the pending buffer has room), and retries the rest of the batch with a
+//! backoff of up to [`RETRY_MAX`]. The first write that succeeds ends the outage: the batch
+//! is synced, the watermark moves on, appends are taken again. Nothing is truncated, so
+//! every `Location` handed out stays right. A stream that runs out of space fails itself
+//! (its own fail-stop) and only the batch's confirms are lost.
+//!
+//! Fail-stop: any other failed write, and any failed sync, unlink or directory sync, is
+//! logged once, the cause is kept, the watermark is marked failed (every unsynced confirm
+//! fails) and the thread exits; appends fail from then on. Nothing here touches the disk
+//! again.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -44,6 +55,7 @@ use std::collections::{HashMap, HashSet};
 use tokio::sync::watch;
 
 use super::index::Index;
+use super::outage::{self, Lost};
 use super::segment::{self, ID_RECORD_LEN, KIND_ACK, KIND_DELIVERED};
 use super::{Appended, Faults, Location, MsgId, Seq, StoreError, SyncTarget};
 
@@ -56,6 +68,11 @@ pub(crate) const PENDING_MAX: usize = 8 << 20;
 /// A buffer kept across an idle spell may be this large; a bigger one (a flood's) is freed.
 const IDLE_KEEP: usize = 1 << 20;
 
+/// First and longest wait between two attempts to write while the disk is full. A failed
+/// attempt is one `write` that returns at once, so retrying often costs nothing.
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(20);
+pub(crate) const RETRY_MAX: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Durability as published to async waiters through the watch channel.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Durable {
@@ -63,6 +80,8 @@ pub(crate) struct Durable {
     pub(crate) synced: u64,
     /// The store failed: records after `synced` never will be.
     pub(crate) failed: bool,
+    /// Every record up to this one that is not yet on disk is lost for confirms (`Lost`).
+    pub(crate) lost: u64,
 }
 
 /// Durability as seen by blocking waiters (`wait_blocking`, `flush`), under `Shared::progress`.
@@ -72,6 +91,10 @@ pub(crate) struct Progress {
     /// The highest flush request the committer has completed.
     pub(crate) flushed: u64,
     pub(crate) failed: bool,
+    /// As `Durable::lost`.
+    pub(crate) lost: u64,
+    /// Space ran out and has not come back: flushes fail instead of waiting.
+    pub(crate) out_of_space: bool,
     /// The committer thread has exited; nothing will change any more.
     pub(crate) done: bool,
 }
@@ -104,6 +127,9 @@ pub(crate) struct Shared {
     /// Set (Release) after `cause`, so a reader that sees it (Acquire) finds the cause.
     pub(crate) failed: AtomicBool,
     pub(crate) cause: OnceLock<Arc<io::Error>>,
+    /// Confirms that failed for lack of space, and the latest such error.
+    pub(crate) lost: Lost,
+    pub(crate) space_cause: Mutex<Option<Arc<io::Error>>>,
     /// Committer -> blocking waiters; notified once per batch.
     pub(crate) progress: Mutex<Progress>,
     pub(crate) progress_cv: Condvar,
@@ -119,6 +145,14 @@ impl Shared {
     pub(crate) fn failure(&self) -> StoreError {
         match self.cause.get() {
             Some(e) => StoreError::Io(e.clone()),
+            None => StoreError::Failed,
+        }
+    }
+
+    /// The error for a confirm lost for lack of space.
+    pub(crate) fn no_space(&self) -> StoreError {
+        match &*self.space_cause.lock() {
+            Some(e) => StoreError::NoSpace(e.clone()),
             None => StoreError::Failed,
         }
     }
@@ -145,6 +179,8 @@ pub(crate) struct State {
     /// Sequence number of the last Publish record appended (0: none since open).
     pub(crate) last_publish: u64,
     pub(crate) failed: bool,
+    /// Space ran out (the cause): records that need the disk are refused until it returns.
+    pub(crate) out_of_space: Option<Arc<io::Error>>,
     pub(crate) closing: bool,
     /// Flush requests made; the committer answers through `Progress::flushed`.
     pub(crate) flush_req: u64,
@@ -174,6 +210,7 @@ impl State {
             seq: 0,
             last_publish: 0,
             failed: false,
+            out_of_space: None,
             closing: false,
             flush_req: 0,
             appends: 0,
@@ -188,9 +225,20 @@ impl State {
             Err(StoreError::Failed)
         } else if self.closing {
             Err(StoreError::Closed)
+        } else if let Some(e) = &self.out_of_space {
+            Err(StoreError::NoSpace(e.clone()))
         } else {
             Ok(())
         }
+    }
+
+    /// For acks, delivered marks and queue deletions: taken while space is out too (they
+    /// are small, and written once it returns), as long as the pending buffer has room; one
+    /// dropped is a redelivery after a restart, never a loss.
+    fn takes_small_records(&self) -> bool {
+        !self.failed
+            && !self.closing
+            && (self.out_of_space.is_none() || self.pending.len() < PENDING_MAX)
     }
 
     /// Chooses the segment and offset of the next record (`len` bytes) and gives it a
@@ -274,7 +322,7 @@ impl State {
     }
 
     pub(crate) fn ack(&mut self, id: u64) {
-        if self.check_open().is_err() || !self.index.is_live(id) {
+        if !self.takes_small_records() || !self.index.is_live(id) {
             return;
         }
         self.place(ID_RECORD_LEN, false);
@@ -283,7 +331,7 @@ impl State {
     }
 
     pub(crate) fn delivered(&mut self, id: u64) {
-        if self.check_open().is_err() || !self.index.needs_delivered_mark(id) {
+        if !self.takes_small_records() || !self.index.needs_delivered_mark(id) {
             return;
         }
         self.place(ID_RECORD_LEN, false);
@@ -292,7 +340,7 @@ impl State {
     }
 
     pub(crate) fn delete_queue(&mut self, name: &str) {
-        if self.check_open().is_err() {
+        if !self.takes_small_records() {
             return;
         }
         let Some(q) = self.index.queue(name) else {
@@ -357,6 +405,25 @@ pub(crate) struct Committer {
     faults: Faults,
     writes: u64,
     syncs: u64,
+    /// Space ran out and this batch is not written yet (`outage.rs`).
+    out_of_space: bool,
+}
+
+/// Why a batch was not committed.
+enum CommitError {
+    /// Writing the batch (or creating its segment) failed; with `ENOSPC` or `EDQUOT` the
+    /// batch can be retried from where it stopped.
+    Write(io::Error),
+    /// Anything else (a sync, a directory sync): fail-stop.
+    Other(io::Error),
+}
+
+impl From<CommitError> for io::Error {
+    fn from(e: CommitError) -> io::Error {
+        match e {
+            CommitError::Write(e) | CommitError::Other(e) => e,
+        }
+    }
 }
 
 impl Committer {
@@ -380,6 +447,7 @@ impl Committer {
             faults,
             writes: 0,
             syncs: 0,
+            out_of_space: false,
         }
     }
 
@@ -392,7 +460,28 @@ impl Committer {
         loop {
             let batch = self.take();
             let empty = self.buf.is_empty();
-            if let Err(e) = self.commit(&batch).and_then(|()| self.collect_garbage()) {
+            // Bytes of the batch in their files; kept across retries while space is out.
+            let mut written = 0;
+            let mut wait = RETRY_FIRST;
+            let mut last_try = false;
+            loop {
+                match self.commit(&batch, &mut written) {
+                    Ok(()) => break,
+                    Err(CommitError::Write(e)) if outage::is_out_of_space(&e) && !last_try => {
+                        if !self.out_of_space {
+                            self.begin_outage(e);
+                        }
+                        // Closing while the disk is full: one more attempt, then give up.
+                        last_try = self.pause(wait);
+                        wait = (wait * 2).min(RETRY_MAX);
+                    }
+                    Err(e) => return self.fail(e.into()),
+                }
+            }
+            if self.out_of_space {
+                self.end_outage();
+            }
+            if let Err(e) = self.collect_garbage() {
                 return self.fail(e);
             }
             self.flushed = batch.flush;
@@ -401,6 +490,65 @@ impl Committer {
                 return;
             }
         }
+    }
+
+    /// Space ran out: refuse what needs the disk, and lose (nack) every confirm not yet
+    /// durable, up to the newest record appended so far.
+    fn begin_outage(&mut self, e: io::Error) {
+        tracing::warn!(
+            dir = %self.shared.dir.display(),
+            error = %e,
+            "message store: out of space; refusing persistent publishes and nacking the \
+             unconfirmed ones until space returns (retrying)"
+        );
+        let e = Arc::new(e);
+        let upto = {
+            let mut st = self.shared.state.lock();
+            st.out_of_space = Some(e.clone());
+            // Publishers waiting for room are refused from now on instead.
+            self.shared.full.store(false, Ordering::Relaxed);
+            self.shared.room.notify_all();
+            st.seq
+        };
+        self.out_of_space = true;
+        self.lose(upto, e);
+        self.shared.progress.lock().out_of_space = true;
+        self.shared.progress_cv.notify_all();
+    }
+
+    /// Marks the confirms after the watermark up to `upto` as lost, and tells every waiter.
+    fn lose(&mut self, upto: u64, cause: Arc<io::Error>) {
+        *self.shared.space_cause.lock() = Some(cause);
+        self.shared.lost.add(self.synced, upto);
+        self.tx.send_replace(Durable {
+            synced: self.synced,
+            failed: false,
+            lost: upto,
+        });
+        let mut p = self.shared.progress.lock();
+        p.lost = upto;
+        self.shared.progress_cv.notify_all();
+    }
+
+    /// The batch that ran out of space is written: take appends again.
+    fn end_outage(&mut self) {
+        tracing::info!(
+            dir = %self.shared.dir.display(),
+            "message store: space is back; writing and confirming again"
+        );
+        self.shared.state.lock().out_of_space = None;
+        self.out_of_space = false;
+        self.shared.progress.lock().out_of_space = false;
+    }
+
+    /// Waits `d` before the next attempt, or less if the store is closing; returns whether
+    /// it is.
+    fn pause(&mut self, d: std::time::Duration) -> bool {
+        let mut st = self.shared.state.lock();
+        if !st.closing {
+            self.shared.work.wait_for(&mut st, d);
+        }
+        st.closing
     }
 
     /// Waits for work and takes the whole pending batch.
@@ -446,29 +594,37 @@ impl Committer {
         batch
     }
 
-    fn commit(&mut self, batch: &Batch) -> io::Result<()> {
+    /// Writes the batch from byte `written` on (advancing it as bytes reach their files),
+    /// syncs it, syncs its targets, and moves `synced`.
+    fn commit(&mut self, batch: &Batch, written: &mut usize) -> Result<(), CommitError> {
         let buf = std::mem::take(&mut self.buf);
-        let mut start = 0;
-        let mut seg = batch.seg;
-        for &(at, next) in &batch.rolls {
-            self.write(seg, &buf[start..at])?;
-            (start, seg) = (at, next);
-        }
-        self.write(seg, &buf[start..])?;
+        let wrote = self.write_batch(batch, &buf, written);
+        self.buf = buf;
+        wrote?;
         if batch.sync || batch.closing || batch.flush > self.flushed {
-            self.sync_current()?;
+            self.sync_current().map_err(CommitError::Other)?;
         }
         // Sync targets after our own segment, before the watermark moves: their seqs are
-        // in `last_seq`. An error returns before `synced` advances (fail-stop in `run`).
-        // Draining drops the batch's Arcs, so a deleted stream is not kept alive.
+        // in `last_seq`. An error returns before `synced` advances (fail-stop in `run`),
+        // except running out of space, which the stream answers by failing itself: then
+        // only this batch's confirms are lost. Draining drops the batch's Arcs, so a
+        // deleted stream is not kept alive.
+        let mut no_space = None;
         for target in self.targets.drain(..) {
-            target.flush_and_sync()?;
+            match target.flush_and_sync() {
+                Ok(()) => {}
+                Err(e) if outage::is_out_of_space(&e) => no_space = Some(e),
+                Err(e) => return Err(CommitError::Other(e)),
+            }
+        }
+        if let Some(e) = no_space {
+            tracing::warn!(error = %e, "message store: a stream ran out of space; its batch is nacked");
+            self.lose(batch.last_seq, Arc::new(e));
         }
         if !self.file.as_ref().is_some_and(|f| f.dirty) {
             self.synced = batch.last_seq;
         }
         self.shared.counters.batches.fetch_add(1, Ordering::Relaxed);
-        self.buf = buf;
         self.buf.clear();
         // One huge batch must not pin its buffer's memory for the life of the store.
         if self.buf.capacity() > 64 << 20 {
@@ -477,18 +633,51 @@ impl Committer {
         Ok(())
     }
 
-    fn write(&mut self, seg: u64, bytes: &[u8]) -> io::Result<()> {
+    /// Writes `buf[written..]` to the segments the batch's records were placed in.
+    fn write_batch(
+        &mut self,
+        batch: &Batch,
+        buf: &[u8],
+        written: &mut usize,
+    ) -> Result<(), CommitError> {
+        let mut start = 0;
+        let mut seg = batch.seg;
+        let ends = batch
+            .rolls
+            .iter()
+            .map(|&(at, next)| (at, Some(next)))
+            .chain(std::iter::once((buf.len(), None)));
+        for (end, next) in ends {
+            if *written < end {
+                self.write(seg, &buf[(*written).max(start)..end], written)?;
+            }
+            start = end;
+            if let Some(next) = next {
+                seg = next;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends `bytes` to segment `seg` (creating it first if it is new), adding what
+    /// reached the file to `written` as it goes, so a retry continues where this stopped.
+    fn write(&mut self, seg: u64, bytes: &[u8], written: &mut usize) -> Result<(), CommitError> {
         if bytes.is_empty() {
             return Ok(());
         }
         if self.file.as_ref().is_none_or(|f| f.id != seg) {
             // Seal the old segment before the new one exists: after a crash only the newest
             // segment can have a torn tail, and a confirm in the new one covers the old.
-            self.sync_current()?;
+            self.sync_current().map_err(CommitError::Other)?;
             let path = segment::path(&self.shared.dir, seg);
-            let file = OpenOptions::new().write(true).create_new(true).open(path)?;
+            // A creation that fails for lack of space created nothing: it can be retried.
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map_err(CommitError::Write)?;
             // The new directory entry must be durable before any confirm depends on it.
-            self.dir.sync_all()?;
+            self.dir.sync_all().map_err(CommitError::Other)?;
             self.file = Some(OpenSeg {
                 id: seg,
                 file,
@@ -501,13 +690,37 @@ impl Committer {
             .fail_write_after
             .is_some_and(|n| self.writes >= n)
         {
-            return Err(io::Error::other("injected write failure"));
+            return Err(CommitError::Write(io::Error::other(
+                "injected write failure",
+            )));
+        }
+        if self
+            .faults
+            .no_space
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+        {
+            return Err(CommitError::Write(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "injected: no space left on device",
+            )));
         }
         self.writes += 1;
         // Checked just above.
         let open = self.file.as_mut().expect("segment file is open");
-        open.file.write_all(bytes)?;
-        open.dirty = true;
+        let mut done = 0;
+        while done < bytes.len() {
+            match open.file.write(&bytes[done..]) {
+                Ok(0) => return Err(CommitError::Write(io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    done += n;
+                    *written += n;
+                    open.dirty = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(CommitError::Write(e)),
+            }
+        }
         if let Some(rate) = self.faults.write_bytes_per_sec {
             let nanos = bytes.len() as u128 * 1_000_000_000 / u128::from(rate.max(1));
             std::thread::sleep(std::time::Duration::from_nanos(nanos as u64));
@@ -570,6 +783,7 @@ impl Committer {
             self.tx.send_replace(Durable {
                 synced: self.synced,
                 failed: false,
+                lost: self.shared.lost.max(),
             });
         }
         let mut p = self.shared.progress.lock();
@@ -601,6 +815,7 @@ impl Committer {
         self.tx.send_replace(Durable {
             synced: self.synced,
             failed: true,
+            lost: self.shared.lost.max(),
         });
         let mut p = self.shared.progress.lock();
         p.synced = self.synced;

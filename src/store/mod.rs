@@ -47,12 +47,14 @@
 //! publishes are confirmed by the same watermark, in the same batches.
 //!
 //! Files: `segment.rs` (format), `index.rs` (liveness, and when a segment may be deleted),
-//! `committer.rs` (batching, sync, watermark, GC), `recovery.rs` (open), `stream.rs` (stream
-//! queues' logs, separate directories and format).
+//! `committer.rs` (batching, sync, watermark, GC), `outage.rs` (running out of space and
+//! back), `recovery.rs` (open), `stream.rs` (stream queues' logs, separate directories and
+//! format).
 
 mod committer;
 pub mod definitions;
 mod index;
+mod outage;
 mod recovery;
 mod segment;
 pub mod stream;
@@ -146,12 +148,15 @@ impl Default for StoreOptions {
 }
 
 /// Injected I/O failures, for fail-stop tests. The default injects nothing.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Faults {
     /// Let this many segment writes succeed, then fail every one.
     pub fail_write_after: Option<u64>,
     /// Let this many segment `fdatasync`s succeed, then fail every one.
     pub fail_sync_after: Option<u64>,
+    /// While this is set, every segment write fails with "no space left on device"
+    /// (`ErrorKind::StorageFull`): a disk that fills and empties when the test says.
+    pub no_space: Option<Arc<AtomicBool>>,
     /// A slow disk: each segment write also sleeps as long as writing its bytes at this
     /// many bytes per second would take, so appenders can outrun the committer.
     pub write_bytes_per_sec: Option<u64>,
@@ -308,6 +313,10 @@ pub enum StoreError {
     /// The store failed earlier (see the logged cause) and refuses writes until reopened.
     #[error("message store failed after an earlier I/O error; reopen it")]
     Failed,
+    /// The filesystem is full (or the quota used up): this append is refused, or this
+    /// record's confirm is lost, until space returns; the store then goes on by itself.
+    #[error("message store is out of space ({0}); refusing writes until space returns")]
+    NoSpace(Arc<io::Error>),
     /// The store was closed.
     #[error("message store is closed")]
     Closed,
@@ -359,10 +368,19 @@ impl Watermark {
     /// Without waiting: `Ok(true)` if record `seq` is on disk, `Ok(false)` if not yet.
     ///
     /// # Errors
-    /// The store failed before `seq` reached the disk: it never will (nack it).
+    /// The store failed before `seq` reached the disk: it never will (nack it); or
+    /// [`StoreError::NoSpace`]: its confirm was lost for lack of space (nack it), even if it
+    /// reaches the disk later.
     pub fn status(&self, seq: Seq) -> Result<bool, StoreError> {
         if self.shared.synced.load(Ordering::Acquire) >= seq.0 {
+            // One relaxed-cost load unless space ever ran out.
+            if self.shared.lost.contains(seq.0) {
+                return Err(self.shared.no_space());
+            }
             return Ok(true);
+        }
+        if self.shared.lost.max() >= seq.0 {
+            return Err(self.shared.no_space());
         }
         if self.shared.failed.load(Ordering::Acquire) {
             // The committer stops before it sets `failed`, so `synced` is final now.
@@ -374,10 +392,12 @@ impl Watermark {
         Ok(false)
     }
 
-    /// Waits until record `seq` is on disk. Cancel-safe.
+    /// Waits until record `seq` is on disk (then [`status`](Self::status) says whether its
+    /// confirm stands) or its confirm is lost. Cancel-safe.
     ///
     /// # Errors
-    /// [`StoreError::Io`] if the store failed before `seq` reached the disk,
+    /// [`StoreError::NoSpace`] if its confirm was lost for lack of space (it is not on disk
+    /// yet and may never be), [`StoreError::Io`] if the store failed before `seq` reached the disk,
     /// [`StoreError::Closed`] if it was closed without writing it (only after a failure or a
     /// committer panic: a normal close writes everything).
     pub async fn wait(&mut self, seq: Seq) -> Result<(), StoreError> {
@@ -385,6 +405,9 @@ impl Watermark {
             let d = *self.rx.borrow_and_update();
             if d.synced >= seq.0 {
                 return Ok(());
+            }
+            if d.lost >= seq.0 {
+                return Err(self.shared.no_space());
             }
             if d.failed {
                 return Err(self.shared.failure());
@@ -412,6 +435,9 @@ impl Watermark {
         loop {
             if p.synced >= seq.0 {
                 return Ok(());
+            }
+            if p.lost >= seq.0 {
+                return Err(self.shared.no_space());
             }
             if p.failed {
                 return Err(self.shared.failure());
@@ -470,6 +496,7 @@ impl MessageStore {
         let (tx, rx) = watch::channel(Durable {
             synced: 0,
             failed: false,
+            lost: 0,
         });
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
@@ -485,6 +512,8 @@ impl MessageStore {
             synced: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             cause: Default::default(),
+            lost: Default::default(),
+            space_cause: Default::default(),
             progress: Mutex::new(Progress::default()),
             progress_cv: Condvar::new(),
             readers: RwLock::new(HashMap::new()),
@@ -566,7 +595,11 @@ impl MessageStore {
     /// one batch. Not for async tasks without `block_in_place`.
     pub fn wait_for_room(&self) {
         let mut st = self.shared.state.lock();
-        while st.pending.len() >= committer::PENDING_MAX && !st.failed && !st.closing {
+        while st.pending.len() >= committer::PENDING_MAX
+            && !st.failed
+            && !st.closing
+            && st.out_of_space.is_none()
+        {
             self.shared.room.wait(&mut st);
         }
     }
@@ -621,6 +654,9 @@ impl MessageStore {
             if st.failed {
                 return Err(self.shared.failure());
             }
+            if let Some(e) = &st.out_of_space {
+                return Err(StoreError::NoSpace(e.clone()));
+            }
             st.flush_req += 1;
             st.flush_req
         };
@@ -632,6 +668,9 @@ impl MessageStore {
             }
             if p.failed {
                 return Err(self.shared.failure());
+            }
+            if p.out_of_space {
+                return Err(self.shared.no_space());
             }
             if p.done {
                 return Err(StoreError::Closed);
