@@ -795,6 +795,11 @@ fn running_out_of_space_nacks_refuses_then_recovers_when_space_returns() {
         Err(StoreError::NoSpace(_))
     ));
     assert!(matches!(store.flush(), Err(StoreError::NoSpace(_))));
+    assert_eq!(
+        store.read(b.loc).unwrap(),
+        payload("q", 1, 10),
+        "a record the disk has not taken is read from memory"
+    );
     // Taken now, written once space returns.
     store.ack(gone.id);
 

@@ -130,6 +130,9 @@ pub(crate) struct Shared {
     /// Confirms that failed for lack of space, and the latest such error.
     pub(crate) lost: Lost,
     pub(crate) space_cause: Mutex<Option<Arc<io::Error>>>,
+    /// While space is out: a copy of the batch the committer could not write, so reads of
+    /// its records are served from memory (`MessageStore::read`).
+    pub(crate) unwritten: Mutex<Option<Placed>>,
     /// Committer -> blocking waiters; notified once per batch.
     pub(crate) progress: Mutex<Progress>,
     pub(crate) progress_cv: Condvar,
@@ -156,6 +159,64 @@ impl Shared {
             None => StoreError::Failed,
         }
     }
+
+    /// The bytes of the record at `loc` if it is still in memory only: in the batch that
+    /// ran out of space, or pending behind it. Only looked at after space ran out.
+    pub(crate) fn unwritten_record(&self, loc: Location) -> Option<Vec<u8>> {
+        if let Some(p) = &*self.unwritten.lock()
+            && let Some(r) = find(&p.buf, p.seg, p.start, &p.rolls, loc)
+        {
+            return Some(r.to_vec());
+        }
+        let st = self.state.lock();
+        find(
+            &st.pending,
+            st.pending_seg,
+            st.pending_start,
+            &st.rolls,
+            loc,
+        )
+        .map(<[u8]>::to_vec)
+    }
+}
+
+/// A copy of encoded records and where they go: `buf` from offset `start` of segment `seg`
+/// on, switching to segment `s` (at offset 0) at each `(at, s)` of `rolls`.
+pub(crate) struct Placed {
+    buf: Vec<u8>,
+    seg: u64,
+    start: u64,
+    rolls: Vec<(usize, u64)>,
+}
+
+/// The bytes for `loc` in `buf` laid out as [`Placed`] says, if they are all there.
+fn find<'a>(
+    buf: &'a [u8],
+    seg: u64,
+    start: u64,
+    rolls: &[(usize, u64)],
+    loc: Location,
+) -> Option<&'a [u8]> {
+    let mut lo = 0;
+    let (mut seg, mut file_off) = (seg, start);
+    let ends = rolls
+        .iter()
+        .map(|&(at, next)| (at, Some(next)))
+        .chain(std::iter::once((buf.len(), None)));
+    for (hi, next) in ends {
+        if seg == loc.segment && loc.offset >= file_off {
+            let at = lo + usize::try_from(loc.offset - file_off).ok()?;
+            let end = at.checked_add(loc.len as usize)?;
+            if end <= hi {
+                return buf.get(at..end);
+            }
+        }
+        lo = hi;
+        if let Some(next) = next {
+            (seg, file_off) = (next, 0);
+        }
+    }
+    None
 }
 
 /// The pending batch and the index, under `Shared::state`.
@@ -163,8 +224,9 @@ pub(crate) struct State {
     pub(crate) index: Index,
     /// Encoded records not yet taken by the committer.
     pub(crate) pending: Vec<u8>,
-    /// Segment of `pending[0]`.
+    /// Segment of `pending[0]`, and its offset there.
     pending_seg: u64,
+    pending_start: u64,
     /// (offset in `pending`, segment) where the records start going to a new segment.
     rolls: Vec<(usize, u64)>,
     /// The pending records include one whose durability someone waits for.
@@ -201,6 +263,7 @@ impl State {
             index,
             pending: Vec::new(),
             pending_seg: cur_seg,
+            pending_start: 0,
             rolls: Vec::new(),
             sync_needed: false,
             cur_seg,
@@ -262,6 +325,7 @@ impl State {
         }
         if self.pending.is_empty() {
             self.pending_seg = self.cur_seg;
+            self.pending_start = self.cur_size;
         }
         let offset = self.cur_size;
         self.cur_size += len;
@@ -380,6 +444,8 @@ struct OpenSeg {
 /// What the committer took from `State` in one go.
 struct Batch {
     seg: u64,
+    /// Offset of the batch's first byte in `seg`.
+    start: u64,
     rolls: Vec<(usize, u64)>,
     sync: bool,
     last_seq: u64,
@@ -469,7 +535,7 @@ impl Committer {
                     Ok(()) => break,
                     Err(CommitError::Write(e)) if outage::is_out_of_space(&e) && !last_try => {
                         if !self.out_of_space {
-                            self.begin_outage(e);
+                            self.begin_outage(e, &batch);
                         }
                         // Closing while the disk is full: one more attempt, then give up.
                         last_try = self.pause(wait);
@@ -494,7 +560,7 @@ impl Committer {
 
     /// Space ran out: refuse what needs the disk, and lose (nack) every confirm not yet
     /// durable, up to the newest record appended so far.
-    fn begin_outage(&mut self, e: io::Error) {
+    fn begin_outage(&mut self, e: io::Error, batch: &Batch) {
         tracing::warn!(
             dir = %self.shared.dir.display(),
             error = %e,
@@ -502,6 +568,14 @@ impl Committer {
              unconfirmed ones until space returns (retrying)"
         );
         let e = Arc::new(e);
+        // Once per outage, at most a batch (`PENDING_MAX` and a record): reads of these
+        // records must not fail because the disk is full.
+        *self.shared.unwritten.lock() = Some(Placed {
+            buf: self.buf.clone(),
+            seg: batch.seg,
+            start: batch.start,
+            rolls: batch.rolls.clone(),
+        });
         let upto = {
             let mut st = self.shared.state.lock();
             st.out_of_space = Some(e.clone());
@@ -537,6 +611,7 @@ impl Committer {
             "message store: space is back; writing and confirming again"
         );
         self.shared.state.lock().out_of_space = None;
+        *self.shared.unwritten.lock() = None;
         self.out_of_space = false;
         self.shared.progress.lock().out_of_space = false;
     }
@@ -584,6 +659,7 @@ impl Committer {
         }
         let batch = Batch {
             seg: st.pending_seg,
+            start: st.pending_start,
             rolls: std::mem::take(&mut st.rolls),
             sync: std::mem::take(&mut st.sync_needed),
             last_seq: st.seq,
@@ -838,5 +914,35 @@ impl Drop for Committer {
         p.done = true;
         p.failed |= self.shared.failed.load(Ordering::Acquire);
         self.shared.progress_cv.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loc(segment: u64, offset: u64, len: u32) -> Location {
+        Location {
+            segment,
+            offset,
+            len,
+        }
+    }
+
+    /// `find` maps a location into a buffer that starts mid-segment and rolls over twice.
+    #[test]
+    fn find_maps_locations_across_rolls() {
+        // Segment 4 from offset 100: bytes 0..10; segment 5: 10..16; segment 6: 16..20.
+        let buf: Vec<u8> = (0..20).collect();
+        let rolls = [(10, 5), (16, 6)];
+        let f = |l| find(&buf, 4, 100, &rolls, l);
+        assert_eq!(f(loc(4, 100, 3)), Some(&buf[0..3]));
+        assert_eq!(f(loc(4, 107, 3)), Some(&buf[7..10]));
+        assert_eq!(f(loc(4, 108, 3)), None, "runs past the chunk");
+        assert_eq!(f(loc(4, 99, 1)), None, "written before the batch");
+        assert_eq!(f(loc(5, 0, 6)), Some(&buf[10..16]));
+        assert_eq!(f(loc(6, 2, 2)), Some(&buf[18..20]));
+        assert_eq!(f(loc(6, 3, 2)), None);
+        assert_eq!(f(loc(7, 0, 1)), None);
     }
 }

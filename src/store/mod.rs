@@ -514,6 +514,7 @@ impl MessageStore {
             cause: Default::default(),
             lost: Default::default(),
             space_cause: Default::default(),
+            unwritten: Default::default(),
             progress: Mutex::new(Progress::default()),
             progress_cv: Condvar::new(),
             readers: RwLock::new(HashMap::new()),
@@ -686,11 +687,22 @@ impl MessageStore {
     /// wrong data. It is guaranteed to succeed once the append's `seq` is confirmed (or after
     /// [`flush`](Self::flush)) and until the message is acked or its queue deleted.
     ///
+    /// While space is out, a record the disk has not taken yet is read from memory.
+    ///
     /// # Errors
     /// `NotFound` if the segment is gone (or not created yet); `UnexpectedEof` if the record
     /// is not written yet; `InvalidData` if the bytes at `loc` are not a Publish record.
     pub fn read(&self, loc: Location) -> io::Result<Bytes> {
-        self.read_one(loc, &FileExt::read_exact_at)
+        let read = self.read_one(loc, &FileExt::read_exact_at);
+        if read.is_ok() || self.shared.lost.max() == 0 {
+            return read;
+        }
+        // Space ran out at some point: the record may be one the disk did not take yet.
+        match self.shared.unwritten_record(loc) {
+            Some(rec) => publish_payload(&Bytes::from(rec), 0, loc.len),
+            // Or it was written in the meantime.
+            None => read.or_else(|_| self.read_one(loc, &FileExt::read_exact_at)),
+        }
     }
 
     /// [`read`](Self::read) with the `pread` supplied.
