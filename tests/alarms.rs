@@ -370,20 +370,23 @@ async fn a_full_disk_nacks_keeps_the_broker_up_and_recovers_when_space_returns()
     let ballast = mnt.path().join("ballast");
     std::fs::write(&ballast, vec![1u8; (left - (3 << 20)) as usize]).unwrap();
     let body = vec![7u8; 64 << 10];
+    // One persistent publish, and its confirm.
+    let publish = || async {
+        ch.basic_publish(
+            "".into(),
+            q.as_str().into(),
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+    };
     let (mut acked, mut nacked) = (0u32, 0u32);
     for _ in 0..200 {
-        let confirm = ch
-            .basic_publish(
-                "".into(),
-                q.as_str().into(),
-                BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        let confirm = publish().await;
         if confirm.is_ack() {
             acked += 1;
         } else {
@@ -433,18 +436,7 @@ async fn a_full_disk_nacks_keeps_the_broker_up_and_recovers_when_space_returns()
     std::fs::remove_file(&ballast).unwrap();
     let end = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let confirm = ch
-            .basic_publish(
-                "".into(),
-                q.as_str().into(),
-                BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        let confirm = publish().await;
         if confirm.is_ack() {
             acked += 1;
             break;
@@ -456,18 +448,7 @@ async fn a_full_disk_nacks_keeps_the_broker_up_and_recovers_when_space_returns()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for _ in 0..5 {
-        let confirm = ch
-            .basic_publish(
-                "".into(),
-                q.as_str().into(),
-                BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        let confirm = publish().await;
         assert!(confirm.is_ack(), "space is back: confirms are acks again");
         acked += 1;
     }

@@ -23,6 +23,19 @@ fn open(dir: &Path, segment_size: u64) -> (MessageStore, Recovery) {
     MessageStore::open(dir, opts(segment_size)).expect("open")
 }
 
+/// A store with 1 MiB segments and injected faults.
+fn open_faulty(dir: &Path, faults: Faults) -> MessageStore {
+    MessageStore::open(
+        dir,
+        StoreOptions {
+            faults,
+            ..opts(1 << 20)
+        },
+    )
+    .expect("open")
+    .0
+}
+
 /// Segment files, oldest first, with their sizes. Files that GC deletes while this runs
 /// are left out.
 fn segments(dir: &Path) -> Vec<(PathBuf, u64)> {
@@ -614,14 +627,7 @@ fn failed_sync_is_fail_stop_and_confirmed_messages_survive() {
         fail_sync_after: Some(5),
         ..Faults::default()
     };
-    let (store, _) = MessageStore::open(
-        dir.path(),
-        StoreOptions {
-            faults,
-            ..opts(1 << 20)
-        },
-    )
-    .unwrap();
+    let store = open_faulty(dir.path(), faults);
     let wm = store.watermark();
     let mut confirmed = Vec::new();
     let mut failed_confirms = 0;
@@ -665,14 +671,7 @@ fn failed_sync_under_concurrency_never_confirms_past_the_failure() {
         fail_sync_after: Some(3),
         ..Faults::default()
     };
-    let (store, _) = MessageStore::open(
-        dir.path(),
-        StoreOptions {
-            faults,
-            ..opts(1 << 20)
-        },
-    )
-    .unwrap();
+    let store = open_faulty(dir.path(), faults);
     let store = Arc::new(store);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -730,14 +729,7 @@ fn failed_write_is_fail_stop() {
         fail_write_after: Some(2),
         ..Faults::default()
     };
-    let (store, _) = MessageStore::open(
-        dir.path(),
-        StoreOptions {
-            faults,
-            ..opts(1 << 20)
-        },
-    )
-    .unwrap();
+    let store = open_faulty(dir.path(), faults);
     let wm = store.watermark();
     let mut outcomes = Vec::new();
     for i in 0..5 {
@@ -768,14 +760,7 @@ fn running_out_of_space_nacks_refuses_then_recovers_when_space_returns() {
         no_space: Some(full.clone()),
         ..Faults::default()
     };
-    let (store, _) = MessageStore::open(
-        dir.path(),
-        StoreOptions {
-            faults,
-            ..opts(1 << 20)
-        },
-    )
-    .unwrap();
+    let store = open_faulty(dir.path(), faults);
     let wm = store.watermark();
     let a = store.append_publish("q", &payload("q", 0, 10)).unwrap();
     wm.wait_blocking(a.seq).unwrap();
